@@ -1,0 +1,140 @@
+"""dotmac-events: a transport-agnostic, asyncio-native event bus.
+
+>>> from dotmac.events import Event, create_bus
+>>> bus = create_bus("memory://")
+
+Names owned by plugins (``RedisConfig``, ``create_kafka_bus``, ...) are imported from
+the installed plugin on first use; when it is missing the error names the command
+that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .bus import EventBus, PayloadValidator
+from .codec import Codec, JsonCodec
+from .config import create_bus, load_toml_config
+from .dlq import DeadLetter, DeadLetterQueue
+from .errors import (
+    BusStateError,
+    CodecError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    EventBusError,
+    EventBusTimeoutError,
+    HeaderValidationError,
+    InvalidTenantError,
+    InvalidTopicError,
+    MessageTooLargeError,
+    NonRetryableError,
+    PayloadValidationError,
+    PluginNotFoundError,
+    PublishError,
+    QueueFullError,
+    RequestTimeoutError,
+    SchemaValidationError,
+    TransportError,
+    TransportUnavailableError,
+    UnsupportedOperationError,
+    ValidationError,
+)
+from .event import Event, EventMetadata
+from .observe import ConsumeInfo, PublishInfo
+from .options import ConsumerOptions, create_exponential_retry_options, create_fixed_retry_options
+from .plugins import hookimpl
+from .registry import CodecSpec, Registry, TransportSpec
+from .retry import ExponentialBackoff, FixedDelay, NoRetry, RetryPolicy
+from .runner import Subscription
+from .transport import Capabilities, Delivery, Message, SubscriptionSpec, Transport, TransportSubscription
+
+__all__ = [
+    "BusStateError",
+    "Capabilities",
+    "Codec",
+    "CodecError",
+    "CodecSpec",
+    "ConfigurationError",
+    "ConsumeInfo",
+    "ConsumerOptions",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "DecodeError",
+    "Delivery",
+    "EncodeError",
+    "Event",
+    "EventBus",
+    "EventBusError",
+    "EventBusTimeoutError",
+    "EventMetadata",
+    "ExponentialBackoff",
+    "FixedDelay",
+    "HeaderValidationError",
+    "InvalidTenantError",
+    "InvalidTopicError",
+    "JsonCodec",
+    "Message",
+    "MessageTooLargeError",
+    "NoRetry",
+    "NonRetryableError",
+    "PayloadValidationError",
+    "PayloadValidator",
+    "PluginNotFoundError",
+    "PublishError",
+    "PublishInfo",
+    "QueueFullError",
+    "Registry",
+    "RequestTimeoutError",
+    "RetryPolicy",
+    "SchemaValidationError",
+    "Subscription",
+    "SubscriptionSpec",
+    "Transport",
+    "TransportError",
+    "TransportSpec",
+    "TransportSubscription",
+    "TransportUnavailableError",
+    "UnsupportedOperationError",
+    "ValidationError",
+    "create_bus",
+    "create_dotmac_observability_hooks",
+    "create_exponential_retry_options",
+    "create_fixed_retry_options",
+    "hookimpl",
+    "load_toml_config",
+]
+
+# name -> (module, extra of dotmac-events that installs it)
+_LAZY: dict[str, tuple[str, str]] = {
+    "MemoryConfig": ("dotmac_events_memory", "memory"),
+    "create_memory_bus": ("dotmac_events_memory", "memory"),
+    "RedisConfig": ("dotmac_events_redis", "redis"),
+    "create_redis_bus": ("dotmac_events_redis", "redis"),
+    "KafkaConfig": ("dotmac_events_kafka", "kafka"),
+    "create_kafka_bus": ("dotmac_events_kafka", "kafka"),
+    "AvroCodec": ("dotmac_events_avro", "avro"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_dotmac_observability_hooks":
+        from .metrics import create_dotmac_observability_hooks
+
+        return create_dotmac_observability_hooks
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'dotmac.events' has no attribute {name!r}")
+    module_name, extra = target
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name is not None and not module_name.startswith(exc.name):
+            raise
+        raise PluginNotFoundError(f"{name} (module {module_name})", extra=extra) from None
+    return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, "create_dotmac_observability_hooks"])

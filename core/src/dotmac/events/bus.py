@@ -1,0 +1,453 @@
+"""The :class:`EventBus`: publish, subscribe, request-reply over any transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Union
+
+import pluggy
+from attrs import evolve
+
+from .codec import Codec
+from .dlq import DeadLetterQueue
+from .errors import (
+    BusStateError,
+    ConfigurationError,
+    DecodeError,
+    MessageTooLargeError,
+    RequestTimeoutError,
+    SchemaValidationError,
+    UnsupportedOperationError,
+    ValidationError,
+)
+from .event import Event, validate_topic
+from .observe import Observers, PublishInfo
+from .options import ConsumerOptions
+from .registry import Registry
+from .runner import Handler, Subscription, consumer_name
+from .transport import Capabilities, Message, SubscriptionSpec, Transport
+from .wire import build_event, content_type_of, envelope_headers
+
+__all__ = ["EventBus", "PayloadValidator"]
+
+log = logging.getLogger(__name__)
+
+PayloadValidator = Union[Callable[[dict[str, Any]], Any], Mapping[str, Any]]
+"""A callable that raises (or returns ``False``) for a bad payload, or a JSON Schema dict."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+def _compile_validator(topic: str, validator: PayloadValidator) -> Callable[[dict[str, Any]], None]:
+    if isinstance(validator, Mapping):
+        try:
+            import jsonschema
+        except ImportError as exc:
+            raise ConfigurationError(
+                "a JSON Schema validator needs the jsonschema package: pip install jsonschema"
+            ) from exc
+        checker = jsonschema.Draft202012Validator(dict(validator))
+
+        def check_schema(payload: dict[str, Any]) -> None:
+            error = jsonschema.exceptions.best_match(checker.iter_errors(payload))
+            if error is not None:
+                path = "payload" + "".join(f"[{p!r}]" for p in error.absolute_path)
+                raise SchemaValidationError(f"{error.message} (topic {topic!r})", field=path)
+
+        return check_schema
+
+    def check_callable(payload: dict[str, Any]) -> None:
+        try:
+            ok = validator(payload)
+        except SchemaValidationError:
+            raise
+        except Exception as exc:
+            raise SchemaValidationError(f"{exc} (topic {topic!r})", field="payload") from exc
+        if ok is False:
+            raise SchemaValidationError(f"rejected by the validator of {topic!r}", field="payload")
+
+    return check_callable
+
+
+class EventBus:
+    """Publishes and consumes :class:`Event` objects through one transport.
+
+    Build one with :func:`dotmac.events.create_bus`. Use it as an async context
+    manager (or call :meth:`start` and :meth:`close`). ``close`` stops every
+    subscription, lets running handlers finish within ``drain_timeout`` seconds,
+    leaves unfinished events for redelivery and releases every connection and task.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        registry: Registry,
+        plugin_manager: pluggy.PluginManager,
+        codec: str | Codec = "json",
+        codec_options: Mapping[str, Any] | None = None,
+        topic_codecs: Mapping[str, str | Codec] | None = None,
+        source: str = "dotmac-events",
+        drain_timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        observers: Iterable[object] = (),
+        validators: Mapping[str, PayloadValidator] | None = None,
+    ) -> None:
+        self.transport = transport
+        self._registry = registry
+        self._pm = plugin_manager
+        self._extra_observers = list(observers)
+        self._observers = Observers(plugin_manager, ())
+        self.source = source
+        self.drain_timeout = drain_timeout
+        self.max_message_bytes = max_message_bytes
+        self._decoders: dict[str, Codec] = {}
+        self._codec = self._make_codec(codec, codec_options)
+        self._topic_codecs = {t: self._make_codec(c, None) for t, c in (topic_codecs or {}).items()}
+        self._validators: dict[str, Callable[[dict[str, Any]], None]] = {}
+        for topic, validator in (validators or {}).items():
+            self.add_validator(topic, validator)
+        self._subscriptions: set[Subscription] = set()
+        self._state = "new"
+        self._closed: asyncio.Event | None = None
+        self._close_lock: asyncio.Lock | None = None
+        self._reply_topic = f"dotmac.reply.{uuid.uuid4().hex}"
+        self._reply_sub: Subscription | None = None
+        self._reply_lock: asyncio.Lock | None = None
+        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self.dlq = DeadLetterQueue(self)
+
+    # -- configuration -----------------------------------------------------------------
+    def _make_codec(self, codec: str | Codec, options: Mapping[str, Any] | None) -> Codec:
+        if isinstance(codec, Codec):
+            instance = codec
+        else:
+            spec = self._registry.codec(codec)
+            try:
+                instance = spec.factory(**dict(options or {}))
+            except TypeError as exc:
+                raise ConfigurationError(f"bad options for the {codec!r} codec: {exc}") from exc
+        self._decoders.setdefault(instance.content_type.lower(), instance)
+        return instance
+
+    def add_validator(self, topic: str, validator: PayloadValidator) -> None:
+        """Check payloads of ``topic``: rejected at publish, dead-lettered at consume."""
+        validate_topic(topic)
+        self._validators[topic] = _compile_validator(topic, validator)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.transport.capabilities
+
+    @property
+    def started(self) -> bool:
+        return self._state == "started"
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect the transport. Idempotent."""
+        if self._state == "started":
+            return
+        if self._state in ("closing", "closed"):
+            raise BusStateError("this bus was closed; create a new one")
+        self._closed = asyncio.Event()
+        self._close_lock = asyncio.Lock()
+        self._reply_lock = asyncio.Lock()
+        self._observers = Observers(self._pm, self._extra_observers)
+        await self.transport.start()
+        self._state = "started"
+        log.debug("bus started on %s", self.transport.describe())
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop intake, drain in-flight handlers (up to ``timeout``), close the transport.
+
+        Idempotent; concurrent calls wait for the first one.
+        """
+        if self._state == "new":
+            self._state = "closed"
+            return
+        if self._state == "closed":
+            return
+        assert self._close_lock is not None
+        assert self._closed is not None
+        async with self._close_lock:
+            if self._state == "closed":
+                return
+            self._state = "closing"
+            drain = self.drain_timeout if timeout is None else timeout
+            subs = list(self._subscriptions)
+            if subs:
+                await asyncio.gather(*(s.stop(drain) for s in subs), return_exceptions=True)
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(BusStateError("the bus was closed while waiting for a reply"))
+            self._pending.clear()
+            try:
+                await self.transport.close()
+            finally:
+                self._state = "closed"
+                self._closed.set()
+
+    aclose = close
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", "closed") == "started":
+            warnings.warn(
+                f"unclosed {self!r}; use 'async with' or await bus.close()",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    def __repr__(self) -> str:
+        return f"<EventBus transport={self.transport.name} state={self._state}>"
+
+    def _check_started(self) -> None:
+        if self._state != "started":
+            if self._state == "new":
+                raise BusStateError("the bus is not started; use 'async with bus' or await bus.start()")
+            raise BusStateError(f"the bus is {self._state}")
+
+    # -- publishing --------------------------------------------------------------------
+    def _codec_for(self, event: Event) -> Codec:
+        content_type = event.metadata.content_type
+        if content_type is not None:
+            codec = self._decoder_for(content_type.split(";", 1)[0].strip().lower())
+            if codec is not None:
+                return codec
+        if self._topic_codecs:
+            codec = self._topic_codecs.get(event.topic)
+            if codec is not None:
+                return codec
+        return self._codec
+
+    def encode(self, event: Event) -> Message:
+        """Validate and encode ``event`` into the wire :class:`Message` (no I/O)."""
+        if self._validators:
+            check = self._validators.get(event.topic)
+            if check is not None:
+                check(event.payload)
+        codec = self._codec_for(event)
+        body = codec.encode(event)
+        if len(body) > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"encoded payload is {len(body)} bytes, the maximum is {self.max_message_bytes}",
+                field="payload",
+            )
+        headers = envelope_headers(event, content_type=codec.content_type, source=self.source)
+        return Message(topic=event.topic, value=body, key=event.key, headers=headers)
+
+    async def publish(self, event: Event) -> None:
+        """Validate, encode and send one event; returns when the transport accepted it."""
+        if self._state != "started":
+            self._check_started()
+        if not isinstance(event, Event):
+            raise ValidationError(f"expected an Event, got {type(event).__name__}", field="event")
+        observers = self._observers
+        if observers.publish_context is None and observers.on_publish is None:
+            await self.transport.publish((self.encode(event),))
+            return
+        await self._publish_observed([event])
+
+    async def publish_many(self, events: Iterable[Event]) -> None:
+        """Send several events, batched where the transport can batch.
+
+        Every event is validated and encoded before the first is sent.
+        """
+        self._check_started()
+        batch = list(events)
+        for i, event in enumerate(batch):
+            if not isinstance(event, Event):
+                raise ValidationError(f"expected an Event, got {type(event).__name__}", field=f"events[{i}]")
+        if not batch:
+            return
+        observers = self._observers
+        if observers.publish_context is None and observers.on_publish is None:
+            await self.transport.publish([self.encode(e) for e in batch])
+            return
+        await self._publish_observed(batch)
+
+    async def _publish_observed(self, events: Sequence[Event]) -> None:
+        observers = self._observers
+        infos = [
+            PublishInfo(transport=self.transport.name, topic=e.topic, batch_size=len(events)) for e in events
+        ]
+        with contextlib.ExitStack() as stack:
+            messages = []
+            sent: list[Event] = []
+            for event, info in zip(events, infos, strict=True):
+                if observers.publish_context is not None:
+                    extra: dict[str, str] = {}
+                    for cm in observers.publish_context(event=event, info=info):
+                        if cm is None:
+                            continue
+                        added = stack.enter_context(cm)
+                        if added:
+                            extra.update(added)
+                    if extra:
+                        event = event.with_headers(**extra)
+                messages.append(self.encode(event))
+                sent.append(event)
+            started = time.perf_counter()
+            try:
+                await self.transport.publish(messages)
+            except BaseException as exc:
+                if observers.on_publish is not None:
+                    duration = time.perf_counter() - started
+                    for event, info in zip(sent, infos, strict=True):
+                        observers.on_publish(
+                            event=event, info=info, duration=duration, outcome="error", error=exc
+                        )
+                raise
+            if observers.on_publish is not None:
+                duration = time.perf_counter() - started
+                for event, info in zip(sent, infos, strict=True):
+                    observers.on_publish(
+                        event=event, info=info, duration=duration, outcome="success", error=None
+                    )
+
+    # -- consuming ---------------------------------------------------------------------
+    def _decoder_for(self, content_type: str) -> Codec | None:
+        codec = self._decoders.get(content_type)
+        if codec is None:
+            spec = self._registry.codecs_by_type.get(content_type)
+            if spec is None:
+                return None
+            try:
+                codec = spec.factory()
+            except Exception as exc:
+                raise DecodeError(f"the {spec.name!r} codec cannot be built without options: {exc}") from exc
+            self._decoders[content_type] = codec
+        return codec
+
+    def _decode(self, message: Message) -> Event:
+        content_type = content_type_of(message.headers)
+        codec = self._codec if content_type is None else self._decoder_for(content_type)
+        if codec is None:
+            raise DecodeError(f"no installed codec reads content type {content_type!r}")
+        payload = codec.decode(message.value, topic=message.topic, headers=message.headers)
+        event = build_event(message, payload)
+        if self._validators:
+            check = self._validators.get(message.topic)
+            if check is not None:
+                check(payload)
+        return event
+
+    async def subscribe(
+        self,
+        topics: str | Sequence[str],
+        handler: Handler,
+        *,
+        group: str | None = None,
+        options: ConsumerOptions | None = None,
+        name: str | None = None,
+    ) -> Subscription:
+        """Consume ``topics`` with ``handler`` (sync or async); returns once live.
+
+        Without ``group`` the subscription sees every event published after it
+        started (broadcast). With ``group`` the members of the group split the events
+        and each group sees all of them. An event is acked only after the handler
+        returned or the event was written to the dead-letter topic.
+        """
+        self._check_started()
+        names = (topics,) if isinstance(topics, str) else tuple(topics)
+        if not names:
+            raise ValidationError("at least one topic is required", field="topics")
+        for topic in names:
+            validate_topic(topic)
+        if group is not None:
+            validate_topic(group, field_name="group")
+            if not self.capabilities.consumer_groups:
+                raise UnsupportedOperationError(f"the {self.transport.name} transport has no consumer groups")
+        options = options or ConsumerOptions()
+        for topic in names:
+            validate_topic(options.dlq_for(topic), field_name="dlq_topic")
+        if not callable(handler):
+            raise ConfigurationError(f"handler must be callable, got {type(handler).__name__}")
+        policy = self._registry.retry_policy(options.retry_policy)(options)
+        spec = SubscriptionSpec(
+            topics=names,
+            group=group,
+            consumer_name=name or consumer_name(),
+            prefetch=options.prefetch_count,
+            start_from=options.start_from,
+        )
+        sub = Subscription(self, spec, handler, options, policy)
+        self._subscriptions.add(sub)
+        try:
+            await sub._start()
+        except BaseException:
+            self._subscriptions.discard(sub)
+            raise
+        return sub
+
+    def _forget(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return tuple(self._subscriptions)
+
+    # -- request / reply ---------------------------------------------------------------
+    async def _ensure_reply_subscription(self) -> None:
+        if self._reply_sub is not None:
+            return
+        assert self._reply_lock is not None
+        async with self._reply_lock:
+            if self._reply_sub is None:
+                self._reply_sub = await self.subscribe(
+                    self._reply_topic,
+                    self._on_reply,
+                    options=ConsumerOptions(max_retries=0, retry_policy="none"),
+                )
+
+    async def _on_reply(self, event: Event) -> None:
+        correlation = event.metadata.correlation_id
+        future = self._pending.get(correlation) if correlation else None
+        if future is None or future.done():
+            log.info("discarding a reply nobody waits for (correlation id %s)", correlation)
+            return
+        future.set_result(event)
+
+    async def request(self, event: Event, timeout: float = 5.0) -> Event:
+        """Publish ``event`` and wait for the reply a handler returns.
+
+        The request carries this bus's reply topic in ``reply_to`` and its event id
+        as correlation id (unless one is set). Raises
+        :class:`~dotmac.events.errors.RequestTimeoutError` after ``timeout`` seconds.
+        """
+        self._check_started()
+        if not self.capabilities.request_reply:
+            raise UnsupportedOperationError(f"the {self.transport.name} transport has no request-reply")
+        await self._ensure_reply_subscription()
+        meta = event.metadata
+        correlation = meta.correlation_id or meta.event_id
+        request = evolve(event, metadata=evolve(meta, reply_to=self._reply_topic, correlation_id=correlation))
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending[correlation] = future
+        try:
+            await self.publish(request)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeoutError(
+                    f"no reply to {event.topic!r} (event {meta.event_id}) within {timeout}s"
+                ) from None
+        finally:
+            self._pending.pop(correlation, None)

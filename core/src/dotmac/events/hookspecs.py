@@ -1,0 +1,160 @@
+"""Hook specifications: the only way the core learns about plugins.
+
+A plugin is a module (or object) with functions marked ``@hookimpl`` whose names
+are the hooks below, published through the entry-point group ``dotmac_events``::
+
+    # pyproject.toml of dotmac-events-foo
+    [project.entry-points.dotmac_events]
+    foo = "dotmac_events_foo"
+
+    # dotmac_events_foo/__init__.py
+    from dotmac.events import hookimpl
+
+    @hookimpl
+    def dotmac_events_register_transports(register):
+        register.add_transport(TransportSpec(name="foo", schemes=("foo",), ...))
+
+Hooks are always called with keyword arguments and never awaited: they return
+classes, factories, context managers or nothing; all I/O lives in the objects they
+create. Observer hooks (``dotmac_events_on_*`` and the ``*_context`` hooks) are
+resolved once when a bus starts, so a bus without observers pays nothing per event.
+A plugin implements only the hooks it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .event import Event
+    from .observe import ConsumeInfo, PublishInfo
+    from .registry import Registry
+    from .transport import Message
+
+PROJECT_NAME = "dotmac_events"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def dotmac_events_register_transports(register: Registry) -> None:
+    """Register the transports this plugin provides.
+
+    Called once per plugin manager, when the first bus is created. Call
+    ``register.add_transport(TransportSpec(...))`` once per transport: its ``name``,
+    the URL ``schemes`` it serves (``("redis", "rediss")``), the attrs ``config_class``
+    that ``create_bus`` structures URL query parameters and dicts into (unknown keys
+    are rejected), the ``factory(config) -> Transport`` that builds an un-started
+    transport, an optional ``parse_url(url) -> dict`` giving config fields from the
+    URL's netloc and path, and the ``capabilities`` flags. A scheme registered twice
+    raises :class:`~dotmac.events.errors.ConfigurationError` naming both plugins.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def dotmac_events_register_codecs(register: Registry) -> None:
+    """Register payload codecs.
+
+    Call ``register.add_codec(CodecSpec(name=..., content_type=..., factory=...))``.
+    ``factory(**options) -> Codec`` builds a :class:`~dotmac.events.codec.Codec`;
+    it is called with no options to decode incoming messages whose ``content-type``
+    matches, and with the user's options when a bus selects the codec by name
+    (``create_bus(url, codec="avro", codec_options={...})``). The builtin JSON codec
+    registers through this hook. Return value: ignored.
+    """
+
+
+@hookspec
+def dotmac_events_register_retry_policies(register: Registry) -> None:
+    """Register named retry policies.
+
+    Call ``register.add_retry_policy(name, factory)`` where
+    ``factory(options: ConsumerOptions) -> RetryPolicy`` builds a policy (an object
+    with ``max_retries`` and a pure ``compute(attempt) -> seconds``) from a
+    subscription's options. ``ConsumerOptions(retry_policy=name)`` selects it.
+    The builtins ``none``, ``fixed`` and ``exponential`` register the same way.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def dotmac_events_publish_context(
+    event: Event, info: PublishInfo
+) -> AbstractContextManager[Mapping[str, str] | None] | None:
+    """Wrap one publish (tracing). Optional; return ``None`` to stay out of the way.
+
+    Called for every event just before it is encoded. Return a context manager:
+    the bus enters it before encoding, merges the mapping its ``__enter__`` returns
+    into the event's headers (e.g. ``traceparent``), sends, then exits it with the
+    exception of a failed send, if any. Must not raise.
+    """
+
+
+@hookspec
+def dotmac_events_consume_context(event: Event, info: ConsumeInfo) -> AbstractContextManager[Any] | None:
+    """Wrap the handling of one delivery, all its attempts included (tracing).
+
+    Called after the event is decoded and before the first handler call; the
+    returned context manager stays entered during every attempt, retry waits and
+    dead-lettering, so spans started by the handler become its children. Its
+    ``__exit__`` receives the exception only if handling was cancelled. Must not raise.
+    """
+
+
+@hookspec
+def dotmac_events_on_publish(
+    event: Event, info: PublishInfo, duration: float, outcome: str, error: BaseException | None
+) -> None:
+    """After a publish: ``outcome`` is ``"success"`` or ``"error"``; ``duration`` in seconds.
+
+    For ``publish_many`` it is called once per event with the batch's duration.
+    """
+
+
+@hookspec
+def dotmac_events_on_consume(
+    event: Event,
+    info: ConsumeInfo,
+    duration: float,
+    outcome: str,
+    error: BaseException | None,
+    attempts: int,
+) -> None:
+    """After a delivery was handled: ``outcome`` is ``"success"``, ``"dead_letter"`` or
+    ``"released"`` (shutdown left it for redelivery). ``duration`` covers every attempt.
+    """
+
+
+@hookspec
+def dotmac_events_on_retry(
+    event: Event, info: ConsumeInfo, attempt: int, delay: float, error: BaseException
+) -> None:
+    """A handler call failed and will be retried after ``delay`` seconds.
+
+    ``attempt`` is the number of the call that failed (1 for the first).
+    """
+
+
+@hookspec
+def dotmac_events_on_dead_letter(
+    event: Event | None,
+    message: Message,
+    info: ConsumeInfo,
+    dlq_topic: str,
+    reason: str,
+    error: BaseException | None,
+    attempts: int,
+) -> None:
+    """A message was written to ``dlq_topic``. ``event`` is ``None`` if it could not be
+    decoded; ``message`` is the raw message as received."""
+
+
+@hookspec
+def dotmac_events_on_error(where: str, error: BaseException, info: Mapping[str, Any]) -> None:
+    """An error outside a handler: ``where`` is ``"decode"``, ``"ack"``, ``"dead_letter"``,
+    ``"transport"`` or ``"reply"``. ``info`` holds topic, group and transport when known."""

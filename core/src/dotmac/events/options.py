@@ -1,0 +1,98 @@
+"""Per-subscription consumer options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import field, frozen
+
+from .errors import ConfigurationError
+from .event import validate_topic
+from .transport import StartFrom
+
+__all__ = ["ConsumerOptions", "create_exponential_retry_options", "create_fixed_retry_options"]
+
+
+def _int_at_least(minimum: int) -> Any:
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(
+                f"ConsumerOptions.{attr.name} must be an int >= {minimum}, got {value!r}"
+            )
+
+    return check
+
+
+def _optional_positive(_inst: Any, attr: Any, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigurationError(f"ConsumerOptions.{attr.name} must be > 0 or None, got {value!r}")
+
+
+def _check_dlq(_inst: Any, _attr: Any, value: Any) -> None:
+    if value is not None:
+        try:
+            validate_topic(value, field_name="dlq_topic")
+        except ValueError as exc:
+            raise ConfigurationError(f"ConsumerOptions.{exc}") from exc
+
+
+def _check_start(_inst: Any, _attr: Any, value: Any) -> None:
+    if value not in ("latest", "earliest"):
+        raise ConfigurationError(f"ConsumerOptions.start_from must be 'latest' or 'earliest', got {value!r}")
+
+
+@frozen
+class ConsumerOptions:
+    """How a subscription consumes.
+
+    - ``max_retries``: retries after the first failed call (N means at most N+1 calls).
+    - ``retry_policy``: a registered policy name: ``"exponential"`` (default, full
+      jitter, capped at ``backoff_max_ms``), ``"fixed"`` (``backoff_base_ms`` each time)
+      or ``"none"``.
+    - ``dlq_topic``: where failed events go; ``None`` means ``<topic>.dlq``.
+    - ``concurrency``: handlers running at once. Events with the same key (the same
+      partition on partitioned transports) are still handled one after another.
+    - ``prefetch_count``: unacknowledged events the transport may hand out at once.
+    - ``start_from``: where a group that does not exist yet starts: ``"latest"`` (events
+      published from now on) or ``"earliest"`` (the retained backlog too).
+    - ``max_deliveries``: an event redelivered more often than this (because the
+      consumer keeps dying while handling it) is dead-lettered without another call.
+    - ``handler_timeout``: seconds a single handler call may take; a timeout counts as
+      a failure and is retried.
+    """
+
+    max_retries: int = field(default=3, validator=_int_at_least(0))
+    backoff_base_ms: int = field(default=1000, validator=_int_at_least(0))
+    backoff_max_ms: int = field(default=30_000, validator=_int_at_least(0))
+    retry_policy: str = "exponential"
+    jitter: bool = True
+    dlq_topic: str | None = field(default=None, validator=_check_dlq)
+    concurrency: int = field(default=1, validator=_int_at_least(1))
+    prefetch_count: int = field(default=100, validator=_int_at_least(1))
+    start_from: StartFrom = field(default="latest", validator=_check_start)
+    max_deliveries: int | None = field(default=None, validator=_optional_positive)
+    handler_timeout: float | None = field(default=None, validator=_optional_positive)
+
+    def dlq_for(self, topic: str) -> str:
+        return self.dlq_topic or f"{topic}.dlq"
+
+
+def create_exponential_retry_options(
+    max_retries: int = 5,
+    base_delay_ms: int = 100,
+    max_delay_ms: int = 30_000,
+    **kwargs: Any,
+) -> ConsumerOptions:
+    """Options with exponential backoff and full jitter (the seed's helper)."""
+    return ConsumerOptions(
+        max_retries=max_retries,
+        backoff_base_ms=base_delay_ms,
+        backoff_max_ms=max_delay_ms,
+        retry_policy="exponential",
+        **kwargs,
+    )
+
+
+def create_fixed_retry_options(max_retries: int = 3, delay_ms: int = 1000, **kwargs: Any) -> ConsumerOptions:
+    """Options that wait ``delay_ms`` before each retry."""
+    return ConsumerOptions(max_retries=max_retries, backoff_base_ms=delay_ms, retry_policy="fixed", **kwargs)

@@ -1,0 +1,185 @@
+"""The contract between the core and a transport plugin.
+
+A transport moves :class:`Message` objects (already encoded bytes plus string
+headers) and hands received ones to the core as :class:`Delivery` objects. Retries,
+dead-lettering, decoding, request-reply and observability live in the core, so a
+transport only has to store, fetch, acknowledge and release.
+
+Read ``docs/adapters.md`` for a walk-through; run
+``dotmac.events.testing.TransportConformance`` to prove an implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Literal
+
+from attrs import field, frozen
+
+__all__ = [
+    "Capabilities",
+    "Delivery",
+    "DeliverySink",
+    "Message",
+    "StartFrom",
+    "SubscriptionSpec",
+    "Transport",
+    "TransportSubscription",
+]
+
+StartFrom = Literal["latest", "earliest"]
+
+
+@frozen
+class Capabilities:
+    """What a transport can do. The conformance kit skips what is ``False``.
+
+    - ``persistent``: events survive the process (and, with broker persistence, a restart).
+    - ``consumer_groups``: ``group=`` splits events between members.
+    - ``partitions``: topics are partitioned; ordering holds per key.
+    - ``ordering``: ``"key"`` (per key), ``"topic"`` (per topic) or ``"none"``.
+    - ``request_reply``: ``bus.request()`` works (the core builds it on broadcast).
+    - ``replay_backlog``: a new subscription with ``start_from="earliest"`` sees events
+      published before it existed.
+    - ``readable``: :meth:`Transport.read` lists a topic's retained events (DLQ listing).
+    - ``restartable``: the broker can restart under a live bus without losing acked events.
+    - ``batch_publish``: :meth:`Transport.publish` sends several messages in one round trip.
+    """
+
+    persistent: bool = False
+    consumer_groups: bool = True
+    partitions: bool = False
+    ordering: Literal["key", "topic", "none"] = "topic"
+    request_reply: bool = True
+    replay_backlog: bool = False
+    readable: bool = False
+    restartable: bool = False
+    batch_publish: bool = False
+
+
+@frozen
+class Message:
+    """An encoded event as it travels: topic, optional key, string headers, body bytes.
+
+    ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
+    user headers (DESIGN §6). ``position`` is the transport's own id for a received
+    message (stream id, ``partition:offset``) and is ``None`` when publishing.
+    """
+
+    topic: str
+    value: bytes
+    key: str | None = None
+    headers: Mapping[str, str] = field(factory=dict)
+    position: str | None = None
+
+
+class Delivery(abc.ABC):
+    """One received message, owned by the core until it is acked or released.
+
+    ``delivery_count`` is 1 the first time the broker hands the message out and grows
+    with each redelivery (Redis pending-entry reclaims, memory releases). Transports
+    that cannot count redeliveries report 1.
+
+    ``ordering_key`` groups deliveries that must be handled one after another
+    (the partition on Kafka, the event key elsewhere); ``None`` means no constraint.
+    """
+
+    __slots__ = ()
+
+    message: Message
+    delivery_count: int
+    ordering_key: Hashable | None
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """The message was handled or dead-lettered; it must not be delivered again."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """The message was not handled (shutdown, cancellation); deliver it again later.
+
+        On log-based transports this means "do not commit past this position".
+        """
+
+
+DeliverySink = Callable[[Delivery], Awaitable[None]]
+"""Called by a transport for each received message. It returns when the core has
+room for the delivery, which is how backpressure reaches the transport: a transport
+must not fetch more while a call is pending."""
+
+
+@frozen
+class SubscriptionSpec:
+    """What the core asks a transport to subscribe to.
+
+    ``group`` ``None`` means broadcast: this subscription alone sees every event
+    published after it started. ``consumer_name`` is unique within the group and
+    stable for the life of the subscription. ``prefetch`` bounds how many
+    unacknowledged messages the transport may hand out. ``start_from`` positions a
+    group that does not exist yet (or a broadcast subscription).
+    """
+
+    topics: tuple[str, ...]
+    group: str | None
+    consumer_name: str
+    prefetch: int = 100
+    start_from: StartFrom = "latest"
+
+
+class TransportSubscription(abc.ABC):
+    """A live subscription returned by :meth:`Transport.subscribe`."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop fetching. Returns when no more deliveries will reach the sink.
+
+        Messages fetched but never handed to the sink are released. Deliveries the
+        core still holds are acked or released by the core afterwards, so a
+        transport must keep acking working until :meth:`Transport.close`.
+        """
+
+
+class Transport(abc.ABC):
+    """A connection to one broker. Created un-started by the plugin's factory.
+
+    ``start`` connects (and undoes partial setup if it fails); ``close`` flushes and
+    releases every connection and task; both are idempotent.
+    """
+
+    name: str = "transport"
+    capabilities: Capabilities = Capabilities()
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Store ``messages`` durably (as durable as the transport is) or raise.
+
+        Returns only when every message was accepted; raises a
+        :class:`~dotmac.events.errors.TransportError` otherwise.
+        """
+
+    @abc.abstractmethod
+    async def subscribe(self, spec: SubscriptionSpec, sink: DeliverySink) -> TransportSubscription:
+        """Subscribe and return once the subscription is live (joined and positioned).
+
+        Every message published after this returns must reach ``sink``.
+        """
+
+    async def read(self, topic: str, *, limit: int = 100) -> list[Message]:
+        """Return up to ``limit`` retained messages of ``topic``, oldest first.
+
+        Optional (``capabilities.readable``); used to list dead letters.
+        """
+        from .errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(f"the {self.name} transport cannot read topics back")
+
+    def describe(self) -> Mapping[str, object]:
+        """Non-secret facts for logs and ``dotmac-events plugins`` (host, port, ...)."""
+        return {"transport": self.name}

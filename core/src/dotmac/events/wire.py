@@ -1,0 +1,133 @@
+"""The wire envelope: CloudEvents 1.0 binary content mode on every transport.
+
+The body is the codec's bytes; envelope attributes travel as headers::
+
+    ce_specversion  "1.0"
+    ce_id           metadata.event_id
+    ce_type         metadata.event_type (defaults to the topic)
+    ce_source       metadata.source (defaults to the bus's source)
+    ce_time         metadata.occurred_at, RFC 3339 UTC
+    content-type    the codec's content type
+    ce_tenantid, ce_correlationid, ce_causationid, ce_replyto, ce_schemaversion
+                    when set
+
+User headers travel as themselves. The event key is the message key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import DecodeError, ValidationError
+from .event import Event, EventMetadata
+from .transport import Message
+
+__all__ = [
+    "CE_ATTRIBUTES",
+    "SPEC_VERSION",
+    "format_time",
+    "parse_time",
+    "split_headers",
+]
+
+SPEC_VERSION = "1.0"
+
+# metadata field -> header name, for the optional attributes.
+CE_ATTRIBUTES: dict[str, str] = {
+    "correlation_id": "ce_correlationid",
+    "causation_id": "ce_causationid",
+    "reply_to": "ce_replyto",
+    "schema_version": "ce_schemaversion",
+}
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> datetime:
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def envelope_headers(event: Event, *, content_type: str, source: str) -> dict[str, str]:
+    """User headers followed by the ``ce_*`` attributes of ``event``."""
+    meta = event.metadata
+    headers = dict(event.headers)
+    headers["ce_specversion"] = SPEC_VERSION
+    headers["ce_id"] = meta.event_id
+    headers["ce_type"] = meta.event_type or event.topic
+    headers["ce_source"] = meta.source or source
+    headers["ce_time"] = format_time(meta.occurred_at)
+    headers["content-type"] = content_type
+    if event.tenant_id is not None:
+        headers["ce_tenantid"] = event.tenant_id
+    if meta.correlation_id is not None:
+        headers["ce_correlationid"] = meta.correlation_id
+    if meta.causation_id is not None:
+        headers["ce_causationid"] = meta.causation_id
+    if meta.reply_to is not None:
+        headers["ce_replyto"] = meta.reply_to
+    if meta.schema_version is not None:
+        headers["ce_schemaversion"] = meta.schema_version
+    return headers
+
+
+def split_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split message headers into (envelope attributes, user headers)."""
+    envelope: dict[str, str] = {}
+    user: dict[str, str] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered.startswith("ce_") or lowered == "content-type":
+            envelope[lowered] = value
+        else:
+            user[name] = value
+    return envelope, user
+
+
+def build_event(message: Message, payload: dict[str, Any]) -> Event:
+    """Rebuild the :class:`Event` from a received message and its decoded payload."""
+    envelope, user = split_headers(message.headers)
+    try:
+        event_id = envelope["ce_id"]
+    except KeyError:
+        raise DecodeError(f"message on {message.topic!r} has no ce_id header") from None
+    try:
+        occurred_at = parse_time(envelope["ce_time"]) if "ce_time" in envelope else None
+    except ValueError as exc:
+        raise DecodeError(f"message on {message.topic!r} has a malformed ce_time: {exc}") from exc
+    try:
+        meta_kwargs: dict[str, Any] = {
+            "event_id": event_id,
+            "event_type": envelope.get("ce_type"),
+            "source": envelope.get("ce_source"),
+            "content_type": envelope.get("content-type"),
+        }
+        if occurred_at is not None:
+            meta_kwargs["occurred_at"] = occurred_at
+        for attr, header in CE_ATTRIBUTES.items():
+            if header in envelope:
+                meta_kwargs[attr] = envelope[header]
+        return Event(
+            topic=message.topic,
+            payload=payload,
+            key=message.key,
+            headers=user,
+            tenant_id=envelope.get("ce_tenantid"),
+            metadata=EventMetadata(**meta_kwargs),
+        )
+    except ValidationError as exc:
+        raise DecodeError(f"message on {message.topic!r} has an invalid envelope: {exc}") from exc
+
+
+def content_type_of(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("content-type")
+    if value is None:
+        return None
+    return value.split(";", 1)[0].strip().lower()

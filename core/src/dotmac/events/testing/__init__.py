@@ -1,0 +1,21 @@
+"""Testing helpers and the transport conformance kit.
+
+``TransportConformance`` is a pytest contract suite: subclass it in a test module of
+your transport and implement :meth:`TransportConformance.create_bus`::
+
+    from dotmac.events import create_bus
+    from dotmac.events.testing import TransportConformance
+
+    class TestFooConformance(TransportConformance):
+        def create_bus(self):
+            return create_bus("foo://localhost")
+
+Only pytest is needed; every test runs its scenario on a fresh event loop.
+"""
+
+from __future__ import annotations
+
+from .collect import Collector, wait_for
+from .conformance import TransportConformance
+
+__all__ = ["Collector", "TransportConformance", "wait_for"]

@@ -1,0 +1,95 @@
+"""Handlers that record what they see and let a test await a condition, not a sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..event import Event
+
+__all__ = ["Collector", "wait_for"]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, *, what: str = "condition") -> None:
+    """Await ``predicate()`` becoming true, checking after every loop turn.
+
+    For conditions no event signals (state of another object). Raises
+    ``AssertionError`` naming ``what`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.0
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(delay)
+        delay = min(0.05, delay + 0.001)
+
+
+class Collector:
+    """An async handler that records events and wakes waiters when a count is reached.
+
+    ``fail`` optionally decides, per event and call number, whether the handler raises.
+    """
+
+    def __init__(
+        self,
+        fail: Callable[[Event, int], BaseException | None] | None = None,
+        on_event: Callable[[Event], Awaitable[Any] | Any] | None = None,
+    ) -> None:
+        self.events: list[Event] = []
+        self.calls: dict[str, int] = {}
+        self.total_calls = 0
+        self._fail = fail
+        self._on_event = on_event
+        self._changed = asyncio.Event()
+
+    async def __call__(self, event: Event) -> Any:
+        self.total_calls += 1
+        count = self.calls.get(event.event_id, 0) + 1
+        self.calls[event.event_id] = count
+        self._changed.set()
+        if self._fail is not None:
+            error = self._fail(event, count)
+            if error is not None:
+                raise error
+        result = None
+        if self._on_event is not None:
+            result = self._on_event(event)
+            if asyncio.iscoroutine(result):
+                result = await result
+        self.events.append(event)
+        self._changed.set()
+        return result
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.event_id for e in self.events]
+
+    def payloads(self, key: str) -> list[Any]:
+        return [e.payload.get(key) for e in self.events]
+
+    async def wait(
+        self, predicate: Callable[[Collector], bool], timeout: float, what: str = "events"
+    ) -> None:
+        """Await ``predicate(self)``; woken by every handler call."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what}: "
+                    f"{len(self.events)} handled, {self.total_calls} calls"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                continue
+
+    async def wait_count(self, n: int, timeout: float) -> None:
+        await self.wait(lambda c: len(c.events) >= n, timeout, what=f"{n} events")
+
+    async def wait_unique(self, n: int, timeout: float) -> None:
+        await self.wait(lambda c: len(set(c.ids)) >= n, timeout, what=f"{n} distinct events")

@@ -3,14 +3,32 @@
 ``create_dotmac_observability_hooks(metrics_registry=CollectorRegistry())`` returns an
 observer for ``create_bus(..., observers=[hooks])``. ``prometheus_client`` is imported
 only here, when you ask for it.
+
+The six series and their labels (the OpenTelemetry plugin records the same names
+and labels through the OpenTelemetry metrics API):
+
+=================================  ======================================================
+``events_published_total``         topic, transport, outcome (success / error)
+``event_publish_duration_seconds`` topic, transport, outcome
+``events_consumed_total``          topic, transport, consumer_group, outcome
+                                   (success / dead_letter / released)
+``event_consume_duration_seconds`` topic, transport, consumer_group, outcome
+``events_retried_total``           topic, transport, consumer_group
+``events_dlq_total``               topic, transport, consumer_group, reason
+=================================  ======================================================
+
+Each gets a ``tenant`` label when ``tenant_metrics=True``. ``consumer_group`` is empty
+for broadcast subscriptions, ``tenant`` for events without a tenant.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidTenantError
+from .event import validate_tenant_id
 from .plugins import hookimpl
 
 if TYPE_CHECKING:
@@ -18,19 +36,52 @@ if TYPE_CHECKING:
     from .observe import ConsumeInfo, PublishInfo
     from .transport import Message
 
-__all__ = ["OTHER", "LabelCap", "PrometheusObserver", "create_dotmac_observability_hooks"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "OTHER",
+    "REPLY_TOPIC_PREFIX",
+    "REPLY_TOPIC_TEMPLATE",
+    "LabelCap",
+    "PrometheusObserver",
+    "create_dotmac_observability_hooks",
+    "topic_template",
+]
 
 OTHER = "__other__"
-"""Label value that replaces topics/tenants beyond the configured cap."""
+"""Label value that replaces topics/tenants beyond the configured cap (and invalid tenants)."""
+
+REPLY_TOPIC_PREFIX = "dotmac.reply."
+REPLY_TOPIC_TEMPLATE = "dotmac.reply.{bus}"
+"""Every bus has its own reply topic; they are reported under this one name so that
+request-reply does not add a label value (or a span name) per process."""
 
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Histogram bucket bounds in seconds, shared by both metrics integrations."""
+
+DEFAULT_MAX_TOPICS = 200
+DEFAULT_MAX_TENANTS = 200
+
+
+def topic_template(topic: str) -> str:
+    """The low-cardinality name of ``topic``: per-bus reply topics collapse to one."""
+    return REPLY_TOPIC_TEMPLATE if topic.startswith(REPLY_TOPIC_PREFIX) else topic
+
+
+def _check_limit(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be an int >= 0, got {value!r}")
+    return value
 
 
 class LabelCap:
-    """Admits at most ``limit`` distinct values; later ones map to ``__other__``."""
+    """Admits at most ``limit`` distinct values; later ones map to ``__other__``.
+
+    Values admitted once keep their own label for the life of the process, so a
+    flood of new names costs at most ``limit`` label values, never memory per name.
+    """
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
+        self.limit = _check_limit("limit", limit)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 
@@ -40,10 +91,53 @@ class LabelCap:
         if value in self._seen:
             return value
         with self._lock:
+            if value in self._seen:
+                return value
             if len(self._seen) < self.limit:
                 self._seen.add(value)
                 return value
         return OTHER
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class LabelPolicy:
+    """Turns topics and tenants into bounded label values (shared by both integrations)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_metrics: bool = False,
+        max_topics: int = DEFAULT_MAX_TOPICS,
+        max_tenants: int = DEFAULT_MAX_TENANTS,
+    ) -> None:
+        self.tenant_metrics = bool(tenant_metrics)
+        self.topics = LabelCap(_check_limit("max_topics", max_topics))
+        self.tenants = LabelCap(_check_limit("max_tenants", max_tenants))
+
+    def topic(self, topic: str) -> str:
+        return self.topics(topic_template(topic))
+
+    def tenant(self, event: Event | None, message: Message | None = None) -> str:
+        """The tenant label: the event's tenant, else the raw message's (validated)."""
+        if event is not None:
+            return self.tenants(event.tenant_id)
+        raw = message.headers.get("ce_tenantid") if message is not None else None
+        if raw is None:
+            return ""
+        try:
+            # An undecodable message's header is untrusted input: never a label as is.
+            validate_tenant_id(raw)
+        except InvalidTenantError:
+            return OTHER
+        return self.tenants(raw)
+
+
+# One observer per registry: a second call with the same registry returns the first
+# observer instead of failing on duplicated series.
+_observers: weakref.WeakKeyDictionary[Any, PrometheusObserver] = weakref.WeakKeyDictionary()
+_observers_lock = threading.Lock()
 
 
 class PrometheusObserver:
@@ -54,8 +148,8 @@ class PrometheusObserver:
         metrics_registry: Any = None,
         *,
         tenant_metrics: bool = False,
-        max_topics: int = 200,
-        max_tenants: int = 200,
+        max_topics: int = DEFAULT_MAX_TOPICS,
+        max_tenants: int = DEFAULT_MAX_TENANTS,
         namespace: str = "",
     ) -> None:
         try:
@@ -64,56 +158,65 @@ class PrometheusObserver:
             raise ConfigurationError(
                 'Prometheus metrics need prometheus_client: pip install "dotmac-events[prometheus]"'
             ) from exc
+        # No reference to the registry is kept: the per-registry cache below is weak.
         registry = metrics_registry if metrics_registry is not None else prom.REGISTRY
-        self.tenant_metrics = tenant_metrics
-        self._topic = LabelCap(max_topics)
-        self._tenant = LabelCap(max_tenants)
-        tenant = ("tenant",) if tenant_metrics else ()
+        self.labels = LabelPolicy(
+            tenant_metrics=tenant_metrics, max_topics=max_topics, max_tenants=max_tenants
+        )
+        self.tenant_metrics = self.labels.tenant_metrics
+        self.namespace = namespace
+        tenant = ("tenant",) if self.tenant_metrics else ()
         pub_labels = ("topic", "transport", "outcome", *tenant)
         con_labels = ("topic", "transport", "consumer_group", "outcome", *tenant)
         kw: dict[str, Any] = {"registry": registry, "namespace": namespace}
-        self.published = prom.Counter("events_published_total", "Events published", pub_labels, **kw)
-        self.consumed = prom.Counter("events_consumed_total", "Events consumed", con_labels, **kw)
-        self.publish_duration = prom.Histogram(
-            "event_publish_duration_seconds",
-            "Time to publish an event",
-            pub_labels,
-            buckets=DURATION_BUCKETS,
-            **kw,
-        )
-        self.consume_duration = prom.Histogram(
-            "event_consume_duration_seconds",
-            "Time to handle an event, retries included",
-            con_labels,
-            buckets=DURATION_BUCKETS,
-            **kw,
-        )
-        self.retried = prom.Counter(
-            "events_retried_total",
-            "Handler calls that failed and were retried",
-            ("topic", "transport", "consumer_group", *tenant),
-            **kw,
-        )
-        self.dead_lettered = prom.Counter(
-            "events_dlq_total",
-            "Events written to a dead-letter topic",
-            ("topic", "transport", "consumer_group", "reason", *tenant),
-            **kw,
-        )
+        try:
+            self.published = prom.Counter("events_published_total", "Events published", pub_labels, **kw)
+            self.consumed = prom.Counter("events_consumed_total", "Events consumed", con_labels, **kw)
+            self.publish_duration = prom.Histogram(
+                "event_publish_duration_seconds",
+                "Time to publish an event",
+                pub_labels,
+                buckets=DURATION_BUCKETS,
+                **kw,
+            )
+            self.consume_duration = prom.Histogram(
+                "event_consume_duration_seconds",
+                "Time to handle an event, retries included",
+                con_labels,
+                buckets=DURATION_BUCKETS,
+                **kw,
+            )
+            self.retried = prom.Counter(
+                "events_retried_total",
+                "Handler calls that failed and were retried",
+                ("topic", "transport", "consumer_group", *tenant),
+                **kw,
+            )
+            self.dead_lettered = prom.Counter(
+                "events_dlq_total",
+                "Events written to a dead-letter topic",
+                ("topic", "transport", "consumer_group", "reason", *tenant),
+                **kw,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"the dotmac-events series already exist in this registry ({exc}); "
+                "use create_dotmac_observability_hooks(), which returns the registry's existing observer"
+            ) from exc
 
-    def _tenant_label(self, event: Event | None, message: Message | None = None) -> tuple[str, ...]:
+    def _settings(self) -> tuple[Any, ...]:
+        return (self.tenant_metrics, self.labels.topics.limit, self.labels.tenants.limit, self.namespace)
+
+    def _tenant(self, event: Event | None, message: Message | None = None) -> tuple[str, ...]:
         if not self.tenant_metrics:
             return ()
-        tenant = event.tenant_id if event is not None else None
-        if tenant is None and message is not None:
-            tenant = message.headers.get("ce_tenantid")
-        return (self._tenant(tenant),)
+        return (self.labels.tenant(event, message),)
 
     @hookimpl
     def dotmac_events_on_publish(
         self, event: Event, info: PublishInfo, duration: float, outcome: str, error: BaseException | None
     ) -> None:
-        labels = (self._topic(info.topic), info.transport, outcome, *self._tenant_label(event))
+        labels = (self.labels.topic(info.topic), info.transport, outcome, *self._tenant(event))
         self.published.labels(*labels).inc()
         self.publish_duration.labels(*labels).observe(duration)
 
@@ -128,11 +231,11 @@ class PrometheusObserver:
         attempts: int,
     ) -> None:
         labels = (
-            self._topic(info.topic),
+            self.labels.topic(info.topic),
             info.transport,
             info.group or "",
             outcome,
-            *self._tenant_label(event),
+            *self._tenant(event),
         )
         self.consumed.labels(*labels).inc()
         self.consume_duration.labels(*labels).observe(duration)
@@ -142,7 +245,7 @@ class PrometheusObserver:
         self, event: Event, info: ConsumeInfo, attempt: int, delay: float, error: BaseException
     ) -> None:
         self.retried.labels(
-            self._topic(info.topic), info.transport, info.group or "", *self._tenant_label(event)
+            self.labels.topic(info.topic), info.transport, info.group or "", *self._tenant(event)
         ).inc()
 
     @hookimpl
@@ -157,20 +260,23 @@ class PrometheusObserver:
         attempts: int,
     ) -> None:
         self.dead_lettered.labels(
-            self._topic(info.topic),
+            self.labels.topic(info.topic),
             info.transport,
             info.group or "",
             reason,
-            *self._tenant_label(event, message),
+            *self._tenant(event, message),
         ).inc()
+
+    def __repr__(self) -> str:
+        return f"<PrometheusObserver tenant_metrics={self.tenant_metrics} namespace={self.namespace!r}>"
 
 
 def create_dotmac_observability_hooks(
     metrics_registry: Any = None,
     tenant_metrics: bool = False,
     *,
-    max_topics: int = 200,
-    max_tenants: int = 200,
+    max_topics: int = DEFAULT_MAX_TOPICS,
+    max_tenants: int = DEFAULT_MAX_TENANTS,
     namespace: str = "",
 ) -> PrometheusObserver:
     """Observer recording ``events_published_total``, ``events_consumed_total``,
@@ -178,14 +284,39 @@ def create_dotmac_observability_hooks(
     ``events_retried_total`` and ``events_dlq_total`` into ``metrics_registry`` (a
     ``prometheus_client.CollectorRegistry``; the default registry when ``None``).
 
-    Pass it to ``create_bus(..., observers=[hooks])``. ``tenant_metrics`` adds a
-    ``tenant`` label; ``max_topics``/``max_tenants`` cap label values (beyond the cap
-    they are counted as ``__other__``) so a flood of names cannot exhaust memory.
+    Pass it to ``create_bus(..., observers=[hooks])``; one observer serves any number
+    of buses, and calling this again with the same registry returns the same observer.
+    ``tenant_metrics`` adds a ``tenant`` label; ``max_topics``/``max_tenants`` cap label
+    values (beyond the cap they are counted as ``__other__``) so a flood of names cannot
+    exhaust memory. Per-bus reply topics are counted as ``dotmac.reply.{bus}``.
+    Raises :class:`~dotmac.events.errors.ConfigurationError` when prometheus_client is
+    missing, a limit is not a non-negative int, or the registry already holds an
+    observer with different settings.
     """
-    return PrometheusObserver(
-        metrics_registry,
-        tenant_metrics=tenant_metrics,
-        max_topics=max_topics,
-        max_tenants=max_tenants,
-        namespace=namespace,
-    )
+    if metrics_registry is None:
+        try:
+            import prometheus_client as prom
+        except ImportError as exc:
+            raise ConfigurationError(
+                'Prometheus metrics need prometheus_client: pip install "dotmac-events[prometheus]"'
+            ) from exc
+        metrics_registry = prom.REGISTRY
+    with _observers_lock:
+        existing = _observers.get(metrics_registry)
+        if existing is not None:
+            wanted = (bool(tenant_metrics), max_topics, max_tenants, namespace)
+            if existing._settings() != wanted:
+                raise ConfigurationError(
+                    "this registry already has dotmac-events metrics with other settings "
+                    f"(tenant_metrics, max_topics, max_tenants, namespace = {existing._settings()!r})"
+                )
+            return existing
+        observer = PrometheusObserver(
+            metrics_registry,
+            tenant_metrics=tenant_metrics,
+            max_topics=max_topics,
+            max_tenants=max_tenants,
+            namespace=namespace,
+        )
+        _observers[metrics_registry] = observer
+        return observer

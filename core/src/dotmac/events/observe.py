@@ -49,7 +49,9 @@ class Observers:
     """The observer hooks of one bus, each ``None`` when nothing implements it.
 
     The bus checks these attributes on its hot path; an absent observer costs one
-    attribute test.
+    attribute test. ``extra`` are the bus's own observers (``create_bus(observers=...)``);
+    one with a ``replaces_plugins`` attribute (a tuple of plugin names) hides those
+    process-wide plugins from this bus.
     """
 
     def __init__(self, pm: pluggy.PluginManager, extra: Iterable[object] = ()) -> None:
@@ -58,9 +60,15 @@ class Observers:
             # Per-bus observers live in a private manager so they never leak to other buses.
             local = pluggy.PluginManager(hookspecs.PROJECT_NAME)
             local.add_hookspecs(hookspecs)
+            # An explicit observer may stand in for a process-wide plugin (an OTel observer
+            # with its own providers replaces the auto-loaded "otel" one) so nothing is
+            # recorded twice.
+            replaced = {name for plugin in extra for name in getattr(plugin, "replaces_plugins", ())}
             for name, plugin in pm.list_name_plugin():
-                if plugin is not None and any(
-                    c.name in _OBSERVER_HOOKS for c in pm.get_hookcallers(plugin) or ()
+                if (
+                    plugin is not None
+                    and name not in replaced
+                    and any(c.name in _OBSERVER_HOOKS for c in pm.get_hookcallers(plugin) or ())
                 ):
                     local.register(plugin, name=name)
             for plugin in extra:

@@ -1,0 +1,391 @@
+"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from . import __name__ as _package
+from .config import ENV_URL, create_bus, redact_url
+from .errors import EventBusError, NonRetryableError
+from .event import Event, EventMetadata
+from .options import ConsumerOptions
+from .plugins import plugin_infos
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+def _default_url() -> str:
+    return os.environ.get(ENV_URL) or "memory://"
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    meta = event.metadata
+    return {
+        "topic": event.topic,
+        "key": event.key,
+        "tenant_id": event.tenant_id,
+        "headers": dict(event.headers),
+        "payload": event.payload,
+        "metadata": {
+            "event_id": meta.event_id,
+            "event_type": meta.event_type,
+            "source": meta.source,
+            "occurred_at": meta.occurred_at.isoformat(),
+            "correlation_id": meta.correlation_id,
+            "causation_id": meta.causation_id,
+            "content_type": meta.content_type,
+        },
+    }
+
+
+# -- plugins -----------------------------------------------------------------------------
+def cmd_plugins(args: argparse.Namespace, out: TextIO) -> int:
+    json.dump(plugin_infos(), out, indent=2, sort_keys=True)
+    out.write("\n")
+    return 0
+
+
+# -- publish / consume -------------------------------------------------------------------
+def _headers(pairs: Sequence[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--header expects NAME=VALUE, got {pair!r}")
+        headers[name] = value
+    return headers
+
+
+async def _publish(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--payload is not JSON: {exc}") from None
+    events = [
+        Event(
+            topic=args.topic,
+            payload=payload,
+            key=args.key,
+            headers=_headers(args.header),
+            tenant_id=args.tenant,
+            metadata=EventMetadata(event_type=args.type) if args.type else EventMetadata(),
+        )
+        for _ in range(args.count)
+    ]
+    async with create_bus(args.url) as bus:
+        await bus.publish_many(events)
+    for event in events:
+        out.write(json.dumps({"published": event.event_id, "topic": event.topic}) + "\n")
+    return 0
+
+
+async def _consume(args: argparse.Namespace, out: TextIO) -> int:
+    done = asyncio.Event()
+    count = 0
+
+    def handler(event: Event) -> None:
+        nonlocal count
+        count += 1
+        out.write(json.dumps(_event_json(event), ensure_ascii=False, default=str) + "\n")
+        out.flush()
+        if args.max and count >= args.max:
+            done.set()
+
+    options = ConsumerOptions(start_from="earliest" if args.from_beginning else "latest")
+    async with create_bus(args.url) as bus:
+        await bus.subscribe(args.topics, handler, group=args.group, options=options)
+        try:
+            await asyncio.wait_for(done.wait(), args.timeout)
+        except asyncio.TimeoutError:
+            pass
+    return 0
+
+
+# -- dlq ---------------------------------------------------------------------------------
+async def _dlq_list(args: argparse.Namespace, out: TextIO) -> int:
+    async with create_bus(args.url) as bus:
+        letters = await bus.dlq.list(args.topic, limit=args.limit)
+    for letter in letters:
+        record = {
+            "event_id": letter.event_id,
+            "original_topic": letter.original_topic,
+            "consumer_group": letter.consumer_group,
+            "error_type": letter.error_type,
+            "error_message": letter.error_message,
+            "reason": letter.reason,
+            "attempts": letter.attempts,
+            "failed_at": letter.failed_at.isoformat() if letter.failed_at else None,
+            "payload": letter.event.payload if letter.event is not None else None,
+        }
+        out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    return 0
+
+
+async def _dlq_replay(args: argparse.Namespace, out: TextIO) -> int:
+    async with create_bus(args.url) as bus:
+        count = await bus.dlq.replay(
+            args.topic, event_ids=args.event_id or None, limit=args.limit, to_topic=args.to_topic
+        )
+    out.write(json.dumps({"replayed": count, "from": args.topic}) + "\n")
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------
+class _DemoStats:
+    def __init__(self) -> None:
+        self.published = 0
+        self.handled: set[str] = set()
+        self.handled_calls = 0
+        self.duplicates = 0
+        self.retried = 0
+        self.dead: set[str] = set()
+        self.changed = asyncio.Event()
+
+
+async def _demo(args: argparse.Namespace, out: TextIO) -> int:
+    """Order processing: a group of workers, transient and permanent failures, a DLQ."""
+    run = uuid.uuid4().hex[:8]
+    topic = f"demo.orders.{run}"
+    dlq = f"{topic}.dlq"
+    group = f"billing-{run}"
+    stats = _DemoStats()
+    interactive = out.isatty() and not args.json
+    options = ConsumerOptions(
+        max_retries=args.max_retries,
+        backoff_base_ms=5,
+        backoff_max_ms=50,
+        concurrency=args.concurrency,
+        prefetch_count=max(100, args.concurrency * 10),
+    )
+
+    transient: int = args.transient_percent
+    poison: int = args.poison_percent
+
+    def fails_once(order_id: int) -> bool:
+        return order_id % 100 < transient
+
+    def always_fails(order_id: int) -> bool:
+        return order_id % 100 >= 100 - poison
+
+    attempts: dict[str, int] = {}
+
+    async def bill(event: Event) -> None:
+        order_id = int(event.payload["order_id"])
+        n = attempts.get(event.event_id, 0) + 1
+        attempts[event.event_id] = n
+        if always_fails(order_id):
+            if order_id % 2:
+                raise NonRetryableError(f"card declined for order {order_id}")
+            raise RuntimeError(f"payment gateway rejected order {order_id}")
+        if fails_once(order_id) and n == 1:
+            stats.retried += 1
+            raise ConnectionError(f"payment gateway timeout for order {order_id}")
+        stats.handled_calls += 1
+        if event.event_id in stats.handled:
+            stats.duplicates += 1
+        stats.handled.add(event.event_id)
+        stats.changed.set()
+
+    def dead_letter(event: Event) -> None:
+        stats.dead.add(event.event_id)
+        stats.changed.set()
+
+    logging.getLogger("dotmac.events").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    bus = create_bus(args.url)
+    async with bus:
+        await bus.subscribe(
+            dlq, dead_letter, group=f"{group}-dlq" if bus.capabilities.consumer_groups else None
+        )
+        for worker in range(args.workers):
+            await bus.subscribe(
+                topic,
+                bill,
+                group=group if bus.capabilities.consumer_groups else None,
+                options=options,
+                name=f"worker-{worker}-{run}",
+            )
+        ready = time.perf_counter()
+        progress = asyncio.create_task(_progress(stats, args.orders, out if interactive else None))
+        try:
+            batch = 200
+            for start in range(0, args.orders, batch):
+                events = [
+                    Event(
+                        topic=topic,
+                        key=f"customer-{i % 97}",
+                        tenant_id="demo",
+                        payload={
+                            "order_id": i,
+                            "customer": f"customer-{i % 97}",
+                            "amount": f"{(i * 7919) % 50000 / 100:.2f}",
+                            "currency": "EUR",
+                            "items": [{"sku": f"SKU-{i % 13}", "qty": 1 + i % 3}],
+                        },
+                    )
+                    for i in range(start, min(args.orders, start + batch))
+                ]
+                await bus.publish_many(events)
+                stats.published += len(events)
+            deadline = time.monotonic() + args.timeout
+            while len(stats.handled | stats.dead) < stats.published and time.monotonic() < deadline:
+                stats.changed.clear()
+                try:
+                    await asyncio.wait_for(stats.changed.wait(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    break
+            finished = time.perf_counter()
+        finally:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
+    expected_dead = sum(1 for i in range(args.orders) if always_fails(i))
+    accounted = len(stats.handled | stats.dead)
+    lost = stats.published - accounted
+    elapsed = finished - ready
+    summary = {
+        "url": redact_url(args.url),
+        "transport": bus.transport.name,
+        "workers": args.workers,
+        "published": stats.published,
+        "processed": len(stats.handled),
+        "retried": stats.retried,
+        "dead_lettered": len(stats.dead),
+        "expected_dead_lettered": expected_dead,
+        "duplicates": stats.duplicates,
+        "lost": lost,
+        "seconds": round(elapsed, 3),
+        "throughput_per_s": round(stats.published / elapsed, 1) if elapsed > 0 else None,
+        "setup_seconds": round(ready - started, 3),
+    }
+    if args.json:
+        out.write(json.dumps(summary) + "\n")
+    else:
+        if interactive:
+            out.write("\r\033[K")
+        out.write(_table(summary))
+    return 0 if lost == 0 and len(stats.dead) == expected_dead else 1
+
+
+async def _progress(stats: _DemoStats, total: int, out: TextIO | None) -> None:
+    if out is None:
+        return
+    while True:
+        done = len(stats.handled) + len(stats.dead)
+        width = 30
+        filled = int(width * min(done, total) / max(total, 1))
+        out.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] published {stats.published}/{total}  "
+            f"processed {len(stats.handled)}  retried {stats.retried}  dead-lettered {len(stats.dead)}"
+        )
+        out.flush()
+        await asyncio.sleep(0.1)  # redraw interval
+
+
+def _table(summary: dict[str, Any]) -> str:
+    rows = [
+        ("transport", f"{summary['transport']} ({summary['url']})"),
+        ("workers", summary["workers"]),
+        ("published", summary["published"]),
+        ("processed", summary["processed"]),
+        ("retried", summary["retried"]),
+        ("dead-lettered", f"{summary['dead_lettered']} (expected {summary['expected_dead_lettered']})"),
+        ("duplicates", summary["duplicates"]),
+        ("lost", summary["lost"]),
+        ("elapsed", f"{summary['seconds']} s"),
+        ("throughput", f"{summary['throughput_per_s']} events/s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    line = "+" + "-" * (width + 2) + "+" + "-" * 42 + "+\n"
+    body = "".join(f"| {name:<{width}} | {value!s:<40} |\n" for name, value in rows)
+    return "dotmac-events demo: order processing\n" + line + body + line
+
+
+# -- entry point -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dotmac-events", description="dotmac-events command line")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("plugins", help="list loaded plugins as JSON").set_defaults(func=cmd_plugins)
+
+    url_help = f"event bus URL (default ${ENV_URL} or memory://)"
+    p = sub.add_parser("publish", help="publish an event")
+    p.add_argument("topic")
+    p.add_argument("--url", default=_default_url(), help=url_help)
+    p.add_argument("--payload", default="{}", help="JSON object")
+    p.add_argument("--key")
+    p.add_argument("--tenant")
+    p.add_argument("--type", help="event type (defaults to the topic)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--count", type=int, default=1)
+    p.set_defaults(func=_publish)
+
+    c = sub.add_parser("consume", help="print events as JSON lines")
+    c.add_argument("topics", nargs="+")
+    c.add_argument("--url", default=_default_url(), help=url_help)
+    c.add_argument("--group")
+    c.add_argument("--max", type=int, default=0, help="stop after this many events")
+    c.add_argument("--timeout", type=float, default=10.0, help="stop after this many seconds")
+    c.add_argument("--from-beginning", action="store_true", help="a new group starts at the backlog")
+    c.set_defaults(func=_consume)
+
+    d = sub.add_parser("dlq", help="inspect and replay dead letters")
+    dsub = d.add_subparsers(dest="dlq_command", required=True)
+    dl = dsub.add_parser("list", help="list dead letters of a DLQ topic")
+    dl.add_argument("topic", help="the dead-letter topic, e.g. orders.created.dlq")
+    dl.add_argument("--url", default=_default_url(), help=url_help)
+    dl.add_argument("--limit", type=int, default=100)
+    dl.set_defaults(func=_dlq_list)
+    dr = dsub.add_parser("replay", help="republish dead letters to their original topic")
+    dr.add_argument("topic")
+    dr.add_argument("--url", default=_default_url(), help=url_help)
+    dr.add_argument("--event-id", action="append", help="replay only these events")
+    dr.add_argument("--to-topic", help="replay into this topic instead")
+    dr.add_argument("--limit", type=int, default=1000)
+    dr.set_defaults(func=_dlq_replay)
+
+    m = sub.add_parser("demo", help="order-processing demo with retries and dead letters")
+    m.add_argument("--url", default=_default_url(), help=url_help)
+    m.add_argument("--orders", type=int, default=5000)
+    m.add_argument("--workers", type=int, default=4)
+    m.add_argument("--concurrency", type=int, default=4, help="handlers per worker")
+    m.add_argument("--transient-percent", type=int, default=10, help="orders failing on their first try")
+    m.add_argument("--poison-percent", type=int, default=2, help="orders that always fail")
+    m.add_argument("--max-retries", type=int, default=3)
+    m.add_argument("--timeout", type=float, default=120.0)
+    m.add_argument("--json", action="store_true", help="print the summary as JSON")
+    m.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    out = out or sys.stdout
+    try:
+        result = args.func(args, out)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result)
+    except EventBusError as exc:
+        print(f"{_package.split('.')[0]}-events: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

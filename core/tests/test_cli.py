@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from dotmac.events.cli import main
+
+pytest.importorskip("dotmac_events_memory")
+
+
+def test_demo_summary_accounts_for_every_order() -> None:
+    out = io.StringIO()
+    code = main(["demo", "--orders", "600", "--workers", "3", "--json"], out=out)
+    summary = json.loads(out.getvalue())
+    assert code == 0
+    assert summary["published"] == 600
+    assert summary["lost"] == 0
+    assert summary["dead_lettered"] == summary["expected_dead_lettered"] == 12
+    assert summary["processed"] == 588
+    assert summary["retried"] == 60
+    assert summary["duplicates"] == 0
+
+
+def test_demo_table() -> None:
+    out = io.StringIO()
+    assert main(["demo", "--orders", "100"], out=out) == 0
+    text = out.getvalue()
+    assert "| lost" in text and "| published     | 100" in text
+
+
+def test_plugins_lists_memory() -> None:
+    out = io.StringIO()
+    assert main(["plugins"], out=out) == 0
+    names = {info["name"]: info for info in json.loads(out.getvalue())}
+    assert names["memory"]["transports"] == ["memory"]
+    assert "dotmac_events_register_transports" in names["memory"]["hooks"]
+
+
+def test_publish_and_dlq_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert (
+        main(
+            ["publish", "orders", "--payload", '{"id": 1}', "--count", "2", "--url", "memory://cli"], out=out
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 2 and all(line["topic"] == "orders" for line in lines)
+    out = io.StringIO()
+    assert main(["dlq", "list", "orders.dlq", "--url", "memory://cli"], out=out) == 0
+    assert out.getvalue() == ""  # memory:// lives in this process only
+    assert main(["publish", "bad topic", "--url", "memory://cli"], out=io.StringIO()) == 2
+    assert "topic" in capsys.readouterr().err

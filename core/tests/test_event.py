@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from dotmac.events import (
+    Event,
+    EventMetadata,
+    HeaderValidationError,
+    InvalidTenantError,
+    InvalidTopicError,
+    PayloadValidationError,
+    ValidationError,
+)
+from dotmac.events.event import MAX_HEADER_COUNT, MAX_HEADER_VALUE_LENGTH
+
+
+def test_defaults() -> None:
+    event = Event(topic="orders.created", payload={"id": 7})
+    assert event.key is None
+    assert dict(event.headers) == {}
+    assert event.metadata.event_id
+    assert event.event_type == "orders.created"
+    assert event.metadata.occurred_at.tzinfo is timezone.utc
+
+
+def test_event_ids_are_unique() -> None:
+    assert len({Event(topic="t").event_id for _ in range(1000)}) == 1000
+
+
+def test_frozen() -> None:
+    event = Event(topic="t")
+    with pytest.raises(AttributeError):
+        event.topic = "u"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        event.headers["x"] = "y"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("topic", "fragment"),
+    [
+        ("", "must not be empty"),
+        ("a" * 250, "maximum is 249"),
+        ("orders created", "may only contain"),
+        ("orders/created", "may only contain"),
+        ("tenant:acme", "may only contain"),
+        ("..", "not a valid topic"),
+        ("café", "may only contain"),
+    ],
+)
+def test_bad_topics(topic: str, fragment: str) -> None:
+    with pytest.raises(InvalidTopicError) as info:
+        Event(topic=topic)
+    assert fragment in str(info.value)
+    assert info.value.field == "topic"
+
+
+def test_topic_must_be_str() -> None:
+    with pytest.raises(InvalidTopicError, match="must be a str"):
+        Event(topic=5)  # type: ignore[arg-type]
+
+
+def test_longest_valid_topic() -> None:
+    assert Event(topic="a" * 249).topic == "a" * 249
+
+
+@pytest.mark.parametrize(
+    ("headers", "field", "fragment"),
+    [
+        ({"bad name": "v"}, "headers", "not an HTTP token"),
+        ({"": "v"}, "headers", "not an HTTP token"),
+        ({"x-a": "line\r\nInjected: 1"}, "headers['x-a']", "CR, LF or NUL"),
+        ({"x-a": "nul\x00"}, "headers['x-a']", "CR, LF or NUL"),
+        ({"x-a": 5}, "headers['x-a']", "must be a str"),
+        ({"x-a": "v" * (MAX_HEADER_VALUE_LENGTH + 1)}, "headers['x-a']", "maximum is"),
+        ({f"h{i}": "v" for i in range(MAX_HEADER_COUNT + 1)}, "headers", "the maximum is"),
+        ({"ce_id": "spoof"}, "headers", "reserved"),
+        ({"Content-Type": "text/plain"}, "headers", "reserved"),
+    ],
+)
+def test_bad_headers(headers: dict[str, object], field: str, fragment: str) -> None:
+    with pytest.raises(HeaderValidationError) as info:
+        Event(topic="t", headers=headers)  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert fragment in str(info.value)
+
+
+def test_headers_total_size_is_bounded() -> None:
+    headers = {f"h{i}": "v" * 2000 for i in range(40)}
+    with pytest.raises(HeaderValidationError, match="maximum is 65536"):
+        Event(topic="t", headers=headers)
+
+
+def test_headers_must_be_mapping() -> None:
+    with pytest.raises(HeaderValidationError, match="mapping"):
+        Event(topic="t", headers=[("a", "b")])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tenant", ["acme.eu", "acme:eu", "../acme", "acme/eu", "a*", "", "x" * 65, "ünï"])
+def test_bad_tenants(tenant: str) -> None:
+    with pytest.raises(InvalidTenantError) as info:
+        Event(topic="t", tenant_id=tenant)
+    assert info.value.field == "tenant_id"
+
+
+def test_good_tenant() -> None:
+    assert Event(topic="t", tenant_id="acme_EU-1").tenant_id == "acme_EU-1"
+
+
+@pytest.mark.parametrize("payload", [[1, 2], "text", None, 5, {1: "int key"}])
+def test_bad_payloads(payload: object) -> None:
+    with pytest.raises(PayloadValidationError) as info:
+        Event(topic="t", payload=payload)  # type: ignore[arg-type]
+    assert info.value.field == "payload"
+
+
+def test_key_rules() -> None:
+    with pytest.raises(ValidationError, match="key"):
+        Event(topic="t", key=5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="maximum is 1024"):
+        Event(topic="t", key="k" * 1025)
+    with pytest.raises(ValidationError, match="NUL"):
+        Event(topic="t", key="a\x00b")
+
+
+def test_metadata_rules() -> None:
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        EventMetadata(occurred_at=datetime(2026, 1, 1))  # noqa: DTZ001
+    with pytest.raises(ValidationError, match=r"metadata\.correlation_id"):
+        EventMetadata(correlation_id="a\nb")
+    with pytest.raises(ValidationError, match=r"metadata\.reply_to"):
+        EventMetadata(reply_to="not a topic")
+    with pytest.raises(ValidationError, match=r"metadata\.event_id"):
+        EventMetadata(event_id="")
+    with pytest.raises(ValidationError, match="metadata"):
+        Event(topic="t", metadata={"event_id": "x"})  # type: ignore[arg-type]
+
+
+def test_occurred_at_is_normalised_to_utc() -> None:
+    local = datetime(2026, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert EventMetadata(occurred_at=local).occurred_at == datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+
+
+def test_errors_are_value_errors_too() -> None:
+    with pytest.raises(ValueError):
+        Event(topic="")
+
+
+def test_reply_builds_correlated_event() -> None:
+    request = Event(topic="rpc", tenant_id="acme", metadata=EventMetadata(reply_to="replies"))
+    reply = request.reply({"ok": True})
+    assert reply.topic == "replies"
+    assert reply.metadata.correlation_id == request.event_id
+    assert reply.metadata.causation_id == request.event_id
+    assert reply.tenant_id == "acme"
+    with pytest.raises(ValidationError, match="reply_to"):
+        Event(topic="rpc").reply({})
+
+
+def test_with_headers() -> None:
+    event = Event(topic="t", headers={"a": "1"})
+    changed = event.with_headers(b="2")
+    assert dict(changed.headers) == {"a": "1", "b": "2"}
+    assert changed.event_id == event.event_id
+    with pytest.raises(HeaderValidationError):
+        event.with_headers(**{"bad name": "x"})

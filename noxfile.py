@@ -1,0 +1,162 @@
+"""Development sessions: tests per distribution, conformance, lint, typecheck, demo, bench.
+
+Plugins are discovered under ``plugins/``; a plugin whose tests need sibling
+distributions (which are not on PyPI) names them in its pyproject.toml::
+
+    [tool.dotmac-events]
+    test-requires = ["memory"]
+
+Only interpreters that exist on the machine are used; none is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nox
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).parent
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+nox.options.sessions = ["tests", "conformance", "lint", "typecheck"]
+if (ROOT / "benchmarks" / "run.py").exists():
+    nox.options.sessions.append("bench_smoke")
+
+ALL_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+
+
+def _usable(version: str) -> bool:
+    # pyenv puts shims for every installed version on PATH; only active ones run.
+    exe = shutil.which(f"python{version}")
+    if exe is None:
+        return False
+    return subprocess.run([exe, "-c", ""], capture_output=True, check=False).returncode == 0
+
+
+PYTHONS = [v for v in ALL_PYTHONS if _usable(v)]
+DEFAULT_PYTHON = "3.11" if "3.11" in PYTHONS else (PYTHONS[-1] if PYTHONS else None)
+# Distributions tested on every interpreter; the others on the default one.
+MATRIX_PACKAGES = ("core", "memory")
+
+
+def _plugins() -> list[str]:
+    return sorted(
+        p.name
+        for p in (ROOT / "plugins").iterdir()
+        if (p / "pyproject.toml").exists() and not p.name.startswith("_")
+    )
+
+
+PLUGINS = _plugins()
+
+
+def _test_requires(package: str) -> list[str]:
+    if package == "core":
+        return []
+    data = tomllib.loads((ROOT / "plugins" / package / "pyproject.toml").read_text())
+    return list(data.get("tool", {}).get("dotmac-events", {}).get("test-requires", []))
+
+
+def _install(session: nox.Session, *packages: str, test: bool = True) -> None:
+    """Install core and the named plugin distributions editable (with their test extras)."""
+    extra = "[test]" if test else ""
+    args = ["-e", f"{ROOT / 'core'}{extra}"]
+    for name in packages:
+        if name == "core":
+            continue
+        path = ROOT / "plugins" / name
+        has_test = "test" in tomllib.loads((path / "pyproject.toml").read_text()).get("project", {}).get(
+            "optional-dependencies", {}
+        )
+        args += ["-e", f"{path}[test]" if test and has_test else str(path)]
+    session.install(*args)
+
+
+def _params() -> list[object]:
+    params = []
+    for package in ["core", *PLUGINS]:
+        if DEFAULT_PYTHON is not None:
+            params.append(nox.param(DEFAULT_PYTHON, package, id=package))
+        if package in MATRIX_PACKAGES:
+            for py in PYTHONS:
+                if py != DEFAULT_PYTHON:
+                    params.append(nox.param(py, package, id=f"{package}-py{py}"))
+    return params
+
+
+@nox.session
+@nox.parametrize(("python", "package"), _params())
+def tests(session: nox.Session, package: str) -> None:
+    """One distribution in a venv of its own (core alone, or core plus one plugin)."""
+    wanted = [package, *_test_requires(package)]
+    _install(session, *wanted)
+    paths = (
+        [str(ROOT / "core" / "tests")] if package == "core" else [str(ROOT / "plugins" / package / "tests")]
+    )
+    if package == "memory":
+        # The core's bus tests need a transport: they run here, with the memory plugin.
+        paths.append(str(ROOT / "core" / "tests"))
+    env = {"DOTMAC_EVENTS_LOAD_PLUGINS": ",".join(n for n in wanted if n != "core")}
+    session.run("pytest", *paths, *session.posargs, env=env)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def conformance(session: nox.Session) -> None:
+    """The conformance kit against every transport plugin, plus cross-package tests."""
+    _install(session, *PLUGINS)
+    session.run("pytest", str(ROOT / "tests"), *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the core and every plugin."""
+    _install(session, *PLUGINS)
+    session.install("mypy>=1.10")
+    sources = [str(ROOT / "core" / "src")] + [str(ROOT / "plugins" / p / "src") for p in PLUGINS]
+    env = {"MYPYPATH": os.pathsep.join(sources)}
+    targets = [str(ROOT / "core" / "src" / "dotmac")]
+    for plugin in PLUGINS:
+        targets += [str(p) for p in (ROOT / "plugins" / plugin / "src").iterdir() if p.is_dir()]
+    session.run("mypy", *targets, env=env)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def demo(session: nox.Session) -> None:
+    """The order-processing demo on memory:// (pass --url ... after -- for another transport)."""
+    _install(session, "memory", *(p for p in PLUGINS if p not in ("memory",)), test=False)
+    session.run("dotmac-events", "demo", *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def bench(session: nox.Session) -> None:
+    """End-to-end benchmarks against the raw clients (pass options after --)."""
+    _install(session, *PLUGINS, test=False)
+    session.install("-r", str(ROOT / "benchmarks" / "requirements.txt"))
+    session.run("python", str(ROOT / "benchmarks" / "run.py"), *session.posargs)
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """A tiny benchmark run so the harness cannot rot (numbers are not checked)."""
+    _install(session, *PLUGINS, test=False)
+    session.install("-r", str(ROOT / "benchmarks" / "requirements.txt"))
+    session.run("python", str(ROOT / "benchmarks" / "run.py"), "--smoke")

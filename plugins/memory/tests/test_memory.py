@@ -1,0 +1,178 @@
+"""Memory transport specifics: bounded queues, group persistence, redelivery, persistence log."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dotmac.events import ConfigurationError, ConsumerOptions, Event, QueueFullError, create_bus
+from dotmac.events.testing import Collector, wait_for
+from dotmac_events_memory import MemoryConfig, create_memory_bus, read_persistence_log
+
+
+@pytest.fixture
+def name() -> str:
+    return f"mem-{uuid.uuid4().hex[:8]}"
+
+
+async def test_full_queue_fails_when_configured(name: str) -> None:
+    async with create_bus(f"memory://{name}?max_queue_size=3&overflow=fail") as bus:
+        gate = asyncio.Event()
+
+        async def stuck(event: Event) -> None:
+            await gate.wait()
+
+        await bus.subscribe("q", stuck, group="g", options=ConsumerOptions(prefetch_count=1))
+        sent = 0
+        with pytest.raises(QueueFullError, match="group 'g' on 'q' holds 3 events"):
+            for i in range(10):
+                await bus.publish(Event(topic="q", payload={"i": i}))
+                sent += 1
+        # 1 with the handler, 1 waiting for room in the runner, 3 queued: nothing grew past the bound.
+        assert sent <= 5
+        stats = bus.transport.stats()["q"]["holders"]["group 'g'"]  # type: ignore[attr-defined]
+        assert stats["ready"] == 3
+        gate.set()
+
+
+async def test_full_queue_makes_publish_wait_then_proceed(name: str) -> None:
+    async with create_bus(f"memory://{name}?max_queue_size=2&publish_timeout=10") as bus:
+        gate = asyncio.Event()
+        seen = Collector(on_event=lambda e: gate.wait())
+        await bus.subscribe("q", seen, group="g", options=ConsumerOptions(prefetch_count=1))
+        publishing = asyncio.create_task(
+            bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(8)])
+        )
+        await wait_for(
+            lambda: bus.transport.stats()["q"]["holders"]["group 'g'"]["ready"] == 2,  # type: ignore[attr-defined]
+            5,
+            what="a full queue",
+        )
+        assert not publishing.done(), "publish must wait while the queue is full"
+        gate.set()
+        await asyncio.wait_for(publishing, 10)
+        await seen.wait_count(8, 10)
+        assert seen.payloads("i") == list(range(8))
+
+
+async def test_waiting_publish_times_out(name: str) -> None:
+    gate = asyncio.Event()
+    async with create_bus(f"memory://{name}?max_queue_size=1&publish_timeout=0.05") as bus:
+        await bus.subscribe("q", lambda e: gate.wait(), group="g", options=ConsumerOptions(prefetch_count=1))
+        with pytest.raises(QueueFullError, match="stayed full for 0.05s"):
+            for i in range(5):
+                await bus.publish(Event(topic="q", payload={"i": i}))
+        gate.set()
+
+
+async def test_group_keeps_events_while_it_has_no_member(name: str) -> None:
+    async with create_bus(f"memory://{name}") as bus:
+        first = await bus.subscribe("orders", Collector(), group="billing")
+        await first.stop()
+        await bus.publish_many([Event(topic="orders", payload={"i": i}) for i in range(5)])
+        later = Collector()
+        await bus.subscribe("orders", later, group="billing")
+        await later.wait_count(5, 5)
+        assert later.payloads("i") == list(range(5))
+
+
+async def test_released_events_are_redelivered_with_a_count(name: str) -> None:
+    async with create_bus(f"memory://{name}") as bus:
+        gate = asyncio.Event()
+        started = asyncio.Event()
+
+        async def blocked(event: Event) -> None:
+            started.set()
+            await gate.wait()
+
+        sub = await bus.subscribe("t", blocked, group="g")
+        await bus.publish(Event(topic="t", payload={"i": 1}))
+        await asyncio.wait_for(started.wait(), 5)
+        await sub.stop(timeout=0.01)
+        assert sub.released == 1
+        counts: list[int] = []
+        original = bus.transport.subscribe
+
+        async def spy(spec, sink):  # type: ignore[no-untyped-def]
+            async def counting(delivery):  # type: ignore[no-untyped-def]
+                counts.append(delivery.delivery_count)
+                await sink(delivery)
+
+            return await original(spec, counting)
+
+        bus.transport.subscribe = spy  # type: ignore[method-assign]
+        again = Collector()
+        await bus.subscribe("t", again, group="g")
+        await again.wait_count(1, 5)
+        assert counts == [2]
+
+
+async def test_brokers_are_shared_by_name_and_isolated_otherwise(name: str) -> None:
+    async with create_bus(f"memory://{name}") as a, create_bus(f"memory://{name}") as b:
+        async with create_bus(f"memory://{name}-other") as c:
+            seen_b, seen_c = Collector(), Collector()
+            await b.subscribe("t", seen_b)
+            await c.subscribe("t", seen_c)
+            await a.publish(Event(topic="t"))
+            await seen_b.wait_count(1, 5)
+            assert seen_c.events == []
+
+
+async def test_broker_is_dropped_with_its_last_bus(name: str) -> None:
+    from dotmac_events_memory import transport
+
+    async with create_bus(f"memory://{name}") as bus:
+        await bus.publish(Event(topic="t"))
+        assert any(key[1] == name for key in transport._brokers)
+    assert not any(key[1] == name for key in transport._brokers)
+
+
+async def test_persistence_log_can_be_read_and_replayed(name: str, tmp_path: Path) -> None:
+    log_path = tmp_path / "events.jsonl"
+    config = MemoryConfig(
+        name=name, max_queue_size=1000, enable_persistence=True, persistence_path=str(log_path)
+    )
+    sent = [Event(topic="audit", payload={"i": i, "text": "Zoë"}, key=f"k{i}") for i in range(3)]
+    async with create_memory_bus(config) as bus:
+        await bus.publish_many(sent)
+    messages = list(read_persistence_log(log_path))
+    assert [m.headers["ce_id"] for m in messages] == [e.event_id for e in sent]
+    assert [m.key for m in messages] == ["k0", "k1", "k2"]
+    async with create_bus(f"memory://{name}-replay") as bus:
+        seen = Collector()
+        await bus.subscribe("audit", seen)
+        await bus.transport.publish(messages)
+        await seen.wait_count(3, 5)
+    assert seen.ids == [e.event_id for e in sent]
+    assert seen.events[0].payload == {"i": 0, "text": "Zoë"}
+
+
+async def test_retention_bounds_what_can_be_read(name: str) -> None:
+    async with create_bus(f"memory://{name}?retention=3") as bus:
+        await bus.publish_many([Event(topic="t", payload={"i": i}) for i in range(10)])
+        kept = await bus.transport.read("t", limit=100)
+        assert [m.position for m in kept] == ["7", "8", "9"]
+        assert await bus.transport.read("unknown") == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_queue_size": 0}, "max_queue_size"),
+        ({"retention": -1}, "retention"),
+        ({"publish_timeout": 0}, "publish_timeout"),
+        ({"overflow": "drop"}, "overflow"),
+        ({"name": ""}, "name"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        MemoryConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_url_names_the_broker() -> None:
+    assert create_bus("memory://orders-test").transport.config.name == "orders-test"  # type: ignore[attr-defined]
+    assert create_bus("memory://").transport.config.name == "default"  # type: ignore[attr-defined]

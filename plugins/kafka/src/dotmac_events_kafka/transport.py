@@ -1,0 +1,1032 @@
+"""The Kafka transport behind ``kafka://`` (aiokafka).
+
+Publishing waits for the broker's acknowledgement of every record. Consuming
+commits an offset only when that record and every earlier record of its partition
+were acked by the core (handled or dead-lettered); see ``docs/transports/kafka.md``
+for the commit, rebalance and positioning rules this module implements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.abc import AbstractTokenProvider
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NoBrokersAvailable,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    for_code,
+)
+from aiokafka.helpers import create_ssl_context
+
+from dotmac.events import (
+    Capabilities,
+    Delivery,
+    Message,
+    PublishError,
+    SubscriptionSpec,
+    Transport,
+    TransportError,
+    TransportSubscription,
+    TransportUnavailableError,
+)
+from dotmac.events.errors import BusStateError, ConfigurationError
+from dotmac.events.transport import DeliverySink
+
+from .config import KafkaConfig
+
+__all__ = ["CAPABILITIES", "KafkaTransport", "build_ssl_context"]
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = Capabilities(
+    persistent=True,
+    consumer_groups=True,
+    partitions=True,
+    ordering="key",
+    request_reply=True,
+    replay_backlog=True,
+    readable=True,
+    restartable=True,
+    batch_publish=True,
+)
+
+# Broker-side errors of CreateTopics that mean the request itself is wrong.
+_BAD_TOPIC_REQUEST = {37, 38, 39, 40}  # invalid partitions, replication factor, assignment, config
+_TOPIC_EXISTS = 36
+_UNREACHABLE = (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    NoBrokersAvailable,
+    RequestTimedOutError,
+    KafkaTimeoutError,
+)
+
+# How long one fetch call may block, so the loop notices new assignments and rewinds.
+_POLL_MS = 100
+
+
+def _unavailable(what: str, exc: BaseException) -> TransportUnavailableError:
+    return TransportUnavailableError(f"{what}: Kafka broker unreachable ({type(exc).__name__}: {exc})")
+
+
+def _publish_error(what: str, exc: BaseException) -> TransportError:
+    if isinstance(exc, TransportError):
+        return exc
+    if isinstance(exc, (*_UNREACHABLE, asyncio.TimeoutError)):
+        return _unavailable(what, exc)
+    retriable = bool(getattr(exc, "retriable", False))
+    return PublishError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
+
+
+class _StaticTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
+    """OAUTHBEARER with a fixed token (from config or the environment)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def token(self) -> str:
+        return self._token
+
+    def __repr__(self) -> str:
+        return "<static OAuth token>"
+
+
+def build_ssl_context(config: KafkaConfig) -> ssl.SSLContext | None:
+    """The TLS context for ``config``: its ``ssl_context``, or one that verifies the
+    broker against ``ssl_cafile`` (system CAs without it) and presents the client
+    certificate, if any. ``None`` when the protocol has no TLS."""
+    if config.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    if config.ssl_context is not None:
+        context: ssl.SSLContext = config.ssl_context
+        return context
+    try:
+        context = create_ssl_context(
+            cafile=config.ssl_cafile,
+            certfile=config.ssl_certfile,
+            keyfile=config.ssl_keyfile,
+            password=config.resolved_ssl_password(),
+        )
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"KafkaConfig: TLS file not found: {exc.filename}") from None
+    except (OSError, ssl.SSLError) as exc:
+        # The message of these errors names the failing step, never the key password.
+        raise ConfigurationError(f"KafkaConfig: cannot load the TLS files: {type(exc).__name__}") from None
+    if not config.ssl_check_hostname:
+        log.warning("Kafka TLS host name checking is off (ssl_check_hostname=False)")
+        context.check_hostname = False
+    return context
+
+
+def client_options(config: KafkaConfig) -> dict[str, Any]:
+    """Connection and security keyword arguments shared by aiokafka's clients."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap_servers,
+        "client_id": config.client_id,
+        "metadata_max_age_ms": config.metadata_max_age_ms,
+        "request_timeout_ms": config.request_timeout_ms,
+        "retry_backoff_ms": config.retry_backoff_ms,
+        "security_protocol": config.security_protocol,
+        "ssl_context": build_ssl_context(config),
+    }
+    mechanism = config.mechanism
+    if mechanism is None:
+        return options
+    options["sasl_mechanism"] = mechanism
+    if mechanism == "OAUTHBEARER":
+        provider = config.sasl_oauth_token_provider
+        if provider is None:
+            token = config.resolved_oauth_token()
+            if token is None:
+                raise ConfigurationError(
+                    "KafkaConfig: OAUTHBEARER needs sasl_oauth_token, sasl_oauth_token_provider "
+                    "or $DOTMAC_EVENTS_KAFKA_OAUTH_TOKEN"
+                )
+            provider = _StaticTokenProvider(token)
+        options["sasl_oauth_token_provider"] = provider
+        return options
+    username, password = config.resolved_username(), config.resolved_password()
+    if username is None or password is None:
+        raise ConfigurationError(
+            f"KafkaConfig: SASL {mechanism} needs sasl_username and sasl_password "
+            "(or $DOTMAC_EVENTS_KAFKA_SASL_USERNAME / $DOTMAC_EVENTS_KAFKA_SASL_PASSWORD)"
+        )
+    options["sasl_plain_username"] = username
+    options["sasl_plain_password"] = password
+    return options
+
+
+def record_to_message(record: Any) -> Message:
+    """A consumed aiokafka record as a :class:`Message` (position ``partition:offset``)."""
+    headers: dict[str, str] = {}
+    for name, value in record.headers or ():
+        headers[name] = value.decode("utf-8", "replace") if value is not None else ""
+    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    return Message(
+        topic=record.topic,
+        value=record.value if record.value is not None else b"",
+        key=key,
+        headers=headers,
+        position=f"{record.partition}:{record.offset}",
+    )
+
+
+# -- commit tracking -----------------------------------------------------------------------
+_PENDING, _ACKED, _RELEASED = 0, 1, 2
+
+
+class _Entry:
+    """One delivered record: its offset and whether the core acked or released it."""
+
+    __slots__ = ("alive", "count", "offset", "state", "tracker")
+
+    def __init__(self, tracker: _Tracker, offset: int, count: int) -> None:
+        self.tracker = tracker
+        self.offset = offset
+        self.count = count
+        self.state = _PENDING
+        self.alive = True
+
+
+class _Tracker:
+    """Offsets of one assigned partition between the committed point and the fetch position.
+
+    ``commit_to`` only moves over a prefix of acked entries, so a pending or released
+    record blocks committing past it. A tracker dies with its assignment (revocation,
+    shutdown); acks of its entries are then ignored.
+    """
+
+    __slots__ = (
+        "alive",
+        "commit_to",
+        "committed",
+        "entries",
+        "floor",
+        "pending",
+        "positioned",
+        "redeliveries",
+        "revoking",
+        "rewind_to",
+        "tp",
+    )
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.entries: deque[_Entry] = deque()
+        self.alive = True
+        self.positioned = False
+        self.revoking = False
+        self.commit_to: int | None = None
+        self.committed: int | None = None
+        self.floor = 0
+        self.pending = 0
+        self.rewind_to: int | None = None
+        self.redeliveries: dict[int, int] = {}
+
+    def place(self, offset: int, *, committed: bool) -> None:
+        self.floor = offset
+        self.commit_to = offset
+        self.committed = offset if committed else None
+        self.positioned = True
+
+    def accepts(self, offset: int) -> bool:
+        return (
+            self.alive
+            and self.positioned
+            and not self.revoking
+            and self.rewind_to is None
+            and offset >= self.floor
+        )
+
+    def add(self, offset: int) -> _Entry:
+        entry = _Entry(self, offset, self.redeliveries.pop(offset, 0) + 1)
+        self.entries.append(entry)
+        self.pending += 1
+        self.floor = offset + 1
+        return entry
+
+    def advance(self) -> bool:
+        moved = False
+        entries = self.entries
+        while entries and entries[0].state == _ACKED:
+            self.commit_to = entries.popleft().offset + 1
+            moved = True
+        return moved
+
+    def cut(self, offset: int) -> None:
+        """Forget entries from ``offset`` on: they will be fetched and delivered again."""
+        kept: deque[_Entry] = deque()
+        for entry in self.entries:
+            if entry.offset < offset:
+                kept.append(entry)
+                continue
+            entry.alive = False
+            if entry.state == _PENDING:
+                self.pending -= 1
+            self.redeliveries[entry.offset] = entry.count
+        self.entries = kept
+        self.floor = offset
+        self.rewind_to = None
+        self.advance()
+
+    def kill(self) -> None:
+        self.alive = False
+        for entry in self.entries:
+            entry.alive = False
+        self.entries.clear()
+        self.pending = 0
+
+
+class _KafkaDelivery(Delivery):
+    __slots__ = ("_entry", "_sub", "delivery_count", "message", "ordering_key")
+
+    def __init__(self, sub: _KafkaSubscription, entry: _Entry, message: Message, tp: TopicPartition) -> None:
+        self._sub = sub
+        self._entry = entry
+        self.message = message
+        self.delivery_count = entry.count
+        # One partition is one ordered log: the core keeps its records in one lane.
+        self.ordering_key = (tp.topic, tp.partition)
+
+    async def ack(self) -> None:
+        self._sub._settle(self._entry, acked=True)
+
+    async def release(self) -> None:
+        self._sub._settle(self._entry, acked=False)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sub: _KafkaSubscription) -> None:
+        self._sub = sub
+
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        await self._sub._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
+        self._sub._on_assigned(assigned)
+
+
+class _KafkaSubscription(TransportSubscription):
+    """One aiokafka consumer: a group member, or (``group=None``) a broadcast reader of
+    every partition. Its consumer stays open after :meth:`stop` until every delivery
+    the core holds is acked or released, so late acks are still committed."""
+
+    def __init__(self, transport: KafkaTransport, spec: SubscriptionSpec, sink: DeliverySink) -> None:
+        config = transport.config
+        self._transport = transport
+        self._config = config
+        self._spec = spec
+        self._sink = sink
+        self._group = spec.group
+        self._consumer = AIOKafkaConsumer(
+            **transport._client_options,
+            group_id=spec.group,
+            enable_auto_commit=False,
+            auto_offset_reset=spec.start_from,
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
+            fetch_min_bytes=config.fetch_min_bytes,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+            max_poll_records=spec.prefetch,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=config.heartbeat_interval_ms,
+            rebalance_timeout_ms=config.rebalance_timeout_ms,
+            max_poll_interval_ms=config.max_poll_interval_ms,
+        )
+        self._trackers: dict[TopicPartition, _Tracker] = {}
+        self._state = "new"
+        self._needs_positioning = False
+        self._positioned = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._outstanding = 0
+        self._commit_lock = asyncio.Lock()
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._commit_task: asyncio.Task[None] | None = None
+        self._finisher: asyncio.Task[None] | None = None
+        self._consumer_started = False
+        self.commits = 0
+        self.commit_failures = 0
+
+    def __repr__(self) -> str:
+        spec = self._spec
+        return f"<KafkaSubscription {spec.consumer_name} topics={list(spec.topics)} group={self._group!r}>"
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions this subscription holds right now."""
+        return {tp for tp, tr in self._trackers.items() if tr.alive and not tr.revoking}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        consumer = self._consumer
+        try:
+            await consumer.start()
+        except _UNREACHABLE as exc:
+            raise _unavailable(f"cannot subscribe to {list(self._spec.topics)}", exc) from exc
+        except KafkaError as exc:
+            raise TransportError(f"cannot subscribe to {list(self._spec.topics)}: {exc!r}") from exc
+        self._consumer_started = True
+        self._state = "running"
+        if self._group is not None:
+            consumer.subscribe(list(self._spec.topics), listener=_Listener(self))
+        else:
+            tps: list[TopicPartition] = []
+            for topic in self._spec.topics:
+                partitions = await self._transport._partitions(topic)
+                tps.extend(TopicPartition(topic, p) for p in sorted(partitions))
+            consumer.assign(tps)
+            self._on_assigned(tps)
+        name = self._spec.consumer_name
+        self._fetch_task = asyncio.create_task(self._fetch_loop(), name=f"dotmac-kafka-fetch-{name}")
+        if self._group is not None:
+            self._commit_task = asyncio.create_task(self._commit_loop(), name=f"dotmac-kafka-commit-{name}")
+        ready = asyncio.create_task(self._positioned.wait())
+        timeout = self._config.join_timeout_ms / 1000
+        try:
+            done, _ = await asyncio.wait(
+                {ready, self._fetch_task}, timeout=timeout, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+        if self._positioned.is_set():
+            log.debug("subscription %s is live on %s", name, sorted(self.assignment))
+            return
+        if self._fetch_task in done and self._fetch_task.exception() is not None:
+            raise TransportError(
+                f"subscription to {list(self._spec.topics)} failed"
+            ) from self._fetch_task.exception()
+        raise TransportUnavailableError(
+            f"subscription to {list(self._spec.topics)} was not assigned and positioned within {timeout}s"
+        )
+
+    async def stop(self) -> None:
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        await _cancel(self._fetch_task)
+        self._fetch_task = None
+        self._finisher = asyncio.create_task(
+            self._finish(), name=f"dotmac-kafka-finish-{self._spec.consumer_name}"
+        )
+
+    async def close(self) -> None:
+        """Stop, commit what is committable and leave the group without waiting for acks."""
+        if self._state in ("new", "running"):
+            if self._state == "new":
+                self._state = "stopping"
+            else:
+                await self.stop()
+        if self._finisher is None:
+            self._finisher = asyncio.create_task(self._finish())
+        await self._finisher
+
+    async def _finish(self) -> None:
+        closing = self._transport._closing
+        try:
+            if self._outstanding and not closing.is_set():
+                waiters = [asyncio.create_task(self._idle.wait()), asyncio.create_task(closing.wait())]
+                try:
+                    await asyncio.wait(waiters, return_when="FIRST_COMPLETED")
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self._state = "closing"
+        await _cancel(self._commit_task)
+        self._commit_task = None
+        if self._group is not None and self._consumer_started:
+            await self._commit(list(self._trackers.values()), "shutdown")
+        for tracker in self._trackers.values():
+            tracker.kill()
+        self._trackers.clear()
+        try:
+            await self._consumer.stop()
+        except Exception as exc:
+            log.warning("closing the Kafka consumer of %s failed: %r", self._spec.consumer_name, exc)
+        self._state = "closed"
+        self._transport._subs.discard(self)
+
+    # -- assignment ----------------------------------------------------------------------
+    def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        for tp in assigned:
+            self._trackers[tp] = _Tracker(tp)
+        self._needs_positioning = True
+        log.info("%s assigned %s", self._spec.consumer_name, sorted(assigned))
+
+    async def _on_revoked(self, revoked: Collection[TopicPartition]) -> None:
+        trackers = [tr for tp in revoked if (tr := self._trackers.get(tp)) is not None]
+        for tracker in trackers:
+            tracker.revoking = True
+        if trackers and self._state in ("running", "stopping"):
+            # Let handlers of these partitions finish, so their offsets are committed
+            # before another member resumes from them.
+            await self._drain(trackers, self._config.revoke_timeout_ms / 1000)
+        if trackers and self._group is not None:
+            await self._commit(trackers, "revocation")
+        left = sum(tr.pending for tr in trackers)
+        for tracker in trackers:
+            tracker.kill()
+            if self._trackers.get(tracker.tp) is tracker:
+                del self._trackers[tracker.tp]
+        if left:
+            log.info(
+                "%s gave up %d partition(s) with %d record(s) still in a handler; they are redelivered",
+                self._spec.consumer_name,
+                len(trackers),
+                left,
+            )
+
+    async def _drain(self, trackers: Sequence[_Tracker], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(tr.pending for tr in trackers):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._settled.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), remaining)
+
+    async def _position(self) -> None:
+        """Seek every newly assigned partition: committed offset, else the start position."""
+        self._needs_positioning = False
+        consumer = self._consumer
+        fresh = [tr for tr in self._trackers.values() if tr.alive and not tr.positioned]
+        latest: list[_Tracker] = []
+        for tracker in fresh:
+            committed = await consumer.committed(tracker.tp) if self._group is not None else None
+            if committed is not None:
+                self._place(tracker, committed, committed=True)
+            elif self._spec.start_from == "earliest":
+                offsets = await consumer.beginning_offsets([tracker.tp])
+                self._place(tracker, offsets[tracker.tp], committed=False)
+            else:
+                latest.append(tracker)
+        if latest:
+            await self._seek_to_highwater(latest)
+        if self._group is not None and any(tr.commit_to != tr.committed for tr in fresh if tr.alive):
+            # Committing the start position makes it the group's: a member that takes
+            # the partition over later resumes here instead of resolving "latest" again.
+            await self._commit(fresh, "positioning")
+        if all(tr.positioned for tr in self._trackers.values() if tr.alive):
+            self._positioned.set()
+
+    async def _seek_to_highwater(self, trackers: Sequence[_Tracker]) -> None:
+        # The high watermark of a fetch response is exact; ListOffsets(latest) is not on
+        # every Kafka-protocol broker, so "latest" is taken from a fetch.
+        consumer = self._consumer
+        deadline = time.monotonic() + self._config.join_timeout_ms / 1000
+        wait_ms = max(_POLL_MS, 2 * self._config.fetch_max_wait_ms)
+        while True:
+            assigned = consumer.assignment()
+            missing = [
+                tr.tp
+                for tr in trackers
+                if tr.alive and tr.tp in assigned and consumer.highwater(tr.tp) is None
+            ]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise TransportUnavailableError(f"no high watermark for {missing} from the broker")
+            await consumer.getmany(*missing, timeout_ms=wait_ms)  # records before "now" are not ours
+        for tracker in trackers:
+            if tracker.alive:
+                highwater = consumer.highwater(tracker.tp)
+                if highwater is not None:
+                    self._place(tracker, highwater, committed=False)
+
+    def _place(self, tracker: _Tracker, offset: int, *, committed: bool) -> None:
+        if not tracker.alive:
+            return
+        try:
+            self._consumer.seek(tracker.tp, offset)
+        except IllegalStateError:
+            return  # revoked meanwhile
+        tracker.place(offset, committed=committed)
+
+    # -- fetching ------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        backoff = 0.1
+        while True:
+            try:
+                if self._needs_positioning:
+                    await self._position()
+                self._apply_rewinds()
+                batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self._spec.prefetch)
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, TransportError) as exc:
+                if any(not tr.positioned for tr in self._trackers.values()):
+                    self._needs_positioning = True
+                log.warning(
+                    "fetching %s for %s failed, retrying in %.1fs: %r",
+                    list(self._spec.topics),
+                    self._spec.consumer_name,
+                    backoff,
+                    exc,
+                )
+                await asyncio.sleep(backoff)  # pacing retries against a failing broker
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for tp, records in batch.items():
+                for record in records:
+                    tracker = self._trackers.get(tp)
+                    if tracker is None or not tracker.accepts(record.offset):
+                        # Revoked, not positioned yet, or about to seek back: the records
+                        # are fetched again from the position that follows.
+                        break
+                    entry = tracker.add(record.offset)
+                    self._outstanding += 1
+                    self._idle.clear()
+                    delivery = _KafkaDelivery(self, entry, record_to_message(record), tp)
+                    try:
+                        await self._sink(delivery)
+                    except asyncio.CancelledError:
+                        self._settle(entry, acked=False)
+                        raise
+
+    def _apply_rewinds(self) -> None:
+        for tracker in self._trackers.values():
+            if tracker.rewind_to is None or not tracker.alive:
+                continue
+            offset = tracker.rewind_to
+            tracker.cut(offset)
+            try:
+                self._consumer.seek(tracker.tp, offset)
+            except IllegalStateError:
+                continue
+            log.debug("%s seeks %s back to released offset %d", self._spec.consumer_name, tracker.tp, offset)
+
+    def _settle(self, entry: _Entry, *, acked: bool) -> None:
+        if entry.state != _PENDING:
+            return
+        entry.state = _ACKED if acked else _RELEASED
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._idle.set()
+        tracker = entry.tracker
+        if entry.alive:
+            tracker.pending -= 1
+            if acked:
+                if tracker.advance() and self._group is not None:
+                    self._dirty.set()
+            elif (
+                self._state == "running"
+                and not tracker.revoking
+                and (tracker.rewind_to is None or entry.offset < tracker.rewind_to)
+            ):
+                # Released while running (e.g. a dead letter could not be written):
+                # fetch it again rather than leave a hole behind the commit point.
+                tracker.rewind_to = entry.offset
+        self._settled.set()
+
+    # -- committing ----------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        interval = self._config.commit_interval_ms / 1000
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._commit(list(self._trackers.values()), "interval")
+            if interval:
+                await asyncio.sleep(interval)  # rate limit: acks in between ride on the next commit
+
+    async def _commit(self, trackers: Iterable[_Tracker], reason: str) -> bool:
+        async with self._commit_lock:
+            chosen = [
+                tr
+                for tr in trackers
+                if tr.alive and tr.positioned and tr.commit_to is not None and tr.commit_to != tr.committed
+            ]
+            if not chosen:
+                return True
+            offsets = {tr.tp: tr.commit_to for tr in chosen}
+            try:
+                await asyncio.wait_for(self._consumer.commit(offsets), self._config.request_timeout_ms / 1000)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group moved on: whoever owns these partitions now resumes from the
+                # last successful commit, so records after it are redelivered, not lost.
+                self.commit_failures += 1
+                log.info("commit on %s skipped (%s): %s", reason, type(exc).__name__, offsets)
+                return False
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                self.commit_failures += 1
+                log.warning("commit on %s failed, will retry: %r", reason, exc)
+                self._dirty.set()
+                return False
+            for tracker in chosen:
+                tracker.committed = offsets[tracker.tp]
+            self.commits += 1
+            log.debug("committed on %s: %s", reason, offsets)
+            return True
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is None or task.done():
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.debug("background task %s had failed: %r", task.get_name(), task.exception())
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+class KafkaTransport(Transport):
+    """``kafka://host:port[,host:port]``: Kafka (or a Kafka-protocol broker) through aiokafka."""
+
+    name = "kafka"
+    capabilities = CAPABILITIES
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._client_options: dict[str, Any] = {}
+        self._known_topics: set[str] = set()
+        self._topic_lock: asyncio.Lock | None = None
+        self._subs: set[_KafkaSubscription] = set()
+        self._closing = asyncio.Event()
+        self._start_lock: asyncio.Lock | None = None
+        self.idempotent = False
+
+    def describe(self) -> Mapping[str, object]:
+        config = self.config
+        return {
+            "transport": "kafka",
+            "bootstrap_servers": config.bootstrap_servers,
+            "security_protocol": config.security_protocol,
+            "sasl_mechanism": config.mechanism,
+            "acks": config.acks,
+            "idempotence": self.idempotent,
+            "compression_type": config.compression_type,
+        }
+
+    def __repr__(self) -> str:
+        return f"<KafkaTransport {self.config.bootstrap_servers} started={self._producer is not None}>"
+
+    def _require(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BusStateError("the kafka transport is not started")
+        return self._producer
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        self._client_options = client_options(self.config)
+        self._closing = asyncio.Event()
+        self._topic_lock = asyncio.Lock()
+        admin = AIOKafkaAdminClient(**self._client_options)
+        try:
+            await admin.start()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await admin.close()
+            if isinstance(exc, _UNREACHABLE):
+                raise _unavailable(f"cannot connect to {self.config.bootstrap_servers}", exc) from exc
+            if isinstance(exc, KafkaError):
+                raise TransportError(f"cannot connect to {self.config.bootstrap_servers}: {exc!r}") from exc
+            raise
+        try:
+            self._producer = await self._start_producer()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await admin.close()
+            raise
+        self._admin = admin
+        log.debug("kafka transport started: %s", self.describe())
+
+    def _producer_options(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            **self._client_options,
+            "acks": config.acks if config.acks == "all" else int(config.acks),
+            "compression_type": config.compression_type,
+            "linger_ms": config.linger_ms,
+            "max_batch_size": config.max_batch_size,
+            "max_request_size": config.max_request_size,
+        }
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        config = self.config
+        want = config.enable_idempotence if config.enable_idempotence is not None else config.acks == "all"
+        if want:
+            producer = AIOKafkaProducer(**self._producer_options(), enable_idempotence=True)
+            try:
+                await producer.start()
+            except _UNREACHABLE as exc:
+                await producer.stop()
+                raise _unavailable(f"cannot connect to {config.bootstrap_servers}", exc) from exc
+            except KafkaError as exc:
+                await producer.stop()
+                if config.enable_idempotence:
+                    raise TransportError(
+                        f"the broker at {config.bootstrap_servers} refused an idempotent producer "
+                        f"({type(exc).__name__}); set enable_idempotence=None to fall back"
+                    ) from exc
+                log.warning(
+                    "the broker at %s cannot run an idempotent producer (%s); publishing with "
+                    "acks=%s without idempotence: a retried send may store a record twice",
+                    config.bootstrap_servers,
+                    type(exc).__name__,
+                    config.acks,
+                )
+            except BaseException:
+                await producer.stop()
+                raise
+            else:
+                self.idempotent = True
+                return producer
+        producer = AIOKafkaProducer(**self._producer_options(), enable_idempotence=False)
+        try:
+            await producer.start()
+        except BaseException as exc:
+            await producer.stop()
+            if isinstance(exc, _UNREACHABLE):
+                raise _unavailable(f"cannot connect to {config.bootstrap_servers}", exc) from exc
+            if isinstance(exc, KafkaError):
+                raise TransportError(f"cannot connect to {config.bootstrap_servers}: {exc!r}") from exc
+            raise
+        self.idempotent = False
+        return producer
+
+    async def close(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        self._closing.set()
+        for sub in list(self._subs):
+            try:
+                await sub.close()
+            except Exception as exc:
+                log.warning("closing %r failed: %r", sub, exc)
+        self._producer = None
+        try:
+            await producer.stop()  # flushes what is still batched
+        finally:
+            admin, self._admin = self._admin, None
+            if admin is not None:
+                await admin.close()
+
+    # -- topics --------------------------------------------------------------------------
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics that do not exist yet (``auto_create_topics``)."""
+        missing = {t for t in topics if t not in self._known_topics}
+        if not missing:
+            return
+        config = self.config
+        if not config.auto_create_topics:
+            self._known_topics.update(missing)
+            return
+        assert self._topic_lock is not None
+        assert self._admin is not None
+        async with self._topic_lock:
+            missing = {t for t in missing if t not in self._known_topics}
+            if not missing:
+                return
+            new = [
+                NewTopic(
+                    name=topic,
+                    num_partitions=config.num_partitions,
+                    replication_factor=config.replication_factor,
+                    topic_configs=dict(config.topic_config),
+                )
+                for topic in sorted(missing)
+            ]
+            try:
+                response = await self._admin.create_topics(new, timeout_ms=config.request_timeout_ms)
+            except _UNREACHABLE as exc:
+                raise _unavailable(f"cannot create topics {sorted(missing)}", exc) from exc
+            except KafkaError as exc:
+                raise TransportError(
+                    f"cannot create topics {sorted(missing)}: {exc!r}", retriable=exc.retriable
+                ) from exc
+            for item in response.topic_errors:
+                topic, code = item[0], item[1]
+                message = item[2] if len(item) > 2 else None
+                if code in (0, _TOPIC_EXISTS):
+                    if code == 0:
+                        log.info(
+                            "created topic %s (%d partitions, replication %d)",
+                            topic,
+                            config.num_partitions,
+                            config.replication_factor,
+                        )
+                    self._known_topics.add(topic)
+                    continue
+                error = for_code(code)
+                if code in _BAD_TOPIC_REQUEST:
+                    raise ConfigurationError(
+                        f"the broker refused to create topic {topic!r}: {error.__name__}: {message}"
+                    )
+                # E.g. no permission to create topics: the topic may exist anyway, and a
+                # publish to a topic that does not exist fails on its own.
+                log.warning(
+                    "could not create topic %s (%s: %s); using it as it is", topic, error.__name__, message
+                )
+                self._known_topics.add(topic)
+
+    async def _partitions(self, topic: str) -> set[int]:
+        producer = self._require()
+        try:
+            partitions = await producer.partitions_for(topic)
+        except _UNREACHABLE as exc:
+            raise _unavailable(f"no metadata for topic {topic!r}", exc) from exc
+        return set(partitions or ())
+
+    async def _existing_topics(self) -> set[str]:
+        assert self._admin is not None
+        try:
+            return set(await self._admin.list_topics())
+        except _UNREACHABLE as exc:
+            raise _unavailable("cannot list topics", exc) from exc
+
+    # -- publishing ----------------------------------------------------------------------
+    async def publish(self, messages: Sequence[Message]) -> None:
+        producer = self._require()
+        if not messages:
+            return
+        await self.ensure_topics(m.topic for m in messages)
+        futures: list[asyncio.Future[Any]] = []
+        failure: BaseException | None = None
+        sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes sent to it]
+        for message in messages:
+            try:
+                partition = None
+                if message.key is None:
+                    partition = await self._sticky_partition(message, sticky)
+                future = await producer.send(
+                    message.topic,
+                    value=message.value,
+                    key=message.key.encode("utf-8") if message.key is not None else None,
+                    headers=[(name, value.encode("utf-8")) for name, value in message.headers.items()],
+                    partition=partition,
+                )
+            except Exception as exc:
+                failure = exc
+                break
+            futures.append(future)
+        # Await every accepted record even after a failure, so none is left unobserved.
+        results = await asyncio.gather(*futures, return_exceptions=True) if futures else []
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if failure is None and errors:
+            failure = errors[0]
+        if failure is not None:
+            confirmed = len(results) - len(errors)
+            what = (
+                f"{len(messages) - confirmed} of {len(messages)} record(s) to {messages[0].topic!r} "
+                "not confirmed"
+            )
+            raise _publish_error(what, failure) from failure
+
+    async def _sticky_partition(self, message: Message, sticky: dict[str, list[int]]) -> int | None:
+        # Keyless records of one publish call stay on one partition until a batch's
+        # worth of bytes went there (Kafka's sticky partitioning), so a batch keeps
+        # its order and fills few requests.
+        state = sticky.get(message.topic)
+        if state is None or state[1] >= self.config.max_batch_size:
+            partitions = sorted(await self._partitions(message.topic))
+            if not partitions:
+                return None
+            previous = state[0] if state is not None else None
+            choices = [p for p in partitions if p != previous] or partitions
+            state = sticky[message.topic] = [random.choice(choices), 0]  # noqa: S311 - spreading load
+        state[1] += len(message.value)
+        return state[0]
+
+    # -- consuming -----------------------------------------------------------------------
+    async def subscribe(self, spec: SubscriptionSpec, sink: DeliverySink) -> TransportSubscription:
+        self._require()
+        await self.ensure_topics(spec.topics)
+        sub = _KafkaSubscription(self, spec, sink)
+        self._subs.add(sub)
+        try:
+            await sub.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sub.close()
+            self._subs.discard(sub)
+            raise
+        return sub
+
+    async def read(self, topic: str, *, limit: int = 100) -> list[Message]:
+        """Up to ``limit`` records of ``topic`` from the beginning, oldest first.
+
+        Partitions are merged by record timestamp (then dead-letter time, partition
+        and offset). A topic that does not exist reads as empty and is not created.
+        """
+        self._require()
+        if limit <= 0 or topic not in await self._existing_topics():
+            return []
+        partitions = await self._partitions(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer = AIOKafkaConsumer(
+            **self._client_options,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+            max_poll_records=max(limit, 1),
+        )
+        records: list[Any] = []
+        try:
+            await consumer.start()
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            counts = dict.fromkeys(tps, 0)
+            deadline = time.monotonic() + self.config.request_timeout_ms / 1000
+            wait_ms = max(_POLL_MS, 2 * self.config.fetch_max_wait_ms)
+            while True:
+                open_tps = []
+                for tp in tps:
+                    highwater = consumer.highwater(tp)
+                    if counts[tp] >= limit:
+                        continue
+                    if highwater is not None and await consumer.position(tp) >= highwater:
+                        continue
+                    open_tps.append(tp)
+                if not open_tps:
+                    break
+                if time.monotonic() > deadline:
+                    raise TransportUnavailableError(f"reading {topic!r} did not reach its end in time")
+                batch = await consumer.getmany(*open_tps, timeout_ms=wait_ms, max_records=limit)
+                for tp, got in batch.items():
+                    take = got[: limit - counts[tp]]
+                    counts[tp] += len(take)
+                    records.extend(take)
+        except _UNREACHABLE as exc:
+            raise _unavailable(f"cannot read {topic!r}", exc) from exc
+        finally:
+            await consumer.stop()
+        messages = [(record, record_to_message(record)) for record in records]
+        messages.sort(
+            key=lambda pair: (
+                pair[0].timestamp,
+                pair[1].headers.get("x-dlq-failed-at", ""),
+                pair[0].partition,
+                pair[0].offset,
+            )
+        )
+        return [message for _record, message in messages[:limit]]

@@ -47,6 +47,8 @@ def _usable(version: str) -> bool:
 
 PYTHONS = [v for v in ALL_PYTHONS if _usable(v)]
 DEFAULT_PYTHON = "3.11" if "3.11" in PYTHONS else (PYTHONS[-1] if PYTHONS else None)
+RUFF = "ruff==0.17.6"
+MYPY = "mypy==2.4.1"
 # Distributions tested on every interpreter; the others on the default one.
 MATRIX_PACKAGES = ("core", "memory")
 
@@ -121,7 +123,7 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff>=0.6")
+    session.install(RUFF)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -130,7 +132,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the core and every plugin."""
     _install(session, *PLUGINS)
-    session.install("mypy>=1.10")
+    session.install(MYPY, "tomli")  # tomli: the Python 3.10 branch of the TOML loader
     sources = [str(ROOT / "core" / "src")] + [str(ROOT / "plugins" / p / "src") for p in PLUGINS]
     env = {"MYPYPATH": os.pathsep.join(sources)}
     targets = [str(ROOT / "core" / "src" / "dotmac")]

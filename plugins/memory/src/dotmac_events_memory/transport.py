@@ -366,8 +366,7 @@ def _log_line(message: Message) -> str:
 def read_persistence_log(path: str | Path) -> Iterator[Message]:
     """The messages of a persistence log, in publish order (for inspection or replay).
 
-    Replay them with ``await bus.transport.publish(list(read_persistence_log(path)))``
-    or ``dotmac-events replay-log``.
+    Replay them with ``await bus.transport.publish(list(read_persistence_log(path)))``.
     """
     with Path(path).open(encoding="utf-8") as handle:
         for line in handle:

@@ -1,0 +1,36 @@
+"""dotmac-events-redis: the ``redis://`` and ``rediss://`` transport on Redis Streams.
+
+This module holds only the plugin's hook implementations and its public names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dotmac.events import EventBus, TransportSpec, create_bus, hookimpl
+from dotmac.events.registry import Registry
+
+from .config import RedisConfig, parse_redis_url
+from .transport import CAPABILITIES, DATA_FIELD, KEY_FIELD, RedisTransport
+
+__all__ = ["DATA_FIELD", "KEY_FIELD", "RedisConfig", "RedisTransport", "create_redis_bus"]
+
+
+def create_redis_bus(config: RedisConfig | None = None, **bus_options: Any) -> EventBus:
+    """A bus on Redis Streams (the seed's name for ``create_bus(RedisConfig(...))``)."""
+    return create_bus(config or RedisConfig(), **bus_options)
+
+
+@hookimpl
+def dotmac_events_register_transports(register: Registry) -> None:
+    register.add_transport(
+        TransportSpec(
+            name="redis",
+            schemes=("redis", "rediss"),
+            config_class=RedisConfig,
+            factory=RedisTransport,
+            capabilities=CAPABILITIES,
+            parse_url=parse_redis_url,
+            description="Redis Streams: consumer groups with pending-entry reclaim",
+        )
+    )

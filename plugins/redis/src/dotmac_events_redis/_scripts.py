@@ -1,0 +1,158 @@
+"""Lua scripts: the stream operations that must check and change state atomically.
+
+Each script touches one stream key (``KEYS[1]``), so it works on a single node and
+on Redis Cluster alike. Scripts return raw RESP values, parsed by the transport.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM_ONE", "FORGET_IDLE_CONSUMERS", "OWN_PENDING", "RECLAIM", "TOUCH", "TRIM"]
+
+# Shared helpers: stream ids compared as (milliseconds, sequence) numbers.
+_IDS = """
+local function parse_id(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local function id_less(a, b)
+  local ams, aseq = parse_id(a)
+  local bms, bseq = parse_id(b)
+  if ams ~= bms then return ams < bms end
+  return aseq < bseq
+end
+local function id_after(id)
+  local ms, seq = parse_id(id)
+  return string.format('%.0f-%.0f', ms, seq + 1)
+end
+local function as_map(flat)
+  local map = {}
+  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
+  return map
+end
+"""
+
+# Trim KEYS[1] down to ARGV[1] entries. ARGV[2] is the policy:
+#   "safe":   never remove an entry some group still needs (pending, or not yet read
+#             by the group); stop short of the cap instead.
+#   "maxlen": remove down to the cap, and count the removed entries some group needed.
+# Returns {removed, kept_over_cap, removed_unread}.
+TRIM = (
+    _IDS
+    + """
+local key = KEYS[1]
+local maxlen = tonumber(ARGV[1])
+local policy = ARGV[2]
+local len = redis.call('XLEN', key)
+if len <= maxlen then return {0, 0, 0} end
+local excess = len - maxlen
+local head = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
+-- The oldest entry an exact MAXLEN trim keeps: everything before it goes.
+local cut = head[excess + 1][1]
+local floor = nil
+local needed = {}
+for _, flat in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local g = as_map(flat)
+  local unread_from = id_after(g['last-delivered-id'])
+  local need = unread_from
+  if tonumber(g['pending']) > 0 then
+    local oldest = redis.call('XPENDING', key, g['name'])[2]
+    if id_less(oldest, need) then need = oldest end
+    if policy == 'maxlen' then
+      for _, p in ipairs(redis.call('XPENDING', key, g['name'], '-', '(' .. cut, excess)) do
+        needed[p[1]] = true
+      end
+    end
+  end
+  if policy == 'maxlen' then
+    for i = 1, excess do
+      local id = head[i][1]
+      if not id_less(id, unread_from) then needed[id] = true end
+    end
+  end
+  if floor == nil or id_less(need, floor) then floor = need end
+end
+if policy == 'safe' then
+  local target = cut
+  if floor ~= nil and id_less(floor, target) then target = floor end
+  local removed = redis.call('XTRIM', key, 'MINID', target)
+  return {removed, excess - removed, 0}
+end
+local unread = 0
+for i = 1, excess do
+  if needed[head[i][1]] then unread = unread + 1 end
+end
+local removed = redis.call('XTRIM', key, 'MINID', cut)
+return {removed, 0, unread}
+"""
+)
+
+# Take one pending entry of consumer ARGV[2] in group ARGV[1] for (re)delivery:
+# checks that the consumer still owns ARGV[3], bumps its delivery counter and
+# returns it. {1, id, fields, delivery_count} when delivered, {0} when another
+# consumer owns it now, {-1} when the stream entry is gone (trimmed or deleted;
+# the dangling pending entry is acknowledged so it stops circulating).
+CLAIM_ONE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return {0} end
+local e = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])
+if #e == 0 or not e[1] then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  return {-1}
+end
+return {1, e[1][1], e[1][2], p[1][4] + 1}
+"""
+
+# Set the idle time of the entries ARGV[4..] that consumer ARGV[2] of group ARGV[1]
+# still owns to ARGV[3] ms, without counting a delivery. Idle 0 renews the lease of
+# in-flight entries; a huge idle releases entries so the next reclaim by any live
+# member takes them at once. Entries another consumer owns now are left alone.
+# Returns how many entries were touched.
+TOUCH = """
+local n = 0
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p > 0 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Move up to ARGV[5] entries idle for ARGV[3] ms or more to consumer ARGV[2],
+# scanning from cursor ARGV[4], without counting a delivery (CLAIM_ONE counts it
+# when the entry is handed out). Returns {next_cursor, ids, deleted_ids}.
+RECLAIM = """
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
+return {r[1], r[2], r[3] or {}}
+"""
+
+# Up to ARGV[4] pending ids of consumer ARGV[2] in group ARGV[1] after ARGV[3]
+# ("-" for the start), oldest first.
+OWN_PENDING = """
+local start = ARGV[3]
+if start ~= '-' then start = '(' .. start end
+local ids = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], start, '+', ARGV[4], ARGV[2])) do
+  ids[#ids + 1] = p[1]
+end
+return ids
+"""
+
+# Remove consumers of group ARGV[1] idle for ARGV[2] ms or more that own no pending
+# entry, except ARGV[3] (the caller). The check and the removal are one atomic step,
+# so a consumer that still owns entries is never removed. Returns the removed names.
+FORGET_IDLE_CONSUMERS = (
+    _IDS
+    + """
+local removed = {}
+for _, flat in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local c = as_map(flat)
+  if c['name'] ~= ARGV[3] and tonumber(c['pending']) == 0 and tonumber(c['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+    removed[#removed + 1] = c['name']
+  end
+end
+return removed
+"""
+)

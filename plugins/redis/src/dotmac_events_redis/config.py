@@ -1,0 +1,241 @@
+"""Configuration of the Redis Streams transport and the parsing of its URLs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from attrs import field, frozen
+
+from dotmac.events.errors import ConfigurationError
+
+__all__ = ["RedisConfig", "parse_redis_url"]
+
+_PREFIX_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _fail(name: str, expected: str, value: Any) -> ConfigurationError:
+    return ConfigurationError(f"RedisConfig.{name} must be {expected}, got {value!r}")
+
+
+def _int_in(low: int, high: int | None = None) -> Any:
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            expected = f"an int >= {low}" if high is None else f"an int from {low} to {high}"
+            raise _fail(attr.name, expected, value)
+
+    return check
+
+
+def _optional_int_at_least(low: int) -> Any:
+    inner = _int_in(low)
+
+    def check(inst: Any, attr: Any, value: Any) -> None:
+        if value is not None:
+            inner(inst, attr, value)
+
+    return check
+
+
+def _positive_number(_inst: Any, attr: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _fail(attr.name, "a number > 0", value)
+
+
+def _optional_positive_number(inst: Any, attr: Any, value: Any) -> None:
+    if value is not None:
+        _positive_number(inst, attr, value)
+
+
+def _optional_text(_inst: Any, attr: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        # Never echo the value: this validator also guards secrets.
+        raise ConfigurationError(f"RedisConfig.{attr.name} must be a non-empty str or None")
+
+
+def _host(_inst: Any, _attr: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value) or "/" in value:
+        raise _fail("host", "a host name or address", value)
+
+
+def _key_prefix(_inst: Any, _attr: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value or len(value) > 100 or not _PREFIX_RE.fullmatch(value):
+        raise _fail("key_prefix", "1 to 100 printable ASCII characters without spaces", value)
+
+
+def _namespace(_inst: Any, _attr: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > 64 or not _NAMESPACE_RE.fullmatch(value):
+        raise _fail("namespace", "1 to 64 ASCII letters, digits, '_' or '-' (or None)", value)
+
+
+def _choice(*allowed: str) -> Any:
+    def check(_inst: Any, attr: Any, value: Any) -> None:
+        if value not in allowed:
+            raise _fail(attr.name, " or ".join(repr(a) for a in allowed), value)
+
+    return check
+
+
+@frozen
+class RedisConfig:
+    """``redis://[user[:password]@]host[:port][/db]?option=value`` (``rediss://`` for TLS).
+
+    Connection
+        ``host``, ``port``, ``db``; ``username`` and ``password`` for AUTH (an ACL user
+        when ``username`` is set). The password never appears in reprs, logs or errors.
+        ``socket_timeout`` and ``socket_connect_timeout`` in seconds;
+        ``max_connections`` bounds the shared pool (each subscription also holds one
+        connection of its own for blocking reads); ``client_name`` is shown by
+        ``CLIENT LIST``.
+
+    TLS
+        ``ssl`` (implied by ``rediss://``), ``ssl_ca_certs`` (CA bundle to trust),
+        ``ssl_certfile``/``ssl_keyfile``/``ssl_password`` (client certificate).
+        Certificates and host names are always checked: ``ssl_cert_reqs`` other than
+        ``"required"`` or ``ssl_check_hostname=False`` are refused unless
+        ``ssl_insecure=True`` says so explicitly, and then every start logs a warning.
+
+    Keys
+        Each topic is one stream at ``{key_prefix}{topic}``, or
+        ``{key_prefix}{namespace}:{topic}`` with a ``namespace`` (a tenant or an
+        environment). Topic names cannot contain ``:``, so one namespace can never
+        address another's streams.
+
+    Retention
+        ``max_stream_length`` caps each stream (``None``: no cap). ``trim_policy``
+        ``"safe"`` (default) never trims an entry that a consumer group has not
+        acknowledged or not yet read: the stream may grow past the cap, which is
+        counted and logged. ``"maxlen"`` always trims to the cap and counts the
+        entries it removed unread. Dead-letter streams are never trimmed.
+
+    Consuming
+        ``prefetch_count`` (optional) caps every subscription's un-acknowledged
+        entries on this bus (``ConsumerOptions.prefetch_count`` sets it per
+        subscription). ``block_timeout`` is the longest blocking read in seconds.
+        Entries of a consumer idle for ``min_idle_time`` seconds are reclaimed by a
+        live member, checked every ``reclaim_interval`` seconds; a live consumer
+        renews its in-flight entries so long handlers keep them. ``max_deliveries``
+        is the dead-letter threshold used when ``ConsumerOptions.max_deliveries`` is
+        not set (``None``: unlimited). Consumers without pending entries that have
+        been idle for ``consumer_idle_timeout`` seconds are removed from their group
+        (``None``: never).
+
+    Resilience
+        ``publish_timeout`` and ``ack_timeout``: how long a publish or an
+        acknowledgement keeps retrying while Redis is unreachable before it fails.
+        ``reconnect_backoff_max`` caps the exponential backoff between reconnects.
+        ``reply_ttl`` (seconds) expires the reply stream of a bus that went away.
+    """
+
+    host: str = field(default="localhost", validator=_host)
+    port: int = field(default=6379, validator=_int_in(1, 65535))
+    db: int = field(default=0, validator=_int_in(0))
+    username: str | None = field(default=None, validator=_optional_text)
+    password: str | None = field(default=None, repr=False, validator=_optional_text)
+    ssl: bool = False
+    ssl_ca_certs: str | None = field(default=None, validator=_optional_text)
+    ssl_certfile: str | None = field(default=None, validator=_optional_text)
+    ssl_keyfile: str | None = field(default=None, validator=_optional_text)
+    ssl_password: str | None = field(default=None, repr=False, validator=_optional_text)
+    ssl_cert_reqs: Literal["required", "optional", "none"] = field(
+        default="required", validator=_choice("required", "optional", "none")
+    )
+    ssl_check_hostname: bool = True
+    ssl_insecure: bool = False
+    socket_timeout: float = field(default=5.0, validator=_positive_number)
+    socket_connect_timeout: float = field(default=5.0, validator=_positive_number)
+    max_connections: int = field(default=50, validator=_int_in(2))
+    client_name: str | None = field(default=None, validator=_optional_text)
+    key_prefix: str = field(default="dotmac:events:", validator=_key_prefix)
+    namespace: str | None = field(default=None, validator=_namespace)
+    max_stream_length: int | None = field(default=100_000, validator=_optional_int_at_least(1))
+    trim_policy: Literal["safe", "maxlen"] = field(default="safe", validator=_choice("safe", "maxlen"))
+    prefetch_count: int | None = field(default=None, validator=_optional_int_at_least(1))
+    block_timeout: float = field(default=2.0, validator=_positive_number)
+    min_idle_time: float = field(default=30.0, validator=_positive_number)
+    reclaim_interval: float = field(default=5.0, validator=_positive_number)
+    max_deliveries: int | None = field(default=None, validator=_optional_int_at_least(1))
+    consumer_idle_timeout: float | None = field(default=3600.0, validator=_optional_positive_number)
+    publish_timeout: float = field(default=30.0, validator=_positive_number)
+    ack_timeout: float = field(default=30.0, validator=_positive_number)
+    reconnect_backoff_max: float = field(default=5.0, validator=_positive_number)
+    reply_ttl: float = field(default=3600.0, validator=_positive_number)
+
+    def __attrs_post_init__(self) -> None:
+        tls_files = (self.ssl_ca_certs, self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
+        if not self.ssl and any(v is not None for v in tls_files):
+            raise ConfigurationError(
+                "RedisConfig: TLS files are set but ssl is off; use a rediss:// URL or ssl=True"
+            )
+        if self.ssl and not self.ssl_insecure:
+            if self.ssl_cert_reqs != "required":
+                raise ConfigurationError(
+                    f"RedisConfig.ssl_cert_reqs={self.ssl_cert_reqs!r} turns certificate checks off; "
+                    "set ssl_insecure=True as well if that is really intended"
+                )
+            if not self.ssl_check_hostname:
+                raise ConfigurationError(
+                    "RedisConfig.ssl_check_hostname=False turns host name checks off; "
+                    "set ssl_insecure=True as well if that is really intended"
+                )
+
+    def stream_key(self, topic: str) -> str:
+        """The Redis key of ``topic``'s stream (topics are validated by the core)."""
+        if self.namespace is None:
+            return f"{self.key_prefix}{topic}"
+        return f"{self.key_prefix}{self.namespace}:{topic}"
+
+    def describe(self) -> dict[str, object]:
+        """Non-secret facts for logs and diagnostics."""
+        return {
+            "transport": "redis",
+            "host": self.host,
+            "port": self.port,
+            "db": self.db,
+            "username": self.username,
+            "ssl": self.ssl,
+            "key_prefix": self.key_prefix,
+            "namespace": self.namespace,
+        }
+
+
+def parse_redis_url(url: str) -> dict[str, Any]:
+    """Config fields from the scheme, netloc and path of a ``redis://`` or ``rediss://`` URL.
+
+    Query parameters are added by the core. Errors never repeat the URL, which may
+    hold a password.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError("malformed Redis URL: bad host or port") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss"):
+        raise ConfigurationError(f"not a Redis URL scheme: {scheme!r}")
+    fields: dict[str, Any] = {}
+    if parts.hostname:
+        fields["host"] = parts.hostname
+    if port is not None:
+        fields["port"] = port
+    if parts.username:
+        fields["username"] = unquote(parts.username)
+    if parts.password is not None:
+        fields["password"] = unquote(parts.password)
+    path = parts.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ConfigurationError(f"the path of a Redis URL is the database number, got {path!r}")
+        fields["db"] = int(path)
+    if scheme == "rediss":
+        fields["ssl"] = True
+    return fields

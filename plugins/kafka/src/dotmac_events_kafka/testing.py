@@ -30,12 +30,17 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from .config import KafkaConfig
 
 __all__ = [
     "ENV_BOOTSTRAP",
+    "FAST_SETTINGS",
     "BrokerError",
     "MotoS3Server",
     "TansuBroker",
+    "fast_config",
     "free_port",
     "kafka_bootstrap_servers",
     "wait_for_port",
@@ -43,7 +48,26 @@ __all__ = [
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
 
+# Group timings for tests. On Tansu a group join takes about session_timeout_ms / 2
+# (at least 1 s) and a crashed member is noticed after session_timeout_ms; the broker
+# answers a parked fetch as soon as data arrives, so fetch_max_wait_ms only bounds idle
+# polls and the first positioning of an empty partition.
+FAST_SETTINGS: dict[str, Any] = {
+    "session_timeout_ms": 2000,
+    "heartbeat_interval_ms": 200,
+    "rebalance_timeout_ms": 2000,
+    "fetch_max_wait_ms": 100,
+    "commit_interval_ms": 100,
+    "revoke_timeout_ms": 2000,
+    "request_timeout_ms": 10_000,
+}
+
 _live: set[_Process] = set()
+
+
+def fast_config(bootstrap_servers: str, **overrides: Any) -> KafkaConfig:
+    """A :class:`KafkaConfig` with :data:`FAST_SETTINGS` (for tests and demos, not production)."""
+    return KafkaConfig(bootstrap_servers=bootstrap_servers, **{**FAST_SETTINGS, **overrides})
 
 
 class BrokerError(RuntimeError):

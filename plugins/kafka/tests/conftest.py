@@ -1,0 +1,72 @@
+"""Fixtures: one Tansu broker for the session (or $KAFKA_BOOTSTRAP_SERVERS), S3-backed
+brokers for restart tests, and configs with group timings low enough for tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dotmac.events import EventBus
+from dotmac.events.retry import is_testing, set_testing
+from dotmac_events_kafka import create_kafka_bus
+from dotmac_events_kafka.testing import (
+    ENV_BOOTSTRAP,
+    MotoS3Server,
+    TansuBroker,
+    fast_config,
+    kafka_bootstrap_servers,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits() -> Iterator[None]:
+    previous = is_testing()
+    set_testing(True)
+    yield
+    set_testing(previous)
+
+
+@pytest.fixture(scope="session")
+def kafka_servers() -> Iterator[str]:
+    with kafka_bootstrap_servers() as servers:
+        yield servers
+
+
+@pytest.fixture
+def make_bus(kafka_servers: str) -> Callable[..., EventBus]:
+    def make(**overrides: Any) -> EventBus:
+        return create_kafka_bus(fast_config(kafka_servers, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"t.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def group() -> str:
+    return f"g-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoS3Server]:
+    if os.environ.get(ENV_BOOTSTRAP):
+        pytest.skip("broker restart tests need the local Tansu broker")
+    pytest.importorskip("moto", reason='needs moto[server] (pip install "dotmac-events-kafka[test]")')
+    with MotoS3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_broker(s3_server: MotoS3Server) -> Iterator[TansuBroker]:
+    """A Tansu broker whose log lives in a fresh bucket, so it survives restarts."""
+    bucket = f"tansu-{uuid.uuid4().hex[:8]}"
+    s3_server.create_bucket(bucket)
+    with TansuBroker(storage=f"s3://{bucket}/", env=s3_server.tansu_env()) as broker:
+        yield broker

@@ -1,0 +1,186 @@
+"""KafkaConfig, URLs, security settings and secrets (no broker needed)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dotmac.events import ConfigurationError, create_bus
+from dotmac_events_kafka import KafkaConfig, KafkaTransport, create_kafka_bus
+from dotmac_events_kafka.transport import build_ssl_context, client_options
+
+SECRET = "s3cr3t-Pa55w0rd-9f1c"
+
+
+def test_seed_example_works_verbatim() -> None:
+    bus = create_kafka_bus(
+        KafkaConfig(bootstrap_servers="localhost:9092", acks="all", compression_type="snappy")
+    )
+    assert isinstance(bus.transport, KafkaTransport)
+    assert bus.transport.config.compression_type == "snappy"
+    caps = bus.capabilities
+    assert caps.persistent and caps.partitions and caps.readable and caps.restartable
+    assert caps.ordering == "key"
+
+
+def test_url_with_several_brokers_and_query() -> None:
+    bus = create_bus("kafka://h1:9092,h2:9093?acks=1&compression_type=zstd&num_partitions=6&linger_ms=20")
+    config = bus.transport.config
+    assert config.bootstrap_servers == "h1:9092,h2:9093"
+    assert (config.acks, config.compression_type, config.num_partitions, config.linger_ms) == (
+        "1",
+        "zstd",
+        6,
+        20,
+    )
+
+
+def test_url_credentials_mean_sasl_and_stay_out_of_repr() -> None:
+    bus = create_bus(f"kafka://svc:{SECRET}@h1:9092?security_protocol=SASL_SSL&sasl_mechanism=SCRAM-SHA-512")
+    config = bus.transport.config
+    assert (config.sasl_username, config.sasl_password) == ("svc", SECRET)
+    assert config.security_protocol == "SASL_SSL"
+    assert config.mechanism == "SCRAM-SHA-512"
+    assert SECRET not in repr(config)
+    assert SECRET not in repr(bus.transport)
+    assert SECRET not in str(bus.transport.describe())
+
+
+def test_dict_and_toml_shapes() -> None:
+    bus = create_bus(
+        {"transport": "kafka", "bootstrap_servers": "a:1,b:2", "topic_config": {"retention.ms": 1}}
+    )
+    assert bus.transport.config.bootstrap_servers == "a:1,b:2"
+    assert bus.transport.config.topic_config == {"retention.ms": "1"}
+    assert KafkaConfig(bootstrap_servers=["a:1", "b:2"]).bootstrap_servers == "a:1,b:2"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bootstrap_servers": ""}, "bootstrap_servers"),
+        ({"bootstrap_servers": "h1:notaport"}, "bad address"),
+        ({"acks": "most"}, "acks"),
+        ({"compression_type": "brotli"}, "compression_type"),
+        ({"security_protocol": "TLS"}, "security_protocol"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI"}, "sasl_mechanism"),
+        ({"sasl_username": "u"}, "SASL_SSL"),
+        ({"ssl_cafile": "/ca.pem"}, "use SSL"),
+        ({"security_protocol": "SSL", "ssl_keyfile": "/k.pem"}, "ssl_certfile"),
+        ({"acks": 1, "enable_idempotence": True}, "requires acks='all'"),
+        ({"num_partitions": 0}, "num_partitions"),
+        ({"heartbeat_interval_ms": 5000, "session_timeout_ms": 3000}, "heartbeat_interval_ms"),
+        ({"ssl_context": "not a context", "security_protocol": "SSL"}, "ssl.SSLContext"),
+    ],
+)
+def test_bad_settings_are_rejected_precisely(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        KafkaConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_url_values_name_the_field_without_the_secret() -> None:
+    with pytest.raises(ConfigurationError, match="linger_ms"):
+        create_bus("kafka://h1:9092?linger_ms=soon")
+    with pytest.raises(ConfigurationError, match="unknown|extra|bogus"):
+        create_bus("kafka://h1:9092?bogus=1")
+    with pytest.raises(ConfigurationError) as info:
+        KafkaConfig(sasl_password="")
+    assert "sasl_password" in str(info.value)
+
+
+def test_sasl_options_and_missing_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOTMAC_EVENTS_KAFKA_SASL_PASSWORD", raising=False)
+    with pytest.raises(ConfigurationError, match="sasl_password"):
+        client_options(KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_username="u"))
+    monkeypatch.setenv("DOTMAC_EVENTS_KAFKA_SASL_PASSWORD", SECRET)
+    config = KafkaConfig(
+        security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-256", sasl_username="u"
+    )
+    options = client_options(config)
+    assert options["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert options["sasl_plain_password"] == SECRET
+    assert SECRET not in repr(config)
+
+
+def test_oauthbearer_static_token_provider() -> None:
+    config = KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", sasl_oauth_token=SECRET)
+    options = client_options(config)
+    provider = options["sasl_oauth_token_provider"]
+    assert SECRET not in repr(provider)
+    assert SECRET not in repr(config)
+    with pytest.raises(ConfigurationError, match="OAUTHBEARER"):
+        client_options(KafkaConfig(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER"))
+
+
+def _make_cert(tmp: Path) -> tuple[Path, Path]:
+    key, cert = tmp / "key.pem", tmp / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+def test_ssl_context_verifies_by_default(tmp_path: Path) -> None:
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
+        pytest.skip("openssl not installed")
+    key, cert = _make_cert(tmp_path)
+    config = KafkaConfig(
+        security_protocol="SSL", ssl_cafile=str(cert), ssl_certfile=str(cert), ssl_keyfile=str(key)
+    )
+    context = build_ssl_context(config)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+    relaxed = build_ssl_context(
+        KafkaConfig(security_protocol="SSL", ssl_cafile=str(cert), ssl_check_hostname=False)
+    )
+    assert relaxed is not None and relaxed.check_hostname is False
+    with pytest.raises(ConfigurationError, match="not found"):
+        build_ssl_context(KafkaConfig(security_protocol="SSL", ssl_cafile=str(tmp_path / "missing.pem")))
+    own = ssl.create_default_context()
+    assert build_ssl_context(KafkaConfig(security_protocol="SSL", ssl_context=own)) is own
+    assert build_ssl_context(KafkaConfig()) is None
+
+
+async def test_secret_never_logged_when_authentication_fails(
+    kafka_servers: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SASL client against a broker without SASL fails; neither logs nor errors show the password."""
+    caplog.set_level(logging.DEBUG)
+    bus = create_kafka_bus(
+        KafkaConfig(
+            bootstrap_servers=kafka_servers,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_username="svc",
+            sasl_password=SECRET,
+            request_timeout_ms=3000,
+        )
+    )
+    with pytest.raises(Exception) as info:
+        await bus.start()
+    await bus.close()
+    text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert SECRET not in text
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    assert SECRET not in repr(bus) and SECRET not in repr(bus.transport)

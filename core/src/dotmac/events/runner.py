@@ -246,6 +246,8 @@ class Subscription:
             await self._dead_letter(delivery, None, exc, 0, reason, self._info(delivery))
             return
         max_deliveries = self.options.max_deliveries
+        if max_deliveries is None:
+            max_deliveries = self._bus.transport.default_max_deliveries
         if max_deliveries is not None and delivery.delivery_count > max_deliveries:
             too_many = NonRetryableError(
                 f"delivered {delivery.delivery_count} times, more than max_deliveries={max_deliveries}"

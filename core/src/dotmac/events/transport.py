@@ -149,6 +149,9 @@ class Transport(abc.ABC):
 
     name: str = "transport"
     capabilities: Capabilities = Capabilities()
+    default_max_deliveries: int | None = None
+    """Dead-letter threshold for subscriptions whose ``ConsumerOptions.max_deliveries``
+    is ``None`` (a transport that counts redeliveries may set one from its config)."""
 
     @abc.abstractmethod
     async def start(self) -> None: ...

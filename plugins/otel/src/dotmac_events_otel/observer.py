@@ -183,11 +183,14 @@ class OtelObserver:
         headers, a malformed value from a custom propagator) is left out, with a warning.
         """
         headers = event.headers
-        # A re-published event carries the fields of its first trace: blank the ones
-        # the current context does not set, or they would mix with the new traceparent.
-        for name in self.propagator.fields:
-            if name in headers and name not in carrier:
-                carrier[name] = ""
+        if headers:
+            # A re-published event carries the fields of its first trace: blank the ones
+            # the current context does not set, or they would mix with the new traceparent.
+            for name in self.propagator.fields:
+                if name in headers and name not in carrier:
+                    carrier[name] = ""
+        if not carrier:
+            return carrier
         count = len(headers)
         total = sum(len(k) + len(v) for k, v in headers.items())
         merged: dict[str, str] = {}

@@ -70,3 +70,24 @@ def s3_broker(s3_server: MotoS3Server) -> Iterator[TansuBroker]:
     s3_server.create_bucket(bucket)
     with TansuBroker(storage=f"s3://{bucket}/", env=s3_server.tansu_env()) as broker:
         yield broker
+
+
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a fault test's figures; they are printed in pytest's terminal summary."""
+
+    def emit(line: str) -> None:
+        request.config.stash.setdefault(_FIGURES, []).append(f"{request.node.name}: {line}")
+
+    return emit
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.section("Kafka fault-test figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -398,8 +398,8 @@ def test_schema_from_avsc_file_dict_and_text(
             {"type": "record", "name": "X", "fields": [{"name": "a", "type": "nope"}]},
             "not a valid Avro schema",
         ),
-        ('"string"', "is a string: an event payload is a record"),
-        (42, "a schema is a dict, JSON text or an .avsc path, not int"),
+        ('"string"', "is a string, not a record"),
+        (42, "a schema is a dict, a list, JSON text or an .avsc path, not int"),
     ],
 )
 def test_bad_schema_sources_fail_at_construction(source: Any, message: str) -> None:
@@ -582,3 +582,21 @@ def test_prepare_resolves_ids_ahead(orders: SimpleNamespace, registry: InMemoryS
 def test_repr_names_topics_not_schemas(orders: SimpleNamespace, registry: InMemorySchemaRegistry) -> None:
     codec = AvroCodec(schemas={"orders": orders.v1}, event_schemas={"t": orders.v2}, registry=registry)
     assert repr(codec) == f"<AvroCodec registry={registry!r} topics=['orders'] event_types=['t']>"
+
+
+def test_a_union_of_records_carries_several_event_shapes(registry: InMemorySchemaRegistry) -> None:
+    shapes = [
+        {"type": "record", "name": "Created", "fields": [{"name": "id", "type": "long"}]},
+        {
+            "type": "record",
+            "name": "Renamed",
+            "fields": [{"name": "id", "type": "long"}, {"name": "name", "type": "string"}],
+        },
+    ]
+    codec = AvroCodec(schemas={"things": shapes}, registry=registry)
+    for payload in ({"id": 1}, {"id": 2, "name": "two"}):
+        assert codec.decode(codec.encode(event("things", payload)), topic="things", headers={}) == payload
+    with pytest.raises(EncodeError):
+        codec.encode(event("things", {"name": "no id"}))
+    with pytest.raises(SchemaLoadError, match="is a union, not a record or a union of records"):
+        AvroCodec(schemas={"things": ["null", shapes[0]]}, registry=registry)

@@ -106,9 +106,10 @@ class _SchemaMap:
             if not isinstance(key, str) or not key:
                 raise ConfigurationError(f"AvroCodec {what} keys must be non-empty strings, got {key!r}")
             schema = load_schema(source, origin=_origin(what, key, source))
-            if not schema.is_record:
+            if not schema.holds_records:
                 raise SchemaLoadError(
-                    f"the schema for {key!r} in {what} is a {schema.type}: an event payload is a record"
+                    f"the schema for {key!r} in {what} is a {schema.type}, not a record "
+                    "or a union of records: an event payload is a dict"
                 )
             if _PATTERN_CHARS & set(key):
                 self.patterns.append((key, schema))
@@ -132,7 +133,7 @@ class _SchemaMap:
 
 
 def _origin(what: str, key: str, source: SchemaSource) -> str | None:
-    if isinstance(source, Mapping):
+    if isinstance(source, (Mapping, list, tuple)):
         return f"the schema for {key!r} in {what}"
     return None  # files and texts name themselves
 
@@ -286,7 +287,7 @@ class AvroCodec(Codec):
             raise EncodeError(f"no Avro schema id for topic {topic!r}: {exc}") from exc
         except ConfigurationError as exc:
             raise EncodeError(f"cannot encode topic {topic!r} as Avro: {exc}") from exc
-        if not schema.is_record:
+        if not schema.holds_records:
             raise EncodeError(
                 f"the schema of subject {subject!r} (id {schema_id}) is a {schema.type}: "
                 "an event payload is a record"
@@ -416,7 +417,7 @@ class AvroCodec(Codec):
             schema = AvroSchema.from_text(text, origin=f"schema id {schema_id}")
         except SchemaLoadError as exc:
             raise DecodeError(f"writer schema id {schema_id} is unusable: {exc}") from exc
-        if not schema.is_record:
+        if not schema.holds_records:
             raise DecodeError(
                 f"message on {topic!r} was written with schema id {schema_id}, a {schema.type}: "
                 "an event payload is a record"

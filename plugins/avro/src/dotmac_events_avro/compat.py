@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .schema import AvroSchema
-from .validate import PRIMITIVES, describe
+from .validate import PRIMITIVES, describe, named_types
 
 __all__ = ["COMPATIBILITY_LEVELS", "check_compatibility", "read_problem"]
 
@@ -162,17 +162,11 @@ class _Resolver:
             self.in_progress.discard(key)
 
 
-def _named(schema: AvroSchema) -> Mapping[str, Any]:
-    parsed = schema.parsed
-    named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
-    return named if isinstance(named, Mapping) else {}
-
-
 def read_problem(reader: AvroSchema, writer: AvroSchema) -> str | None:
     """Why ``reader`` cannot read data written with ``writer``, or ``None`` if it can."""
     if reader.text == writer.text:
         return None
-    resolver = _Resolver(_named(reader), _named(writer))
+    resolver = _Resolver(named_types(reader.parsed), named_types(writer.parsed))
     return resolver.problem(reader.parsed, writer.parsed, reader.name or describe(reader.parsed))
 
 

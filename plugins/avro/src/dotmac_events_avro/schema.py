@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -15,8 +15,9 @@ from .errors import SchemaLoadError
 
 __all__ = ["AvroSchema", "SchemaSource", "load_schema", "normalize_schema_text"]
 
-SchemaSource = Union["AvroSchema", Mapping[str, Any], str, "os.PathLike[str]"]
-"""A schema: an :class:`AvroSchema`, a dict, JSON text, or the path of an ``.avsc`` file."""
+SchemaSource = Union["AvroSchema", Mapping[str, Any], Sequence[Any], str, "os.PathLike[str]"]
+"""A schema: an :class:`AvroSchema`, a dict (a list for a union), JSON text, or the
+path of an ``.avsc`` file."""
 
 # Bigger schemas are almost certainly a mistake (a data file given as a schema).
 MAX_SCHEMA_BYTES = 4 * 1024 * 1024
@@ -77,6 +78,22 @@ class AvroSchema:
     def is_record(self) -> bool:
         return self.type == "record"
 
+    @property
+    def holds_records(self) -> bool:
+        """A record, or a union whose branches are all records (several event shapes
+        on one topic): what an event payload, always a dict, can be written as."""
+        if self.type == "record":
+            return True
+        if not isinstance(self.parsed, list) or not self.parsed:
+            return False
+        named = {}  # a branch may name a record defined by an earlier branch
+        for branch in self.parsed:
+            if isinstance(branch, dict) and branch.get("type") == "record":
+                named[branch["name"]] = branch
+            elif not (isinstance(branch, str) and branch in named):
+                return False
+        return True
+
     def validator(self, *, strict: bool) -> Callable[[Any], None]:
         """The compiled payload checker (see :mod:`dotmac_events_avro.validate`)."""
         check = self._validators.get(strict)
@@ -107,7 +124,8 @@ def _looks_like_json(text: str) -> bool:
 
 
 def load_schema(source: SchemaSource, *, origin: str | None = None) -> AvroSchema:
-    """Build an :class:`AvroSchema` from a dict, JSON text, or an ``.avsc`` path.
+    """Build an :class:`AvroSchema` from a dict (a list for a union), JSON text, or an
+    ``.avsc`` path.
 
     A ``str`` whose first non-blank character is ``{``, ``[`` or ``"`` is JSON text;
     any other ``str`` (and any ``os.PathLike``) is a file path. Raises
@@ -117,6 +135,8 @@ def load_schema(source: SchemaSource, *, origin: str | None = None) -> AvroSchem
         return source
     if isinstance(source, Mapping):
         return AvroSchema(dict(source), origin=origin or "schema dict")
+    if isinstance(source, (list, tuple)):
+        return AvroSchema(list(source), origin=origin or "union schema")
     if isinstance(source, str) and _looks_like_json(source):
         return AvroSchema.from_text(source, origin=origin or "schema text")
     if isinstance(source, (str, os.PathLike)):
@@ -133,6 +153,6 @@ def load_schema(source: SchemaSource, *, origin: str | None = None) -> AvroSchem
             raise SchemaLoadError(f"{where} is not UTF-8: {exc}") from exc
         return AvroSchema.from_text(text, origin=where)
     raise SchemaLoadError(
-        f"a schema is a dict, JSON text or an .avsc path, not {type(source).__name__}"
+        f"a schema is a dict, a list, JSON text or an .avsc path, not {type(source).__name__}"
         + (f" ({origin})" if origin else "")
     )

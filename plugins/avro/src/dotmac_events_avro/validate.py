@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Mismatch", "compile_validator", "describe", "format_path"]
+__all__ = ["Mismatch", "compile_validator", "describe", "format_path", "named_types"]
 
 Check = Callable[[Any], None]
 Accepts = Callable[[Any], bool]
@@ -507,5 +507,13 @@ def compile_validator(parsed: Any, *, strict: bool = True) -> Check:
     a field may be absent only if the schema gives it a default. The checker raises
     :class:`Mismatch`.
     """
+    return _Compiler(named_types(parsed), strict).compile(parsed)
+
+
+def named_types(parsed: Any) -> Mapping[str, Any]:
+    """The named types (full name -> definition) of a fastavro-parsed schema."""
+    if isinstance(parsed, list):
+        # fastavro gives every branch of a top-level union the union's whole name table.
+        parsed = next((branch for branch in parsed if isinstance(branch, dict)), {})
     named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
-    return _Compiler(named, strict).compile(parsed)
+    return named if isinstance(named, Mapping) else {}

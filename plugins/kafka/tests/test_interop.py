@@ -113,7 +113,7 @@ async def test_kcat_reads_plugin_records(make_bus: MakeBus, kafka_servers: str, 
     fmt = f"%k{marker}%h{marker}%s\\n"
     result = await asyncio.to_thread(
         subprocess.run,
-        ["kcat", "-C", "-b", kafka_servers, "-t", topic, "-o", "beginning", "-e", "-q", "-f", fmt],
+        ["kcat", "-C", "-b", kafka_servers, "-t", topic, "-o", "beginning", "-e", "-q", "-m", "3", "-f", fmt],
         capture_output=True,
         text=True,
         timeout=30,

@@ -10,7 +10,15 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from dotmac.events import ConsumerOptions, Event, Message, NonRetryableError, create_bus, hookimpl
+from dotmac.events import (
+    ConsumerOptions,
+    Event,
+    EventMetadata,
+    Message,
+    NonRetryableError,
+    create_bus,
+    hookimpl,
+)
 from dotmac.events.errors import MessageTooLargeError
 from dotmac.events.event import MAX_HEADER_COUNT
 
@@ -378,3 +386,23 @@ async def test_tracing_off_records_no_spans_but_metrics(telemetry, new_topic, me
         await asyncio.wait_for(handled.wait(), 5)
     assert telemetry.spans() == []
     assert telemetry.value("events_published_total", topic=topic) == 1
+
+
+async def test_errors_outside_the_handler_are_recorded_on_the_consumer_span(telemetry, make_bus, new_topic):
+    topic = new_topic()
+    handled = asyncio.Event()
+
+    def answer_badly(event: Event) -> int:
+        handled.set()
+        return 42  # a request handler must return a dict or an Event: the reply fails
+
+    async with make_bus() as bus:
+        await bus.subscribe(topic, answer_badly)
+        await bus.publish(Event(topic=topic, payload={}, metadata=EventMetadata(reply_to=f"{topic}.reply")))
+        await asyncio.wait_for(handled.wait(), 5)
+    consumer = telemetry.one(f"process {topic}")
+    [error] = [e for e in consumer.events if e.name == "exception"]
+    assert error.attributes["dotmac.events.where"] == "reply"
+    assert error.attributes["exception.type"] == "dotmac.events.errors.ValidationError"
+    # The handler itself succeeded; the event was acknowledged.
+    assert consumer.attributes["dotmac.events.outcome"] == "success"

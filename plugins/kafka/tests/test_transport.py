@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -23,6 +24,7 @@ from dotmac.events import (
 from dotmac.events.testing import Collector
 from dotmac.events.testing.collect import wait_for
 from dotmac_events_kafka import KafkaConfig, KafkaTransport, create_kafka_bus
+from dotmac_events_kafka import transport as transport_module
 from dotmac_events_kafka.testing import free_port
 
 MakeBus = Callable[..., EventBus]
@@ -90,9 +92,10 @@ async def test_every_compression_round_trips(make_bus: MakeBus, topic: str, code
 
 
 async def test_idempotence_falls_back_with_a_warning_or_is_used(
-    kafka_servers: str, caplog: pytest.LogCaptureFixture
+    kafka_servers: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dotmac_events_kafka")
+    monkeypatch.setattr(transport_module, "_idempotence_refused", set())
     transport = KafkaTransport(KafkaConfig(bootstrap_servers=kafka_servers))
     await transport.start()
     try:
@@ -254,3 +257,26 @@ async def test_acks_of_revoked_partitions_do_not_commit(
         )
         await sub.stop()
         await sub2.stop()
+
+
+async def test_queued_records_of_a_revoked_partition_are_not_handled(
+    make_bus: MakeBus, topic: str, group: str
+) -> None:
+    """Records still queued in the core when their partition is revoked are withdrawn:
+    only the new owner handles them (the one running handler may finish twice)."""
+    calls: Counter[int] = Counter()
+
+    async def slow(event: Event) -> None:
+        calls[event.payload["i"]] += 1
+        await asyncio.sleep(0.05)
+
+    n = 60
+    options = ConsumerOptions(concurrency=1, prefetch_count=100)
+    async with make_bus(num_partitions=2, revoke_timeout_ms=0) as a, make_bus() as b:
+        await a.subscribe(topic, slow, group=group, options=options)
+        await a.publish_many([Event(topic=topic, payload={"i": i}, key=f"k{i}") for i in range(n)])
+        await wait_for(lambda: sum(calls.values()) >= 3, 10, what="the first member at work")
+        await b.subscribe(topic, slow, group=group, options=options)
+        await wait_for(lambda: len(calls) >= n, 30, what="every event handled")
+    duplicates = sum(calls.values()) - len(calls)
+    assert duplicates <= 2, f"{duplicates} records handled again after their partition was revoked"

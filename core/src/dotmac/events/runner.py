@@ -231,6 +231,10 @@ class Subscription:
         )
 
     async def _process(self, delivery: Delivery) -> None:
+        if delivery.withdrawn:
+            # Another consumer owns it now: handling it here would duplicate it out of order.
+            log.debug("skipping a withdrawn delivery of %s", delivery.message.topic)
+            return
         bus = self._bus
         observers = bus._observers
         message = delivery.message

@@ -102,6 +102,13 @@ class Delivery(abc.ABC):
         On log-based transports this means "do not commit past this position".
         """
 
+    @property
+    def withdrawn(self) -> bool:
+        """``True`` once the transport took the message back before it was handled (its
+        Kafka partition was revoked and another member owns it now). The core then drops
+        it without calling the handler, acking or releasing it. Default ``False``."""
+        return False
+
 
 DeliverySink = Callable[[Delivery], Awaitable[None]]
 """Called by a transport for each received message. It returns when the core has

@@ -77,6 +77,10 @@ _UNREACHABLE = (
     KafkaTimeoutError,
 )
 
+# Brokers (bootstrap lists) that refused an idempotent producer in this process: later
+# transports skip the attempt and its error log.
+_idempotence_refused: set[str] = set()
+
 # How long one fetch call may block, so the loop notices new assignments and rewinds.
 _POLL_MS = 100
 
@@ -303,6 +307,11 @@ class _KafkaDelivery(Delivery):
         self.delivery_count = entry.count
         # One partition is one ordered log: the core keeps its records in one lane.
         self.ordering_key = (tp.topic, tp.partition)
+
+    @property
+    def withdrawn(self) -> bool:
+        # Revoked partition, or a seek back re-fetches it: not to be handled from here.
+        return not self._entry.alive
 
     async def ack(self) -> None:
         self._sub._settle(self._entry, acked=True)
@@ -606,6 +615,12 @@ class _KafkaSubscription(TransportSubscription):
                     except asyncio.CancelledError:
                         self._settle(entry, acked=False)
                         raise
+                    except Exception:
+                        # The core did not take it: keep the commit point before it and
+                        # fetch it again.
+                        log.exception("handing %s to the core failed", delivery.message.position)
+                        self._settle(entry, acked=False)
+                        break
 
     def _apply_rewinds(self) -> None:
         for tracker in self._trackers.values():
@@ -772,6 +787,9 @@ class KafkaTransport(Transport):
     async def _start_producer(self) -> AIOKafkaProducer:
         config = self.config
         want = config.enable_idempotence if config.enable_idempotence is not None else config.acks == "all"
+        if want and config.enable_idempotence is None and config.bootstrap_servers in _idempotence_refused:
+            log.debug("idempotence off for %s: refused earlier", config.bootstrap_servers)
+            want = False
         if want:
             producer = AIOKafkaProducer(**self._producer_options(), enable_idempotence=True)
             try:
@@ -786,6 +804,7 @@ class KafkaTransport(Transport):
                         f"the broker at {config.bootstrap_servers} refused an idempotent producer "
                         f"({type(exc).__name__}); set enable_idempotence=None to fall back"
                     ) from exc
+                _idempotence_refused.add(config.bootstrap_servers)
                 log.warning(
                     "the broker at %s cannot run an idempotent producer (%s); publishing with "
                     "acks=%s without idempotence: a retried send may store a record twice",

@@ -26,6 +26,7 @@ PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "by
 _INT = (-(2**31), 2**31 - 1)
 _LONG = (-(2**63), 2**63 - 1)
 _FLOAT_MAX = 3.4028234663852886e38
+_ABSENT = object()
 
 
 class Mismatch(Exception):
@@ -107,7 +108,7 @@ def _ranged(name: str, bounds: tuple[int, int], bits: str) -> Check:
     low, high = bounds
 
     def check(value: Any) -> None:
-        if not _is_int(value):
+        if type(value) is not int and not _is_int(value):
             raise Mismatch(name, actual_type(value))
         if not low <= value <= high:
             raise Mismatch(name, f"an int outside the {bits} range")
@@ -127,6 +128,8 @@ def _check_float(value: Any) -> None:
 
 
 def _check_double(value: Any) -> None:
+    if type(value) is float:
+        return
     if not _is_number(value):
         raise Mismatch("double", actual_type(value))
     if isinstance(value, int):
@@ -319,7 +322,7 @@ class _Compiler:
             return logical[1]
         kind = schema["type"]
         if kind in ("record", "map"):
-            return lambda v: isinstance(v, Mapping)
+            return lambda v: type(v) is dict or isinstance(v, Mapping)
         if kind == "array":
             return lambda v: isinstance(v, (list, tuple))
         if kind == "enum":
@@ -386,14 +389,16 @@ class _Compiler:
         strict = self.strict
 
         def check(value: Any) -> None:
-            if not isinstance(value, Mapping):
+            # `type(...) is dict` first: the ABC isinstance check costs more than the rest.
+            if type(value) is not dict and not isinstance(value, Mapping):
                 raise Mismatch(record_name, actual_type(value))
             found = 0
             for name, sub, has_default, type_name in fields:
-                if name in value:
+                item = value.get(name, _ABSENT)
+                if item is not _ABSENT:
                     found += 1
                     try:
-                        sub(value[name])
+                        sub(item)
                     except Mismatch as exc:
                         exc.path.append(name)
                         raise
@@ -461,7 +466,7 @@ class _Compiler:
         label = describe(schema)
 
         def check(value: Any) -> None:
-            if not isinstance(value, Mapping):
+            if type(value) is not dict and not isinstance(value, Mapping):
                 raise Mismatch(label, actual_type(value))
             for key, element in value.items():
                 if not isinstance(key, str):

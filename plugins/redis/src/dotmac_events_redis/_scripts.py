@@ -6,7 +6,7 @@ on Redis Cluster alike. Scripts return raw RESP values, parsed by the transport.
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_ONE", "FORGET_IDLE_CONSUMERS", "OWN_PENDING", "RECLAIM", "TOUCH", "TRIM"]
+__all__ = ["CLAIM_ONE", "FORGET_IDLE_CONSUMERS", "OWN_PENDING", "RECLAIM", "RELEASE", "TOUCH", "TRIM"]
 
 # Shared helpers: stream ids compared as (milliseconds, sequence) numbers.
 _IDS = """
@@ -34,8 +34,12 @@ end
 # Trim KEYS[1] down to ARGV[1] entries. ARGV[2] is the policy:
 #   "safe":   never remove an entry some group still needs (pending, or not yet read
 #             by the group); stop short of the cap instead.
-#   "maxlen": remove down to the cap, and count the removed entries some group needed.
-# Returns {removed, kept_over_cap, removed_unread}.
+#   "maxlen": remove down to the cap, and count the removed entries some group had
+#             not read yet (lost to it) or had read but not acknowledged yet (lost if
+#             that consumer dies before it acknowledges).
+# Returns {removed, kept_over_cap, removed_unread, removed_unacknowledged}. The work done is proportional to
+# the number of groups plus the entries removed, so calling it on every publish while
+# a stuck group keeps the stream over its cap stays cheap.
 TRIM = (
     _IDS
     + """
@@ -43,46 +47,55 @@ local key = KEYS[1]
 local maxlen = tonumber(ARGV[1])
 local policy = ARGV[2]
 local len = redis.call('XLEN', key)
-if len <= maxlen then return {0, 0, 0} end
+if len <= maxlen then return {0, 0, 0, 0} end
 local excess = len - maxlen
-local head = redis.call('XRANGE', key, '-', '+', 'COUNT', excess + 1)
--- The oldest entry an exact MAXLEN trim keeps: everything before it goes.
-local cut = head[excess + 1][1]
+local groups = {}
 local floor = nil
-local needed = {}
 for _, flat in ipairs(redis.call('XINFO', 'GROUPS', key)) do
   local g = as_map(flat)
-  local unread_from = id_after(g['last-delivered-id'])
-  local need = unread_from
+  g['unread_from'] = id_after(g['last-delivered-id'])
+  local need = g['unread_from']
   if tonumber(g['pending']) > 0 then
     local oldest = redis.call('XPENDING', key, g['name'])[2]
     if id_less(oldest, need) then need = oldest end
-    if policy == 'maxlen' then
-      for _, p in ipairs(redis.call('XPENDING', key, g['name'], '-', '(' .. cut, excess)) do
-        needed[p[1]] = true
-      end
-    end
-  end
-  if policy == 'maxlen' then
-    for i = 1, excess do
-      local id = head[i][1]
-      if not id_less(id, unread_from) then needed[id] = true end
-    end
   end
   if floor == nil or id_less(need, floor) then floor = need end
+  groups[#groups + 1] = g
 end
 if policy == 'safe' then
-  local target = cut
-  if floor ~= nil and id_less(floor, target) then target = floor end
-  local removed = redis.call('XTRIM', key, 'MINID', target)
-  return {removed, excess - removed, 0}
+  if floor == nil then
+    return {redis.call('XTRIM', key, 'MAXLEN', maxlen), 0, 0, 0}
+  end
+  local below = redis.call('XRANGE', key, '-', '(' .. floor, 'COUNT', excess)
+  local removed = 0
+  if #below >= excess then
+    removed = redis.call('XTRIM', key, 'MAXLEN', maxlen)
+  elseif #below > 0 then
+    removed = redis.call('XTRIM', key, 'MINID', floor)
+  end
+  return {removed, excess - removed, 0, 0}
 end
-local unread = 0
-for i = 1, excess do
-  if needed[head[i][1]] then unread = unread + 1 end
+local head = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+local last = head[#head][1]
+local unread = {}
+local unacked = {}
+for _, g in ipairs(groups) do
+  if tonumber(g['pending']) > 0 then
+    for _, p in ipairs(redis.call('XPENDING', key, g['name'], '-', last, excess)) do
+      unacked[p[1]] = true
+    end
+  end
+  for i = 1, #head do
+    local id = head[i][1]
+    if not id_less(id, g['unread_from']) then unread[id] = true end
+  end
 end
-local removed = redis.call('XTRIM', key, 'MINID', cut)
-return {removed, 0, unread}
+local n_unread, n_unacked = 0, 0
+for i = 1, #head do
+  local id = head[i][1]
+  if unread[id] then n_unread = n_unread + 1 elseif unacked[id] then n_unacked = n_unacked + 1 end
+end
+return {redis.call('XTRIM', key, 'MAXLEN', maxlen), 0, n_unread, n_unacked}
 """
 )
 
@@ -113,6 +126,26 @@ for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if #p > 0 and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
+
+# Release entries that consumer ARGV[2] of group ARGV[1] handed out but did not
+# handle: ARGV[3] is the idle time to give them (huge: the next reclaim by any live
+# member takes them at once), then (id, delivery_count) pairs. The release undoes
+# the count of the delivery it gives back, so only deliveries that ended in an
+# acknowledgement or in a crash count toward max_deliveries. Entries another
+# consumer owns now are left alone. Returns how many were released.
+RELEASE = """
+local n = 0
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #p > 0 and p[1][2] == ARGV[2] then
+    local count = math.max(tonumber(ARGV[i + 1]) - 1, 0)
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3], 'RETRYCOUNT', count, 'JUSTID')
     n = n + 1
   end
 end

@@ -124,8 +124,11 @@ class RedisConfig:
         Entries of a consumer idle for ``min_idle_time`` seconds are reclaimed by a
         live member, checked every ``reclaim_interval`` seconds; a live consumer
         renews its in-flight entries so long handlers keep them. ``max_deliveries``
-        is the dead-letter threshold used when ``ConsumerOptions.max_deliveries`` is
-        not set (``None``: unlimited). Consumers without pending entries that have
+        (default 10) is the dead-letter threshold used when
+        ``ConsumerOptions.max_deliveries`` is not set (``None``: unlimited): an entry
+        handed out more often than that, because its consumer keeps dying on it, is
+        dead-lettered with reason ``max_deliveries``. Deliveries given back by a
+        graceful stop do not count. Consumers without pending entries that have
         been idle for ``consumer_idle_timeout`` seconds are removed from their group
         (``None``: never).
 
@@ -163,7 +166,7 @@ class RedisConfig:
     block_timeout: float = field(default=2.0, validator=_positive_number)
     min_idle_time: float = field(default=30.0, validator=_positive_number)
     reclaim_interval: float = field(default=5.0, validator=_positive_number)
-    max_deliveries: int | None = field(default=None, validator=_optional_int_at_least(1))
+    max_deliveries: int | None = field(default=10, validator=_optional_int_at_least(1))
     consumer_idle_timeout: float | None = field(default=3600.0, validator=_optional_positive_number)
     publish_timeout: float = field(default=30.0, validator=_positive_number)
     ack_timeout: float = field(default=30.0, validator=_positive_number)

@@ -325,6 +325,7 @@ class _Subscription(TransportSubscription):
         self._task: asyncio.Task[None] | None = None
         self._backoff = _Backoff(self._config.reconnect_backoff_max)
         self._failing_since: float | None = None
+        self._last_error_log = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
     def _start_loop(self) -> None:
@@ -389,6 +390,9 @@ class _Subscription(TransportSubscription):
                 self._phase = "idle"
                 if self._stopping.is_set():
                     break
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    with contextlib.suppress(Exception):
+                        await self._recreate_groups()
                 await self._reader.close()
                 await self._on_error(exc)
                 continue
@@ -405,16 +409,20 @@ class _Subscription(TransportSubscription):
 
     async def _on_error(self, exc: BaseException) -> None:
         delay = self._backoff.next()
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
+        now = time.monotonic()
+        if self._failing_since is None or now - self._last_error_log >= 60.0:
+            if self._failing_since is None:
+                self._failing_since = now
+            self._last_error_log = now
             level = logging.WARNING if _retriable(exc) else logging.ERROR
             log.log(
                 level,
-                "subscription %s to %s: %s: %s; retrying with backoff",
+                "subscription %s to %s: %s: %s; retrying with backoff (failing for %.0fs)",
                 self.name,
                 list(self.spec.topics),
                 type(exc).__name__,
                 exc,
+                now - self._failing_since,
             )
         else:
             log.debug("subscription %s still failing: %r", self.name, exc)
@@ -423,6 +431,9 @@ class _Subscription(TransportSubscription):
 
     def _on_reconnect(self) -> None:
         """Hook: state to rebuild after a connection failure."""
+
+    async def _recreate_groups(self) -> None:
+        """Hook: the consumer group vanished."""
 
     async def _step(self) -> None:
         raise NotImplementedError
@@ -534,25 +545,19 @@ class _GroupSubscription(_Subscription):
             return
         block = max(0.001, min(self._config.block_timeout, self._next_reclaim - time.monotonic()))
         keys = list(self._keys)
-        try:
-            reply = await self._read(
-                "XREADGROUP",
-                "GROUP",
-                self.group,
-                self.name,
-                "COUNT",
-                self._count_for_read(room),
-                "BLOCK",
-                int(block * 1000),
-                "STREAMS",
-                *keys,
-                *([">"] * len(keys)),
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self._recreate_groups()
-            return
+        reply = await self._read(
+            "XREADGROUP",
+            "GROUP",
+            self.group,
+            self.name,
+            "COUNT",
+            self._count_for_read(room),
+            "BLOCK",
+            int(block * 1000),
+            "STREAMS",
+            *keys,
+            *([">"] * len(keys)),
+        )
         if not reply:
             return
         batch: list[tuple[str, Message]] = []
@@ -628,6 +633,7 @@ class _GroupSubscription(_Subscription):
                 cursor = _text(next_cursor)
                 if cursor == "0-0":
                     break
+        self._transport.counters["reclaim_runs"] += 1
 
     async def _recover(self, key: str, ids: list[str]) -> None:
         """Hand recovered entries to the core one at a time (see the module docstring)."""
@@ -717,12 +723,14 @@ class _GroupSubscription(_Subscription):
 
     # -- acks ----------------------------------------------------------------------------
     async def _acknowledge(self, delivery: _RedisDelivery) -> None:
-        await self._transport._writer.submit("ack", delivery.key, self.group, self.name, delivery.entry_id)
+        await self._transport._writer.submit("ack", delivery.key, self.group, self.name, delivery.entry_id, 0)
 
     async def _release(self, delivery: _RedisDelivery) -> None:
         self._transport.counters["released"] += 1
         writer = self._transport._writer
-        await writer.submit("release", delivery.key, self.group, self.name, delivery.entry_id)
+        await writer.submit(
+            "release", delivery.key, self.group, self.name, delivery.entry_id, delivery.delivery_count
+        )
 
     async def _after_stop(self) -> None:
         # Give back every entry this consumer owns that the core does not hold: fetched
@@ -829,7 +837,7 @@ class _AckWriter:
 
     def __init__(self, transport: RedisTransport) -> None:
         self._transport = transport
-        self._queue: list[tuple[str, str, str, str, str, asyncio.Future[None]]] = []
+        self._queue: list[tuple[str, str, str, str, str, int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -838,11 +846,11 @@ class _AckWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="dotmac-events-redis-acks")
 
-    async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str) -> None:
+    async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str, count: int) -> None:
         if self._task is None or self._task.done():
             raise BusStateError("the redis transport is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, key, group, consumer, entry_id, future))
+        self._queue.append((op, key, group, consumer, entry_id, count, future))
         self._idle.clear()
         self._wake.set()
         await future
@@ -855,8 +863,8 @@ class _AckWriter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for item in self._queue:
-            if not item[5].done():
-                item[5].set_exception(TransportUnavailableError("the redis transport was closed"))
+            if not item[6].done():
+                item[6].set_exception(TransportUnavailableError("the redis transport was closed"))
         self._queue.clear()
         self._idle.set()
 
@@ -870,15 +878,15 @@ class _AckWriter:
             batch, self._queue = self._queue, []
             await self._write(batch)
 
-    async def _write(self, batch: list[tuple[str, str, str, str, str, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[str, str, str, str, str, int, asyncio.Future[None]]]) -> None:
         transport = self._transport
         acks: dict[tuple[str, str], list[str]] = {}
-        releases: dict[tuple[str, str, str], list[str]] = {}
-        for op, key, group, consumer, entry_id, _future in batch:
+        releases: dict[tuple[str, str, str], list[Any]] = {}
+        for op, key, group, consumer, entry_id, count, _future in batch:
             if op == "ack":
                 acks.setdefault((key, group), []).append(entry_id)
             else:
-                releases.setdefault((key, group, consumer), []).append(entry_id)
+                releases.setdefault((key, group, consumer), []).extend((entry_id, count))
         deadline = time.monotonic() + transport.config.ack_timeout
         backoff = _Backoff(transport.config.reconnect_backoff_max)
         error: BaseException | None = None
@@ -887,9 +895,9 @@ class _AckWriter:
                 async with transport._redis().pipeline(transaction=False) as pipe:
                     for (key, group), ids in acks.items():
                         pipe.xack(key, group, *ids)
-                    for (key, group, consumer), ids in releases.items():
-                        await transport._scripts["touch"](
-                            keys=[key], args=[group, consumer, RELEASED_IDLE_MS, *ids], client=pipe
+                    for (key, group, consumer), pairs in releases.items():
+                        await transport._scripts["release"](
+                            keys=[key], args=[group, consumer, RELEASED_IDLE_MS, *pairs], client=pipe
                         )
                     results = await pipe.execute(raise_on_error=False)
             except Exception as exc:
@@ -1038,20 +1046,21 @@ class _Publisher:
             result = await transport._script("trim")(
                 keys=[key], args=[maxlen, policy], client=transport._redis()
             )
-            removed, kept, unread = (int(v) for v in result)
+            removed, kept, unread, unacked = (int(v) for v in result)
         except Exception as exc:
             log.warning("trimming %s failed (retried at the next publish): %r", key, exc)
             return
         counters = transport.counters
         counters["trimmed"] += removed
         counters["trimmed_unread"] += unread
+        counters["trimmed_unacknowledged"] += unacked
         if kept:
             counters["trim_deferred"] += 1
             transport.over_limit[key] = kept
         else:
             transport.over_limit.pop(key, None)
         now = time.monotonic()
-        if (kept or unread) and now - self._warned.get(key, -1e9) >= 60.0:
+        if (kept or unread or unacked) and now - self._warned.get(key, -1e9) >= 60.0:
             self._warned[key] = now
             if kept:
                 log.warning(
@@ -1061,14 +1070,17 @@ class _Publisher:
                     kept,
                     maxlen,
                 )
-            if unread:
+            if unread or unacked:
                 log.warning(
-                    "trimmed %d entries of %s that a consumer group had not acknowledged "
-                    "(trim_policy='maxlen', max_stream_length=%d); %d so far",
+                    "trimmed %d entries of %s that a consumer group had not read and %d it had "
+                    "not acknowledged (trim_policy='maxlen', max_stream_length=%d); "
+                    "%d unread and %d unacknowledged so far",
                     unread,
                     key,
+                    unacked,
                     maxlen,
                     counters["trimmed_unread"],
+                    counters["trimmed_unacknowledged"],
                 )
 
 
@@ -1085,6 +1097,8 @@ class RedisTransport(Transport):
 
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
+        # Used by the core when ConsumerOptions.max_deliveries is None.
+        self.default_max_deliveries = config.max_deliveries
         self._client: aioredis.Redis | None = None
         self._pool: BlockingConnectionPool | None = None
         self._scripts: dict[str, Any] = {}
@@ -1098,7 +1112,9 @@ class RedisTransport(Transport):
                 "published",
                 "trimmed",
                 "trimmed_unread",
+                "trimmed_unacknowledged",
                 "trim_deferred",
+                "reclaim_runs",
                 "reclaimed",
                 "released",
                 "pending_entries_lost",
@@ -1107,11 +1123,6 @@ class RedisTransport(Transport):
             0,
         )
         self.over_limit: dict[str, int] = {}
-
-    @property
-    def default_max_deliveries(self) -> int | None:
-        """Dead-letter threshold for subscriptions whose options leave it unset."""
-        return self.config.max_deliveries
 
     def describe(self) -> Mapping[str, object]:
         return self.config.describe()
@@ -1210,6 +1221,7 @@ class RedisTransport(Transport):
             "trim": client.register_script(_scripts.TRIM),
             "claim_one": client.register_script(_scripts.CLAIM_ONE),
             "touch": client.register_script(_scripts.TOUCH),
+            "release": client.register_script(_scripts.RELEASE),
             "reclaim": client.register_script(_scripts.RECLAIM),
             "own_pending": client.register_script(_scripts.OWN_PENDING),
             "forget_idle_consumers": client.register_script(_scripts.FORGET_IDLE_CONSUMERS),

@@ -12,8 +12,8 @@ from dotmac.events.testing import TransportConformance
 pytest.importorskip("dotmac_events_kafka")
 pytest.importorskip("aiokafka")
 
-from dotmac_events_kafka import KafkaConfig, create_kafka_bus  # noqa: E402
-from dotmac_events_kafka.testing import kafka_bootstrap_servers  # noqa: E402
+from dotmac_events_kafka import create_kafka_bus  # noqa: E402
+from dotmac_events_kafka.testing import fast_config, kafka_bootstrap_servers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +23,10 @@ def kafka_servers() -> Iterator[str]:
 
 
 class TestKafkaConformance(TransportConformance):
-    timeout = 30.0
-    # Fewer members than the default: each join is a group-wide rebalance.
-    group_members = 3
-
     @pytest.fixture(autouse=True)
     def _servers(self, kafka_servers: str) -> None:
         self.servers = kafka_servers
 
     def create_bus(self) -> EventBus:
         # Low group timings: on Tansu a join takes about session_timeout_ms / 2.
-        return create_kafka_bus(
-            KafkaConfig(
-                bootstrap_servers=self.servers,
-                session_timeout_ms=2000,
-                heartbeat_interval_ms=200,
-                rebalance_timeout_ms=2000,
-                fetch_max_wait_ms=100,
-                commit_interval_ms=100,
-                revoke_timeout_ms=2000,
-            )
-        )
+        return create_kafka_bus(fast_config(self.servers))

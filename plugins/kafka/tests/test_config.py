@@ -11,6 +11,7 @@ import pytest
 
 from dotmac.events import ConfigurationError, create_bus
 from dotmac_events_kafka import KafkaConfig, KafkaTransport, create_kafka_bus
+from dotmac_events_kafka.testing import fast_url
 from dotmac_events_kafka.transport import build_ssl_context, client_options
 
 SECRET = "s3cr3t-Pa55w0rd-9f1c"
@@ -48,6 +49,11 @@ def test_url_credentials_mean_sasl_and_stay_out_of_repr() -> None:
     assert SECRET not in repr(config)
     assert SECRET not in repr(bus.transport)
     assert SECRET not in str(bus.transport.describe())
+
+
+def test_fast_url_for_tests() -> None:
+    config = create_bus(fast_url("127.0.0.1:9092", num_partitions=2)).transport.config
+    assert (config.session_timeout_ms, config.num_partitions) == (2000, 2)
 
 
 def test_dict_and_toml_shapes() -> None:

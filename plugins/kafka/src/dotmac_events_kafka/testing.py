@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "MotoS3Server",
     "TansuBroker",
     "fast_config",
+    "fast_url",
     "free_port",
     "kafka_bootstrap_servers",
     "wait_for_port",
@@ -68,6 +70,12 @@ _live: set[_Process] = set()
 def fast_config(bootstrap_servers: str, **overrides: Any) -> KafkaConfig:
     """A :class:`KafkaConfig` with :data:`FAST_SETTINGS` (for tests and demos, not production)."""
     return KafkaConfig(bootstrap_servers=bootstrap_servers, **{**FAST_SETTINGS, **overrides})
+
+
+def fast_url(bootstrap_servers: str, **overrides: Any) -> str:
+    """``kafka://SERVERS?...`` with :data:`FAST_SETTINGS` (for tests that build buses from URLs)."""
+    settings = {**FAST_SETTINGS, **overrides}
+    return f"kafka://{bootstrap_servers}?" + urllib.parse.urlencode(settings)
 
 
 class BrokerError(RuntimeError):

@@ -140,9 +140,19 @@ def _tls_rejected(exc: BaseException) -> bool:
     return False
 
 
+def _redis_message(exc: BaseException) -> str:
+    """The server's message, without the command text redis-py adds for pipelines
+    (it would copy event contents into error messages and logs)."""
+    text = str(exc)
+    marker = "of pipeline caused error: "
+    if marker in text:
+        text = text.split(marker, 1)[1].strip("()',\"")
+    return text
+
+
 def _transport_error(what: str, exc: BaseException) -> TransportError:
     retriable = _retriable(exc)
-    detail = f"{type(exc).__name__}: {exc}"
+    detail = f"{type(exc).__name__}: {_redis_message(exc)}"
     if _tls_rejected(exc):
         return TransportError(
             f"{what}: the server's TLS certificate was rejected ({detail})", retriable=False
@@ -397,7 +407,7 @@ class _Subscription(TransportSubscription):
                 await self._on_error(exc)
                 continue
             if self._failing_since is not None:
-                log.warning(
+                log.info(
                     "subscription %s to %s resumed after %.1fs",
                     self.name,
                     list(self.spec.topics),
@@ -455,8 +465,10 @@ class _Subscription(TransportSubscription):
         try:
             await self._sink(delivery)
         except asyncio.CancelledError:
-            # The core did not take it: give it back before going away.
-            await asyncio.shield(delivery.release())
+            # The core did not take it: give it back before going away (if this fails,
+            # stop() releases every entry the core does not hold).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(delivery.release())
             raise
         finally:
             self._phase = "idle"
@@ -1020,7 +1032,9 @@ class _Publisher:
         failed: dict[int, BaseException] = {}
         for (index, key, _message), result in zip(flat, results, strict=False):
             if isinstance(result, Exception) and index not in failed:
-                failed[index] = PublishError(f"Redis refused the entry for stream {key!r}: {result}")
+                failed[index] = PublishError(
+                    f"Redis refused the entry for stream {key!r}: {_redis_message(result)}"
+                )
         published = 0
         for index, (messages, future) in enumerate(batch):
             if index in failed:

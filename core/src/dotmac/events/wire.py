@@ -44,7 +44,14 @@ CE_ATTRIBUTES: dict[str, str] = {
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds: ``2026-01-02T03:04:05.000006Z``."""
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    if value.year < 1000:  # isoformat pads the year to 4 digits, strftime does not
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is a fraction of strftime's cost, which showed up as a fifth of the
+    # memory:// hot path; the first 26 characters are the same text.
+    return value.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def parse_time(value: str) -> datetime:

@@ -1,4 +1,4 @@
-"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo."""
+"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench."""
 
 from __future__ import annotations
 
@@ -311,6 +311,31 @@ def _table(summary: dict[str, Any]) -> str:
     return "dotmac-events demo: order processing\n" + line + body + line
 
 
+# -- bench -------------------------------------------------------------------------------
+async def _bench(args: argparse.Namespace, out: TextIO) -> int:
+    from .bench import BenchError, Progress, bench_url, format_report
+
+    logging.getLogger("dotmac.events").setLevel(logging.ERROR)
+    try:
+        report = await bench_url(
+            args.url,
+            events=args.events,
+            rounds=args.rounds,
+            batch_size=args.batch_size,
+            latency_samples=args.latency_samples,
+            rate=args.rate,
+            progress=Progress(sys.stderr),
+        )
+    except (BenchError, ValueError) as exc:
+        print(f"dotmac-events: bench failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        out.write(json.dumps(report) + "\n")
+    else:
+        out.write(format_report(report))
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dotmac-events", description="dotmac-events command line")
@@ -366,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--timeout", type=float, default=120.0)
     m.add_argument("--json", action="store_true", help="print the summary as JSON")
     m.set_defaults(func=_demo)
+
+    b = sub.add_parser("bench", help="throughput and latency of this bus on a transport")
+    b.add_argument("--url", default=_default_url(), help=url_help)
+    b.add_argument(
+        "--events", type=int, help="events per workload (default 200,000 in-process, 50,000 otherwise)"
+    )
+    b.add_argument("--rounds", type=int, default=3, help="medians over this many rounds")
+    b.add_argument("--batch-size", type=int, default=500, help="events per publish_many call")
+    b.add_argument("--latency-samples", type=int, default=2000, help="events per latency run")
+    b.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop latency run")
+    b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.set_defaults(func=_bench)
     return parser
 
 

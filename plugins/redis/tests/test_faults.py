@@ -379,7 +379,7 @@ async def test_trimming_under_a_pending_backlog(
         transport = bus.transport
         assert isinstance(transport, RedisTransport)
         seen = Collector(on_event=slow)
-        await bus.subscribe(name, seen, group="g", options=ConsumerOptions(prefetch_count=50))
+        sub = await bus.subscribe(name, seen, group="g", options=ConsumerOptions(prefetch_count=50))
         events = [Event(topic=name, payload={"i": i}) for i in range(total)]
         longest = 0
         for start in range(0, total, 50):
@@ -390,6 +390,7 @@ async def test_trimming_under_a_pending_backlog(
         gate.set()
         if policy == "safe":
             await seen.wait_unique(total, T)
+            await wait_for(lambda: sub.handled >= total, T, what="every ack")
             handled = len(set(seen.ids))
             # Everything is acknowledged now: the next publish trims to the cap.
             await bus.publish(Event(topic=name, payload={"i": total}))

@@ -1035,6 +1035,14 @@ class _Publisher:
                 failed[index] = PublishError(
                     f"Redis refused the entry for stream {key!r}: {_redis_message(result)}"
                 )
+        if maxlen is not None:
+            # Trim before confirming, so a publish returns with the stream within its
+            # policy (a failed trim is logged and retried at the next publish).
+            lengths = results[len(results) - len(trim_keys) :]
+            slack = max(1, maxlen // 100)
+            for key, length in zip(trim_keys, lengths, strict=True):
+                if isinstance(length, int) and length > maxlen + slack:
+                    await self._trim(key, maxlen)
         published = 0
         for index, (messages, future) in enumerate(batch):
             if index in failed:
@@ -1045,13 +1053,6 @@ class _Publisher:
                 if not future.done():
                     future.set_result(None)
         transport.counters["published"] += published
-        if maxlen is None:
-            return
-        lengths = results[len(results) - len(trim_keys) :]
-        slack = max(1, maxlen // 100)
-        for key, length in zip(trim_keys, lengths, strict=True):
-            if isinstance(length, int) and length > maxlen + slack:
-                await self._trim(key, maxlen)
 
     async def _trim(self, key: str, maxlen: int) -> None:
         transport = self._transport
@@ -1173,10 +1174,11 @@ class RedisTransport(Transport):
                 ssl_ca_certs=c.ssl_ca_certs,
                 ssl_certfile=c.ssl_certfile,
                 ssl_keyfile=c.ssl_keyfile,
-                ssl_password=c.ssl_password,
                 ssl_cert_reqs=c.ssl_cert_reqs,
                 ssl_check_hostname=c.ssl_check_hostname,
             )
+            if c.ssl_password is not None:
+                kwargs["ssl_password"] = c.ssl_password
         return kwargs
 
     def _connection_class(self) -> type[Connection]:
@@ -1215,6 +1217,19 @@ class RedisTransport(Transport):
                 config.host,
                 config.port,
             )
+        # One direct connection first: its errors (refused credentials, rejected
+        # certificate) are precise, where a pool may report them as "no connection".
+        probe = self._connection_class()(**self._connection_kwargs())
+        try:
+            await probe.connect()  # type: ignore[no-untyped-call]
+            await probe.send_command("PING")
+            await probe.read_response()
+        except Exception as exc:
+            where = f"{config.host}:{config.port}"
+            raise _transport_error(f"cannot connect to Redis at {where}", exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await probe.disconnect()
         pool = BlockingConnectionPool(
             connection_class=self._connection_class(),
             max_connections=config.max_connections,
@@ -1222,13 +1237,6 @@ class RedisTransport(Transport):
             **self._connection_kwargs(),
         )
         client = aioredis.Redis(connection_pool=pool)
-        try:
-            await client.ping()
-        except Exception as exc:
-            await client.aclose()
-            await pool.disconnect()
-            where = f"{config.host}:{config.port}"
-            raise _transport_error(f"cannot connect to Redis at {where}", exc) from None
         self._pool = pool
         self._client = client
         self._scripts = {

@@ -220,6 +220,39 @@ async def test_long_handler_keeps_its_entry(buses: Callable[..., EventBus]) -> N
         assert busy.total_calls == 1
 
 
+async def test_entries_another_member_took_are_withdrawn_before_handling(
+    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
+) -> None:
+    """A member cut off longer than min_idle_time loses its queued entries to another
+    member; when it notices (lease renewal), it drops them instead of handling them too."""
+    name = topic()
+    key = f"{prefix}{name}"
+    gate = asyncio.Event()
+
+    async def first_blocks(event: Event) -> None:
+        if event.payload["i"] == 0:
+            await gate.wait()
+
+    async with buses(min_idle_time=0.3, reclaim_interval=60.0) as bus:
+        seen = Collector(on_event=first_blocks)
+        await bus.subscribe(name, seen, group="g")
+        sub = group_sub(bus)
+        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(5)])
+        await wait_for(lambda: len(sub._outstanding) == 5, T, what="5 entries in the core")
+        ids = sorted((i for _key, i in sub._outstanding), key=lambda i: tuple(map(int, i.split("-"))))
+        queued = ids[1:]  # the first one is in the (blocked) handler
+        await raw.xclaim(key, "g", "other", 0, queued, justid=True)
+        counters = transport_of(bus).counters
+        await wait_for(lambda: counters["withdrawn"] == 4, T, what="4 withdrawn entries")
+        gate.set()
+        await bus.publish(Event(topic=name, payload={"i": 5}))
+        await seen.wait(lambda c: 5 in c.payloads("i"), T, "the event after the withdrawn ones")
+        assert sorted(seen.payloads("i")) == [0, 5]
+        await wait_for(lambda: bus.subscriptions[0].handled == 2, T, what="the acks")
+        owners = {p["consumer"] for p in await raw.xpending_range(key, "g", "-", "+", 10)}
+        assert owners == {"other"}
+
+
 async def test_idle_consumers_are_removed_only_without_pending_entries(
     buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
 ) -> None:

@@ -119,17 +119,22 @@ return {1, e[1][1], e[1][2], p[1][4] + 1}
 # still owns to ARGV[3] ms, without counting a delivery. Idle 0 renews the lease of
 # in-flight entries; a huge idle releases entries so the next reclaim by any live
 # member takes them at once. Entries another consumer owns now are left alone.
-# Returns how many entries were touched.
+# Returns {touched, ids_owned_by_another_consumer}.
 TOUCH = """
 local n = 0
+local taken = {}
 for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if #p > 0 and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
-    n = n + 1
+  if #p > 0 then
+    if p[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+      n = n + 1
+    else
+      taken[#taken + 1] = ARGV[i]
+    end
   end
 end
-return n
+return {n, taken}
 """
 
 # Release entries that consumer ARGV[2] of group ARGV[1] handed out but did not

@@ -236,7 +236,17 @@ _PENDING, _ACKED, _RELEASED = 0, 1, 2
 
 
 class _RedisDelivery(Delivery):
-    __slots__ = ("_settled", "_state", "_sub", "delivery_count", "entry_id", "key", "message", "ordering_key")
+    __slots__ = (
+        "_settled",
+        "_state",
+        "_sub",
+        "_withdrawn",
+        "delivery_count",
+        "entry_id",
+        "key",
+        "message",
+        "ordering_key",
+    )
 
     def __init__(self, sub: _Subscription, key: str, message: Message, delivery_count: int) -> None:
         self.message = message
@@ -247,6 +257,11 @@ class _RedisDelivery(Delivery):
         self._sub = sub
         self._state = _PENDING
         self._settled: asyncio.Event | None = None
+        self._withdrawn = False
+
+    @property
+    def withdrawn(self) -> bool:
+        return self._withdrawn
 
     async def ack(self) -> None:
         if self._state != _PENDING:
@@ -729,9 +744,24 @@ class _GroupSubscription(_Subscription):
                 for key, ids in per_key.items():
                     for start in range(0, len(ids), _SWEEP_BATCH):
                         chunk = ids[start : start + _SWEEP_BATCH]
-                        await self._transport._touch(key, self.group, self.name, chunk, 0)
+                        _n, taken = await self._transport._touch(key, self.group, self.name, chunk, 0)
+                        for entry_id in taken:
+                            self._withdraw(key, entry_id)
             except Exception as exc:
                 log.debug("lease renewal of %s failed (retrying): %r", self.name, exc)
+
+    def _withdraw(self, key: str, entry_id: str) -> None:
+        # Another member reclaimed it (this one could not renew its lease, e.g. cut off
+        # from Redis for longer than min_idle_time). If the core has not started it,
+        # it drops it; the new owner handles it.
+        delivery = self._outstanding.get((key, entry_id))
+        if delivery is not None and delivery._state == _PENDING:
+            delivery._withdrawn = True
+            self._transport.counters["withdrawn"] += 1
+            log.info(
+                "entry %s of %s was reclaimed by another member; withdrawn from %s", entry_id, key, self.name
+            )
+            self._settle(delivery)
 
     # -- acks ----------------------------------------------------------------------------
     async def _acknowledge(self, delivery: _RedisDelivery) -> None:
@@ -762,7 +792,9 @@ class _GroupSubscription(_Subscription):
                     cursor = ids[-1]
                     loose = [i for i in ids if (key, i) not in self._outstanding]
                     if loose:
-                        n = await self._transport._touch(key, self.group, self.name, loose, RELEASED_IDLE_MS)
+                        n, _taken = await self._transport._touch(
+                            key, self.group, self.name, loose, RELEASED_IDLE_MS
+                        )
                         self._transport.counters["released"] += n
         except Exception as exc:
             log.warning(
@@ -1132,6 +1164,7 @@ class RedisTransport(Transport):
                 "reclaim_runs",
                 "reclaimed",
                 "released",
+                "withdrawn",
                 "pending_entries_lost",
                 "reconnects",
             ),
@@ -1198,13 +1231,17 @@ class RedisTransport(Transport):
     def _script(self, name: str) -> Any:
         return self._scripts[name]
 
-    async def _touch(self, key: str, group: str, consumer: str, ids: Sequence[str], idle_ms: int) -> int:
+    async def _touch(
+        self, key: str, group: str, consumer: str, ids: Sequence[str], idle_ms: int
+    ) -> tuple[int, list[str]]:
+        """Set the idle time of entries ``consumer`` owns; returns how many, and the
+        ids another consumer owns now."""
         if not ids:
-            return 0
-        result = await self._scripts["touch"](
+            return 0, []
+        touched, taken = await self._scripts["touch"](
             keys=[key], args=[group, consumer, idle_ms, *ids], client=self._redis()
         )
-        return int(result)
+        return int(touched), [_text(i) for i in taken]
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:

@@ -85,14 +85,30 @@ def envelope_headers(event: Event, *, content_type: str, source: str) -> dict[st
     return headers
 
 
+# header name -> its lowered name when it is an envelope attribute, else None. Names
+# repeat on every message, so classifying each once takes the str work off the hot path.
+_header_kinds: dict[str, str | None] = {}
+_CACHE_LIMIT = 4096
+
+
+def _header_kind(name: str) -> str | None:
+    lowered = name.lower()
+    kind = lowered if lowered.startswith("ce_") or lowered == "content-type" else None
+    if len(_header_kinds) >= _CACHE_LIMIT:
+        _header_kinds.clear()
+    _header_kinds[name] = kind
+    return kind
+
+
 def split_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """Split message headers into (envelope attributes, user headers)."""
     envelope: dict[str, str] = {}
     user: dict[str, str] = {}
+    kinds = _header_kinds
     for name, value in headers.items():
-        lowered = name.lower()
-        if lowered.startswith("ce_") or lowered == "content-type":
-            envelope[lowered] = value
+        kind = kinds[name] if name in kinds else _header_kind(name)
+        if kind is not None:
+            envelope[kind] = value
         else:
             user[name] = value
     return envelope, user

@@ -349,6 +349,23 @@ async def test_publish_to_a_key_of_another_type_fails_precisely(
         await bus.publish(Event(topic=topic(), payload={}))  # the bus is still usable
 
 
+async def test_publish_many_across_streams(
+    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
+) -> None:
+    """A batch spanning streams goes out as one MULTI block; a refused stream fails it
+    without taking the other streams' entries down with it."""
+    first, second, broken = topic(), topic(), topic()
+    await raw.set(f"{prefix}{broken}", "not a stream")
+    async with buses(max_stream_length=3) as bus:
+        await bus.publish_many([Event(topic=t, payload={"i": i}) for i in range(6) for t in (first, second)])
+        assert await raw.xlen(f"{prefix}{first}") == 3
+        assert await raw.xlen(f"{prefix}{second}") == 3
+        with pytest.raises(PublishError, match="WRONGTYPE"):
+            await bus.publish_many([Event(topic=first, payload={}), Event(topic=broken, payload={})])
+        single = [m.position for m in await bus.transport.read(first)]
+        assert len(single) == 4  # the entry for the healthy stream went in (trimmed at the next publish)
+
+
 async def test_start_fails_fast_when_redis_is_unreachable(buses: Callable[..., EventBus]) -> None:
     bus = buses(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1.0)
     started = time.monotonic()

@@ -6,7 +6,7 @@ on Redis Cluster alike. Scripts return raw RESP values, parsed by the transport.
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_ONE", "FORGET_IDLE_CONSUMERS", "OWN_PENDING", "RECLAIM", "RELEASE", "TOUCH", "TRIM"]
+__all__ = ["ADD", "CLAIM_ONE", "FORGET_IDLE_CONSUMERS", "OWN_PENDING", "RECLAIM", "RELEASE", "TOUCH", "TRIM"]
 
 # Shared helpers: stream ids compared as (milliseconds, sequence) numbers.
 _IDS = """
@@ -29,6 +29,21 @@ local function as_map(flat)
   for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
   return map
 end
+"""
+
+# Append entries to stream KEYS[1]: ARGV[1] is an expiry in seconds (0: none), then
+# for each entry the number of its field/value items followed by them. Returns the
+# stream's length (for the trim check). One script call replaces MULTI/XADD.../EXEC
+# for the usual single-stream publish.
+ADD = """
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return redis.call('XLEN', KEYS[1])
 """
 
 # Trim KEYS[1] down to ARGV[1] entries. ARGV[2] is the policy:

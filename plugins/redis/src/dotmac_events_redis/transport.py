@@ -464,7 +464,10 @@ class _Subscription(TransportSubscription):
         raise NotImplementedError
 
     async def _wait_for_room(self) -> int:
-        while len(self._outstanding) >= self.prefetch and not self._stopping.is_set():
+        # Refill once half the prefetch is free: one read per half window rather than one
+        # per acknowledged entry, while the core still has the other half queued.
+        limit = self.prefetch - max(1, self.prefetch // 2)
+        while len(self._outstanding) > limit and not self._stopping.is_set():
             self._room.clear()
             await self._room.wait()
         return self.prefetch - len(self._outstanding)
@@ -936,14 +939,7 @@ class _AckWriter:
         error: BaseException | None = None
         while True:
             try:
-                async with transport._redis().pipeline(transaction=False) as pipe:
-                    for (key, group), ids in acks.items():
-                        pipe.xack(key, group, *ids)
-                    for (key, group, consumer), pairs in releases.items():
-                        await transport._scripts["release"](
-                            keys=[key], args=[group, consumer, RELEASED_IDLE_MS, *pairs], client=pipe
-                        )
-                    results = await pipe.execute(raise_on_error=False)
+                results = await self._send(acks, releases)
             except Exception as exc:
                 if _retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("ack write failed, retrying: %r", exc)
@@ -964,6 +960,26 @@ class _AckWriter:
                 future.set_result(None)
             else:
                 future.set_exception(error)
+
+    async def _send(
+        self, acks: dict[tuple[str, str], list[str]], releases: dict[tuple[str, str, str], list[Any]]
+    ) -> list[Any]:
+        client = self._transport._redis()
+        if len(acks) == 1 and not releases:
+            # The common case (one subscription acking): one command, no pipeline.
+            ((key, group), ids), *_ = acks.items()
+            try:
+                return [await client.xack(key, group, *ids)]
+            except ResponseError as exc:
+                return [exc]
+        async with client.pipeline(transaction=False) as pipe:
+            for (key, group), ids in acks.items():
+                pipe.xack(key, group, *ids)
+            for (key, group, consumer), pairs in releases.items():
+                await self._transport._scripts["release"](
+                    keys=[key], args=[group, consumer, RELEASED_IDLE_MS, *pairs], client=pipe
+                )
+            return list(await pipe.execute(raise_on_error=False))
 
 
 class _Publisher:
@@ -1040,14 +1056,7 @@ class _Publisher:
         backoff = _Backoff(config.reconnect_backoff_max)
         while True:
             try:
-                async with transport._redis().pipeline(transaction=True) as pipe:
-                    for _index, key, message in flat:
-                        pipe.execute_command("XADD", key, "*", *_entry_fields(message))
-                    for key in sorted(reply_keys):
-                        pipe.expire(key, int(config.reply_ttl))
-                    for key in trim_keys:
-                        pipe.xlen(key)
-                    results = await pipe.execute(raise_on_error=False)
+                results = await self._send(flat, reply_keys, trim_keys)
             except Exception as exc:
                 if _retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("publish failed, retrying: %r", exc)
@@ -1085,6 +1094,37 @@ class _Publisher:
                 if not future.done():
                     future.set_result(None)
         transport.counters["published"] += published
+
+    async def _send(
+        self, flat: list[tuple[int, str, Message]], reply_keys: set[str], trim_keys: list[str]
+    ) -> list[Any]:
+        """Write the entries; results per entry (``None`` or an error), then the lengths
+        of ``trim_keys``."""
+        transport = self._transport
+        client = transport._redis()
+        keys = {key for _i, key, _m in flat}
+        ttl = int(transport.config.reply_ttl)
+        if len(keys) == 1:
+            # One stream (the usual publish or publish_many): one script call, atomic
+            # like MULTI, and it returns the length for the trim check.
+            (key,) = keys
+            args: list[Any] = [ttl if key in reply_keys else 0]
+            for _index, _key, message in flat:
+                fields = _entry_fields(message)
+                args.append(len(fields))
+                args.extend(fields)
+            length = await transport._scripts["add"](keys=[key], args=args, client=client)
+            return [None] * len(flat) + ([int(length)] if trim_keys else [])
+        async with client.pipeline(transaction=True) as pipe:
+            for _index, key, message in flat:
+                pipe.execute_command("XADD", key, "*", *_entry_fields(message))
+            for key in sorted(reply_keys):
+                pipe.expire(key, ttl)
+            for key in trim_keys:
+                pipe.xlen(key)
+            results = list(await pipe.execute(raise_on_error=False))
+        del results[len(flat) : len(flat) + len(reply_keys)]
+        return results
 
     async def _trim(self, key: str, maxlen: int) -> None:
         transport = self._transport
@@ -1279,6 +1319,7 @@ class RedisTransport(Transport):
         self._scripts = {
             "trim": client.register_script(_scripts.TRIM),
             "claim_one": client.register_script(_scripts.CLAIM_ONE),
+            "add": client.register_script(_scripts.ADD),
             "touch": client.register_script(_scripts.TOUCH),
             "release": client.register_script(_scripts.RELEASE),
             "reclaim": client.register_script(_scripts.RECLAIM),

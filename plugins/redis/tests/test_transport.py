@@ -436,3 +436,41 @@ def test_unclosed_transport_warns() -> None:
     with pytest.warns(ResourceWarning):
         transport.__del__()
     transport._started = False
+
+
+def test_dead_letters_listed_and_replayed_with_the_cli(redis_url: str, prefix: str) -> None:
+    """``dotmac-events dlq list`` and ``dlq replay`` against Redis."""
+    import io
+
+    from dotmac.events import create_bus
+    from dotmac.events.cli import main
+
+    url = f"{redis_url}?key_prefix={prefix}"
+    name = topic()
+
+    async def fail_three() -> None:
+        async with create_bus(url) as bus:
+            failing = Collector(fail=lambda e, n: RuntimeError("boom"))
+            sub = await bus.subscribe(name, failing, group="g", options=ConsumerOptions(max_retries=0))
+            await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(3)])
+            await wait_for(lambda: sub.dead_lettered == 3, T, what="3 dead letters")
+
+    asyncio.run(fail_three())
+    out = io.StringIO()
+    assert main(["dlq", "list", f"{name}.dlq", "--url", url], out=out) == 0
+    letters = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [dl["payload"]["i"] for dl in letters] == [0, 1, 2]
+    assert {dl["reason"] for dl in letters} == {"max_retries"}
+    assert {dl["original_topic"] for dl in letters} == {name}
+    out = io.StringIO()
+    assert (
+        main(["dlq", "replay", f"{name}.dlq", "--url", url, "--event-id", letters[1]["event_id"]], out=out)
+        == 0
+    )
+    assert json.loads(out.getvalue())["replayed"] == 1
+
+    async def read_back() -> list[int]:
+        async with create_bus(url) as bus:
+            return [json.loads(m.value)["i"] for m in await bus.transport.read(name)]
+
+    assert asyncio.run(read_back()) == [0, 1, 2, 1]

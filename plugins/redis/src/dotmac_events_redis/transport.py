@@ -17,8 +17,8 @@ process is the only one whose count climbs, so ``max_deliveries`` dead-letters i
 without dragging the entries fetched alongside it to the dead-letter topic too.
 
 Acknowledgements and releases of all subscriptions go through one writer task that
-coalesces them into pipelines; publishes go through another (``XADD`` in a
-``MULTI`` block, then trimming per the configured policy).
+coalesces them; publishes go through another (one script call per single-stream
+batch, a ``MULTI`` block otherwise, then trimming per the configured policy).
 """
 
 from __future__ import annotations
@@ -109,11 +109,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _retriable(exc: BaseException) -> bool:

@@ -298,6 +298,7 @@ def test_config_from_url_query(memory_url: str) -> None:
         ("memory://x?max_queue_size=many", "MemoryConfig.max_queue_size"),
         ("memory://x?enable_persistence=perhaps", "MemoryConfig.enable_persistence"),
         ("memory://x?overflow=explode", "MemoryConfig.overflow"),
+        ("memory://x?max_queue_size=0", "MemoryConfig.max_queue_size must be an int >= 1, got 0"),
         ("no-scheme-here", "has no scheme"),
     ],
 )

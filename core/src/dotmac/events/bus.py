@@ -34,7 +34,7 @@ from .runner import Handler, Subscription, consumer_name
 from .transport import Capabilities, Message, SubscriptionSpec, Transport
 from .wire import build_event, content_type_of, envelope_headers
 
-__all__ = ["EventBus", "PayloadValidator"]
+__all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ PayloadValidator = Union[Callable[[dict[str, Any]], Any], Mapping[str, Any]]
 """A callable that raises (or returns ``False``) for a bad payload, or a JSON Schema dict."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+REPLY_TOPIC_PREFIX = "dotmac.reply."
+"""Every bus's private reply topic is this prefix plus a random hex id."""
 
 
 def _compile_validator(topic: str, validator: PayloadValidator) -> Callable[[dict[str, Any]], None]:
@@ -117,7 +119,7 @@ class EventBus:
         self._state = "new"
         self._closed: asyncio.Event | None = None
         self._close_lock: asyncio.Lock | None = None
-        self._reply_topic = f"dotmac.reply.{uuid.uuid4().hex}"
+        self._reply_topic = f"{REPLY_TOPIC_PREFIX}{uuid.uuid4().hex}"
         self._reply_sub: Subscription | None = None
         self._reply_lock: asyncio.Lock | None = None
         self._pending: dict[str, asyncio.Future[Event]] = {}

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.v import format_exception
 
 from .bus import EventBus, PayloadValidator
 from .codec import Codec
@@ -60,12 +61,21 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
 
 
+def _format_error(exc: BaseException, type_: Any) -> str:
+    # A config class's own validators already say precisely what is wrong.
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
 def structure_config(spec: TransportSpec, data: Mapping[str, Any]) -> Any:
     """Build ``spec.config_class`` from ``data``; a wrong key or value names its path."""
     try:
         return _converter.structure(dict(data), spec.config_class)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
-        messages = cattrs.transform_error(exc, path=spec.config_class.__name__)
+        messages = cattrs.transform_error(
+            exc, path=spec.config_class.__name__, format_exception=_format_error
+        )
         raise ConfigurationError(f"invalid {spec.name} configuration: " + "; ".join(messages)) from None
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigurationError):

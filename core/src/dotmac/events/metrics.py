@@ -27,6 +27,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .bus import REPLY_TOPIC_PREFIX
 from .errors import ConfigurationError, InvalidTenantError
 from .event import validate_tenant_id
 from .plugins import hookimpl
@@ -50,7 +51,6 @@ __all__ = [
 OTHER = "__other__"
 """Label value that replaces topics/tenants beyond the configured cap (and invalid tenants)."""
 
-REPLY_TOPIC_PREFIX = "dotmac.reply."
 REPLY_TOPIC_TEMPLATE = "dotmac.reply.{bus}"
 """Every bus has its own reply topic; they are reported under this one name so that
 request-reply does not add a label value (or a span name) per process."""

@@ -60,6 +60,7 @@ from dotmac.events import (
     TransportSubscription,
     TransportUnavailableError,
 )
+from dotmac.events.bus import REPLY_TOPIC_PREFIX
 from dotmac.events.errors import BusStateError
 from dotmac.events.transport import DeliverySink
 
@@ -91,7 +92,6 @@ _DATA_FIELD_B = DATA_FIELD.encode()
 
 # The core's per-bus reply topics (``EventBus._reply_topic``): their streams expire
 # when nobody publishes to them and are deleted when their subscription stops.
-REPLY_TOPIC_PREFIX = "dotmac.reply."
 _DLQ_MARKER = "x-dlq-original-topic"
 
 # Idle time given to released entries: far above any sane min_idle_time, so the next

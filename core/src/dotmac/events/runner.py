@@ -9,9 +9,10 @@ import logging
 import os
 import socket
 import time
+import types
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Union
 
@@ -56,6 +57,43 @@ MAX_ERROR_MESSAGE = 1024
 def consumer_name() -> str:
     host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    # Continue a coroutine that was stepped by hand, exactly as ``await`` would have:
+    # hand each suspension to the event loop, pass results and exceptions back in.
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
+
+
+async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    await _resume(coro, yielded)
+
+
+def _start(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
+    """Run ``coro`` until it first waits; ``None`` if it finished without waiting,
+    else a task that finishes it. An in-process ack completes at once (no task);
+    an ack that needs a round trip goes on while the lane handles its next event."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    except BaseException:
+        coro.close()
+        raise
+    return asyncio.get_running_loop().create_task(_finish(coro, yielded))
 
 
 def _clean(text: str) -> str:
@@ -108,6 +146,8 @@ class Subscription:
         self._transport_sub: TransportSubscription | None = None
         self._stopped = False
         self._stop_lock = asyncio.Lock()
+        # Acks still travelling to the broker; each holds its capacity slot until done.
+        self._acking: set[asyncio.Future[None]] = set()
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
@@ -150,6 +190,7 @@ class Subscription:
                     self._capacity.release()
                 lane.wakeup.set()
             await self._stop_workers(timeout)
+            await self._finish_acks(timeout)
             self._stopped = True
             self._bus._forget(self)
 
@@ -162,6 +203,17 @@ class Subscription:
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _finish_acks(self, timeout: float) -> None:
+        # Events whose handler finished are acked before stop() returns; an ack that
+        # cannot finish in time is abandoned and the event is redelivered later.
+        if not self._acking:
+            return
+        _done, pending = await asyncio.wait(set(self._acking), timeout=max(timeout, 1.0))
+        for future in pending:
+            future.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -193,15 +245,22 @@ class Subscription:
                 await lane.wakeup.wait()
                 continue
             delivery = queue.popleft()
+            acking: asyncio.Future[None] | None = None
             try:
-                await self._process(delivery)
+                acking = await self._process(delivery)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one event kill the worker
                 self.errors += 1
                 log.exception("unexpected error while processing a delivery on %s", self.topics)
             finally:
-                self._capacity.release()
+                if acking is None:
+                    self._capacity.release()
+                else:
+                    acking.add_done_callback(self._acked)
+
+    def _acked(self, _future: asyncio.Future[None]) -> None:
+        self._capacity.release()
 
     # -- processing --------------------------------------------------------------------
     async def _release(self, delivery: Delivery) -> None:
@@ -230,11 +289,12 @@ class Subscription:
             position=delivery.message.position,
         )
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery) -> asyncio.Future[None] | None:
+        """Handle one delivery; returns its ack when that is still in flight."""
         if delivery.withdrawn:
             # Another consumer owns it now: handling it here would duplicate it out of order.
             log.debug("skipping a withdrawn delivery of %s", delivery.message.topic)
-            return
+            return None
         bus = self._bus
         observers = bus._observers
         message = delivery.message
@@ -248,7 +308,7 @@ class Subscription:
             )
             observers.error("decode", exc, {"topic": message.topic, "group": self.group})
             await self._dead_letter(delivery, None, exc, 0, reason, self._info(delivery))
-            return
+            return None
         max_deliveries = self.options.max_deliveries
         if max_deliveries is None:
             max_deliveries = self._bus.transport.default_max_deliveries
@@ -259,17 +319,16 @@ class Subscription:
             await self._dead_letter(
                 delivery, event, too_many, delivery.delivery_count - 1, "max_deliveries", self._info(delivery)
             )
-            return
+            return None
         if observers.consume_context is None and observers.on_consume is None and observers.on_retry is None:
-            await self._handle(delivery, event, None)
-            return
+            return await self._handle(delivery, event, None)
         info = self._info(delivery)
         with contextlib.ExitStack() as stack:
             if observers.consume_context is not None:
                 for cm in observers.consume_context(event=event, info=info):
                     if cm is not None:
                         stack.enter_context(cm)
-            await self._handle(delivery, event, info)
+            return await self._handle(delivery, event, info)
 
     async def _call(self, event: Event) -> Any:
         handler = self._handler
@@ -283,7 +342,9 @@ class Subscription:
             result = await (result if timeout is None else asyncio.wait_for(result, timeout))
         return result
 
-    async def _handle(self, delivery: Delivery, event: Event, info: ConsumeInfo | None) -> None:
+    async def _handle(
+        self, delivery: Delivery, event: Event, info: ConsumeInfo | None
+    ) -> asyncio.Future[None] | None:
         observers = self._bus._observers
         started = time.perf_counter()
         attempt = 0
@@ -305,11 +366,11 @@ class Subscription:
                 raise
             except NonRetryableError as exc:
                 await self._fail(delivery, event, exc, attempt, "non_retryable", info, started)
-                return
+                return None
             except Exception as exc:
                 if attempt > self._max_retries:
                     await self._fail(delivery, event, exc, attempt, "max_retries", info, started)
-                    return
+                    return None
                 delay = self._policy.compute(attempt)
                 self.retried += 1
                 if observers.on_retry is not None:
@@ -332,11 +393,17 @@ class Subscription:
                         await asyncio.wait_for(self._stopping.wait(), delay)
                 if self._stopping.is_set():
                     await self._release(delivery)
-                    return
+                    return None
                 continue
             if result is not None and event.metadata.reply_to is not None:
                 await self._reply(event, result)
-            await self._ack(delivery)
+            # The handler returned: ack now, without holding the lane for the broker's
+            # answer (a profile of redis:// showed one XACK round trip per event
+            # serialising the whole subscription).
+            acking = _start(self._ack(delivery))
+            if acking is not None:
+                self._acking.add(acking)
+                acking.add_done_callback(self._acking.discard)
             self.handled += 1
             if observers.on_consume is not None:
                 observers.on_consume(
@@ -347,7 +414,7 @@ class Subscription:
                     error=None,
                     attempts=attempt,
                 )
-            return
+            return acking
 
     async def _fail(
         self,

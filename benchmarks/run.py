@@ -278,7 +278,10 @@ async def _worker(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
         )
     finally:
         await progress.aclose()
-        await contender.close()
+        try:
+            await asyncio.wait_for(contender.close(), 30)
+        except asyncio.TimeoutError:
+            print(f"{spec.name}: close() did not return within 30s", file=sys.stderr)
     return {
         "contender": spec.name,
         "events": events,

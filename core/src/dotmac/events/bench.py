@@ -304,6 +304,17 @@ async def _until_ready(contender: Contender, topic: str, ready: asyncio.Event) -
                 raise BenchError(f"{contender.name}: the subscription to {topic} never started") from None
 
 
+STOP_TIMEOUT = 20.0
+
+
+async def _stop(stop: Stop, name: str) -> None:
+    """Stop a subscription, turning a hang into an error that says where it happened."""
+    try:
+        await asyncio.wait_for(stop(), STOP_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise BenchError(f"{name}: a subscription did not stop within {STOP_TIMEOUT:.0f}s") from None
+
+
 def _rate(events: int, seconds: float) -> float:
     return events / seconds if seconds > 0 else math.inf
 
@@ -352,7 +363,7 @@ async def _e2e(
         cpu = time.process_time() - cpu0
         seconds = tally.last - t0
     finally:
-        await stop()
+        await _stop(stop, contender.name)
     return {
         "events": events,
         "seconds": seconds,
@@ -403,7 +414,7 @@ async def _consume_only(
         cpu = time.process_time() - tally.cpu_first
         seconds = tally.last - tally.first
     finally:
-        await stop()
+        await _stop(stop, contender.name)
     # The first event starts the clock, so N - 1 events fill the measured interval.
     return {
         "events": events,
@@ -478,7 +489,7 @@ async def _pingpong(contender: Contender, names: _Names, samples: int, progress:
                 stamps.wake.clear()
             latencies.append(stamps.arrived[seq] - sent)
     finally:
-        await stop()
+        await _stop(stop, contender.name)
     return _latency_summary(latencies)
 
 
@@ -511,7 +522,7 @@ async def _open_loop(
             lambda: f"{stamps.count} of {samples} seen",
         )
     finally:
-        await stop()
+        await _stop(stop, contender.name)
     latencies = [stamps.arrived[seq] - (start + seq * interval) for seq in range(samples)]
     summary = _latency_summary(latencies)
     summary["rate"] = rate

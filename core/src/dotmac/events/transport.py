@@ -93,7 +93,14 @@ class Delivery(abc.ABC):
 
     @abc.abstractmethod
     async def ack(self) -> None:
-        """The message was handled or dead-lettered; it must not be delivered again."""
+        """The message was handled or dead-lettered; it must not be delivered again.
+
+        The runner starts an ack in its worker and, if the ack has to wait (a round
+        trip to the broker), lets it finish in a task of its own while the worker moves
+        on. So an ack must not depend on the task it runs in: no
+        ``asyncio.current_task()`` and no ``asyncio.timeout()`` before its first await
+        (hand the work to a writer and await its future, as the Redis transport does).
+        """
 
     @abc.abstractmethod
     async def release(self) -> None:

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,8 @@ ALL = ("e2e_publish", "e2e_batch", "publish", "publish_batch", "consume", "pingp
 SINGLE = ("e2e_publish", "publish", "pingpong", "open_loop")
 BATCHED = ("e2e_batch", "publish_batch", "consume")
 E2E = ("e2e_publish", "e2e_batch")
+THROUGHPUT = ("e2e_publish", "e2e_batch", "publish", "publish_batch")
+LATENCY = ("pingpong", "open_loop")
 
 
 @dataclass(frozen=True)
@@ -219,13 +222,13 @@ LATENCY_TARGETS = [
 # -- worker: one contender, one round, in its own interpreter -----------------------------
 def _make_contender(spec: Spec, args: argparse.Namespace, backlog: bool) -> Any:
     from contenders import (
-        BUS_KAFKA_QUERY,
         BusKafkaContender,
         FastStreamKafkaContender,
         FastStreamRedisContender,
         KafkaContender,
         QueueContender,
         RedisContender,
+        bus_kafka_query,
     )
 
     from dotmac.events.bench import BusContender
@@ -244,7 +247,7 @@ def _make_contender(spec: Spec, args: argparse.Namespace, backlog: bool) -> Any:
     if spec.name == "faststream-redis":
         return FastStreamRedisContender(args.redis_url)
     if spec.name == "bus-kafka":
-        return BusKafkaContender(f"kafka://{args.kafka}?{BUS_KAFKA_QUERY}", args.kafka, name=spec.name)
+        return BusKafkaContender(f"kafka://{args.kafka}?{bus_kafka_query()}", args.kafka, name=spec.name)
     if spec.name == "aiokafka":
         return KafkaContender(args.kafka)
     if spec.name.startswith("faststream-kafka"):
@@ -253,14 +256,16 @@ def _make_contender(spec: Spec, args: argparse.Namespace, backlog: bool) -> Any:
 
 
 async def _worker(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
-    from contenders import quiet_logs
+    from contenders import low_latency_kafka, quiet_logs
 
     from dotmac.events.bench import Progress, peak_rss_mb, run_workloads
 
     quiet_logs()
-    events = args.memory_events if spec.transport == "memory" else args.events
+    events = {"memory": args.memory_events, "kafka": args.kafka_events}.get(spec.transport, args.events)
     args.events = events
     workloads = tuple(w for w in args.workloads.split(",") if w)
+    if set(workloads) <= set(LATENCY):
+        low_latency_kafka()
     contender = _make_contender(spec, args, backlog=workloads == ("consume",))
     started = time.perf_counter()
     progress = Progress(sys.stderr, prefix=args.prefix, notes=False)
@@ -279,9 +284,9 @@ async def _worker(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await progress.aclose()
         try:
-            await asyncio.wait_for(contender.close(), 30)
+            await asyncio.wait_for(contender.close(), 10)
         except asyncio.TimeoutError:
-            print(f"{spec.name}: close() did not return within 30s", file=sys.stderr)
+            print(f"{spec.name}: close() did not return within 10s", file=sys.stderr)
     return {
         "contender": spec.name,
         "events": events,
@@ -336,19 +341,21 @@ def _machine() -> dict[str, Any]:
 def _run_worker(
     spec: Spec, args: argparse.Namespace, servers: Mapping[str, str], prefix: str
 ) -> dict[str, Any]:
-    """One round of one contender: the backlog (consume-only) workload runs in a second
-    interpreter, so the N retained events it needs do not count in the peak RSS of
-    the other workloads."""
-    main = [w for w in spec.workloads if w != "consume"]
-    result = _run_one(spec, args, servers, prefix, main) if main else None
-    if "consume" in spec.workloads:
-        backlog = _run_one(spec, args, servers, prefix, ["consume"])
+    """One round of one contender, in up to three interpreters: throughput, latency
+    (Kafka consumers then poll every 5 ms) and the backlog workload (whose N retained
+    events would otherwise count in the peak RSS of the others). The RSS reported is
+    that of the throughput workloads."""
+    result: dict[str, Any] | None = None
+    for group in (THROUGHPUT, LATENCY, ("consume",)):
+        workloads = [w for w in spec.workloads if w in group]
+        if not workloads:
+            continue
+        part = _run_one(spec, args, servers, prefix, workloads)
         if result is None:
-            result = backlog
+            result = part
         else:
-            result["workloads"].update(backlog["workloads"])
-            result["backlog_peak_rss_mb"] = backlog["peak_rss_mb"]
-            result["seconds"] += backlog["seconds"]
+            result["workloads"].update(part["workloads"])
+            result["seconds"] += part["seconds"]
     assert result is not None
     return result
 
@@ -367,6 +374,8 @@ def _run_one(
         str(args.events),
         "--memory-events",
         str(args.memory_events),
+        "--kafka-events",
+        str(args.kafka_events),
         "--batch-size",
         str(args.batch_size),
         "--latency-samples",
@@ -483,7 +492,8 @@ def render(report: Mapping[str, Any]) -> str:
     summary = report["summary"]
     config = report["config"]
     lines = [
-        f"dotmac-events benchmark: {config['events']:,} events ({config['memory_events']:,} in-process), "
+        f"dotmac-events benchmark: {config['events']:,} events ({config['memory_events']:,} in-process, "
+        f"{config['kafka_events']:,} on Kafka), "
         f"median of {config['rounds']} round(s), batches of {config['batch_size']}",
         "",
     ]
@@ -541,6 +551,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=50_000, help="events per workload on a broker")
     parser.add_argument("--memory-events", type=int, default=200_000, help="events per workload in-process")
+    parser.add_argument(
+        "--kafka-events",
+        type=int,
+        default=20_000,
+        help="events per workload on Kafka (Tansu's in-memory log slows down as partitions grow)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--latency-samples", type=int, default=2000)
@@ -562,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker_main(args)
         return 0
     if args.smoke:
-        args.events, args.memory_events, args.rounds = 300, 1000, 1
+        args.events, args.memory_events, args.kafka_events, args.rounds = 300, 1000, 300, 1
         args.latency_samples, args.warmup, args.rate, args.worker_timeout = 50, 0, 500.0, 60.0
     names = [s.name for s in SPECS]
     if args.only:
@@ -583,8 +599,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _orchestrate(args, specs, skipped)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind (and so stop the private brokers) on kill or hang-up too, not only Ctrl-C.
+    raise SystemExit(128 + signum)
+
+
 def _orchestrate(args: argparse.Namespace, specs: list[Spec], skipped: dict[str, str]) -> int:
     from servers import RedisServer, TansuServer
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
 
     started = time.perf_counter()
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -622,6 +646,7 @@ def _orchestrate(args: argparse.Namespace, specs: list[Spec], skipped: dict[str,
         "config": {
             "events": args.events,
             "memory_events": args.memory_events,
+            "kafka_events": args.kafka_events,
             "rounds": args.rounds,
             "batch_size": args.batch_size,
             "latency_samples": args.latency_samples,

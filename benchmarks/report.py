@@ -1,7 +1,7 @@
 """Markdown tables of a saved benchmark report (for docs/performance.md).
 
-    python benchmarks/run.py --json > results.json
-    python benchmarks/report.py results.json
+python benchmarks/run.py --json > results.json
+python benchmarks/report.py results.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ THROUGHPUT_COLUMNS = (
 
 
 def _n(value: float | None, spec: str = ",.0f") -> str:
-    return "–" if value is None else format(value, spec)
+    return "-" if value is None else format(value, spec)
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
@@ -38,8 +38,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     labels = report.get("contenders", {})
     names = [s.name for s in SPECS if s.name in summary]
     out = [
-        f"Events per workload: {config['events']:,} on Redis, {config.get('kafka_events', config['events']):,} "
-        f"on Kafka, {config['memory_events']:,} in-process; batches of {config['batch_size']}; "
+        f"Events per workload: {config['events']:,} on Redis, "
+        f"{config.get('kafka_events', config['events']):,} on Kafka, "
+        f"{config['memory_events']:,} in-process; batches of {config['batch_size']}; "
         f"median of {config['rounds']} rounds.",
         "",
         "**Throughput** (events/s; CPU is client CPU per event, µs, end to end publish / batched; "
@@ -79,11 +80,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     out += ["", "**Targets**", ""]
     rows = []
     for check in report["targets"]:
-        if check.get("unit") == "ms":
-            value = f"{check['value']:+.3f} ms"
-        else:
-            value = f"{check['value']:.2f}×"
-        result = "–" if check["ok"] is None else ("met" if check["ok"] else "**missed**")
+        value = f"{check['value']:+.3f} ms" if check.get("unit") == "ms" else f"{check['value']:.2f}x"
+        result = "-" if check["ok"] is None else ("met" if check["ok"] else "**missed**")
         rows.append([check["target"], check["measured"], value, check["required"], result])
     out += _table(["comparison", "measured", "ratio", "target", "result"], rows)
     out += ["", "Contenders:", ""]

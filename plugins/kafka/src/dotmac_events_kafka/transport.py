@@ -661,7 +661,7 @@ class _KafkaSubscription(TransportSubscription):
     # -- committing ----------------------------------------------------------------------
     async def _commit_loop(self) -> None:
         interval = self._config.commit_interval_ms / 1000
-        while True:
+        while self._state != "closing":
             await self._dirty.wait()
             self._dirty.clear()
             await self._commit(list(self._trackers.values()), "interval")
@@ -698,14 +698,25 @@ class _KafkaSubscription(TransportSubscription):
             return True
 
 
-async def _cancel(task: asyncio.Task[Any] | None) -> None:
-    if task is None or task.done():
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            log.debug("background task %s had failed: %r", task.get_name(), task.exception())
+async def _cancel(task: asyncio.Task[Any] | None, timeout: float = 10.0) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a cancellation gets lost.
+
+    ``asyncio.wait_for`` on Python < 3.12 can swallow a cancel that arrives as its
+    inner call completes; the task then carries on, so a single cancel is not enough.
+    """
+    if task is None:
         return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not task.done():
+        task.cancel()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            log.warning("background task %s did not stop within %.1fs", task.get_name(), timeout)
+            return
+        await asyncio.wait({task}, timeout=min(0.5, remaining))
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("background task %s had failed: %r", task.get_name(), task.exception())
 
 
 class KafkaTransport(Transport):

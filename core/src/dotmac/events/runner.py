@@ -116,7 +116,8 @@ class Subscription:
     ``stop()`` is graceful: no new deliveries, handlers already running finish
     (within ``timeout``), unstarted and unfinished events stay un-acked for
     redelivery. Counters (``handled``, ``retried``, ``dead_lettered``, ``released``)
-    describe this subscription's life so far.
+    describe this subscription's life so far; ``handled`` counts an event once its
+    handler returned and its ack was settled.
     """
 
     def __init__(
@@ -262,6 +263,13 @@ class Subscription:
     def _acked(self, _future: asyncio.Future[None]) -> None:
         self._capacity.release()
 
+    def _ack_finished(self, future: asyncio.Future[None]) -> None:
+        # ``handled`` counts events whose ack was settled, so a caller waiting on it
+        # sees the broker's state, not a write still on its way.
+        self._acking.discard(future)
+        if not future.cancelled():
+            self.handled += 1
+
     # -- processing --------------------------------------------------------------------
     async def _release(self, delivery: Delivery) -> None:
         self.released += 1
@@ -401,10 +409,11 @@ class Subscription:
             # answer (a profile of redis:// showed one XACK round trip per event
             # serialising the whole subscription).
             acking = _start(self._ack(delivery))
-            if acking is not None:
+            if acking is None:
+                self.handled += 1
+            else:
                 self._acking.add(acking)
-                acking.add_done_callback(self._acking.discard)
-            self.handled += 1
+                acking.add_done_callback(self._ack_finished)
             if observers.on_consume is not None:
                 observers.on_consume(
                     event=event,

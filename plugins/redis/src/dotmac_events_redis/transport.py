@@ -32,7 +32,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection
@@ -874,25 +874,34 @@ class _BroadcastSubscription(_Subscription):
 
 
 # -- writers -----------------------------------------------------------------------------
-class _AckWriter:
-    """Coalesces acks and releases of every subscription into pipelines."""
+_T = TypeVar("_T")
+_AckItem = tuple[str, str, str, str, str, int]  # op, key, group, consumer, entry id, delivery count
 
-    def __init__(self, transport: RedisTransport) -> None:
+
+class _Coalescer(Generic[_T]):
+    """A task that writes what concurrent callers submit, in batches.
+
+    ``submit`` returns once the batch holding its item was written (or raises what
+    the write raised); ``_write`` settles every future of a batch.
+    """
+
+    def __init__(self, transport: RedisTransport, task_name: str) -> None:
         self._transport = transport
-        self._queue: list[tuple[str, str, str, str, str, int, asyncio.Future[None]]] = []
+        self._task_name = task_name
+        self._queue: deque[tuple[_T, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dotmac-events-redis-acks")
+        self._task = asyncio.create_task(self._run(), name=self._task_name)
 
-    async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str, count: int) -> None:
+    async def _enqueue(self, item: _T) -> None:
         if self._task is None or self._task.done():
             raise BusStateError("the redis transport is closed")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, key, group, consumer, entry_id, count, future))
+        self._queue.append((item, future))
         self._idle.clear()
         self._wake.set()
         await future
@@ -904,9 +913,9 @@ class _AckWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for item in self._queue:
-            if not item[6].done():
-                item[6].set_exception(TransportUnavailableError("the redis transport was closed"))
+        for _item, future in self._queue:
+            if not future.done():
+                future.set_exception(TransportUnavailableError("the redis transport was closed"))
         self._queue.clear()
         self._idle.set()
 
@@ -917,14 +926,31 @@ class _AckWriter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch, self._queue = self._queue, []
-            await self._write(batch)
+            await self._write(self._take())
 
-    async def _write(self, batch: list[tuple[str, str, str, str, str, int, asyncio.Future[None]]]) -> None:
+    def _take(self) -> list[tuple[_T, asyncio.Future[None]]]:
+        batch = list(self._queue)
+        self._queue.clear()
+        return batch
+
+    async def _write(self, batch: list[tuple[_T, asyncio.Future[None]]]) -> None:
+        raise NotImplementedError
+
+
+class _AckWriter(_Coalescer[_AckItem]):
+    """Coalesces acks and releases of every subscription into pipelines."""
+
+    def __init__(self, transport: RedisTransport) -> None:
+        super().__init__(transport, "dotmac-events-redis-acks")
+
+    async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str, count: int) -> None:
+        await self._enqueue((op, key, group, consumer, entry_id, count))
+
+    async def _write(self, batch: list[tuple[_AckItem, asyncio.Future[None]]]) -> None:
         transport = self._transport
         acks: dict[tuple[str, str], list[str]] = {}
         releases: dict[tuple[str, str, str], list[Any]] = {}
-        for op, key, group, consumer, entry_id, count, _future in batch:
+        for (op, key, group, consumer, entry_id, count), _future in batch:
             if op == "ack":
                 acks.setdefault((key, group), []).append(entry_id)
             else:
@@ -948,7 +974,7 @@ class _AckWriter:
                 elif isinstance(result, Exception):
                     error = _transport_error("acknowledgement not written", result)
             break
-        for *_rest, future in batch:
+        for _item, future in batch:
             if future.done():
                 continue
             if error is None:
@@ -977,57 +1003,24 @@ class _AckWriter:
             return list(await pipe.execute(raise_on_error=False))
 
 
-class _Publisher:
+class _Publisher(_Coalescer[Sequence[Message]]):
     """Coalesces concurrent publishes into ``MULTI`` pipelines; then trims."""
 
     def __init__(self, transport: RedisTransport) -> None:
-        self._transport = transport
-        self._queue: deque[tuple[Sequence[Message], asyncio.Future[None]]] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(transport, "dotmac-events-redis-publisher")
         self._warned: dict[str, float] = {}
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dotmac-events-redis-publisher")
-
     async def submit(self, messages: Sequence[Message]) -> None:
-        if self._task is None or self._task.done():
-            raise BusStateError("the redis transport is closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((messages, future))
-        self._idle.clear()
-        self._wake.set()
-        await future
+        await self._enqueue(messages)
 
-    async def drain(self) -> None:
-        await self._idle.wait()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for _messages, future in self._queue:
-            if not future.done():
-                future.set_exception(TransportUnavailableError("the redis transport was closed"))
-        self._queue.clear()
-        self._idle.set()
-
-    async def _run(self) -> None:
-        while True:
-            if not self._queue:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch: list[tuple[Sequence[Message], asyncio.Future[None]]] = []
-            size = 0
-            while self._queue and (not batch or size + len(self._queue[0][0]) <= _MAX_PUBLISH_BATCH):
-                item = self._queue.popleft()
-                batch.append(item)
-                size += len(item[0])
-            await self._write(batch)
+    def _take(self) -> list[tuple[Sequence[Message], asyncio.Future[None]]]:
+        batch: list[tuple[Sequence[Message], asyncio.Future[None]]] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0][0]) <= _MAX_PUBLISH_BATCH):
+            item = self._queue.popleft()
+            batch.append(item)
+            size += len(item[0])
+        return batch
 
     async def _write(self, batch: list[tuple[Sequence[Message], asyncio.Future[None]]]) -> None:
         transport = self._transport

@@ -16,7 +16,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from dotmac.events import hookimpl
+from dotmac.events import ConsumeInfo, hookimpl
 from dotmac.events.errors import ConfigurationError, HeaderValidationError
 from dotmac.events.event import (
     MAX_HEADER_COUNT,
@@ -36,7 +36,7 @@ from dotmac.events.metrics import (
 from . import attributes as a
 
 if TYPE_CHECKING:
-    from dotmac.events import ConsumeInfo, Event, Message, PublishInfo
+    from dotmac.events import Event, Message, PublishInfo
 
 __all__ = ["INSTRUMENTATION_SCOPE", "METRIC_NAMES", "OtelObserver"]
 
@@ -289,6 +289,8 @@ class OtelObserver:
         self, info: PublishInfo | ConsumeInfo, event: Event | None, message: Message | None = None
     ) -> dict[str, str]:
         attrs = {"topic": self._labels.topic(info.topic), "transport": info.transport}
+        if isinstance(info, ConsumeInfo):
+            attrs["consumer_group"] = info.group or ""
         if self.tenant_metrics:
             attrs["tenant"] = self._labels.tenant(event, message)
         return attrs
@@ -338,7 +340,6 @@ class OtelObserver:
                 span.set_status(Status(StatusCode.ERROR, _describe(error)))
         if self.metrics:
             attrs = self._metric_attributes(info, event)
-            attrs["consumer_group"] = info.group or ""
             attrs["outcome"] = outcome
             self._consumed.add(1, attrs)
             self._consume_duration.record(duration, attrs)
@@ -360,7 +361,6 @@ class OtelObserver:
             )
         if self.metrics:
             attrs = self._metric_attributes(info, event)
-            attrs["consumer_group"] = info.group or ""
             self._retried.add(1, attrs)
 
     @hookimpl
@@ -378,7 +378,6 @@ class OtelObserver:
             self._trace_dead_letter(event, message, info, dlq_topic, reason, error, attempts)
         if self.metrics:
             attrs = self._metric_attributes(info, event, message)
-            attrs["consumer_group"] = info.group or ""
             attrs["reason"] = reason
             self._dead_lettered.add(1, attrs)
 

@@ -146,6 +146,10 @@ class PluginInfo(dict[str, Any]):
     """A JSON-ready description of one loaded plugin."""
 
 
+def _owned(registry: Registry, kind: str, plugin: str) -> list[str]:
+    return sorted(item for (k, item), owner in registry.owner.items() if k == kind and owner == plugin)
+
+
 def plugin_infos() -> list[PluginInfo]:
     """Name, version, hooks, transports and codecs of every loaded plugin, then failures."""
     pm = get_plugin_manager()
@@ -162,20 +166,10 @@ def plugin_infos() -> list[PluginInfo]:
                 if name in DEFAULT_PLUGINS
                 else _versions.get(name, "unknown"),
                 hooks=hooks,
-                transports=sorted(
-                    t for (kind, t), owner in registry.owner.items() if kind == "transport" and owner == name
-                ),
-                schemes=sorted(
-                    s for (kind, s), owner in registry.owner.items() if kind == "scheme" and owner == name
-                ),
-                codecs=sorted(
-                    c for (kind, c), owner in registry.owner.items() if kind == "codec" and owner == name
-                ),
-                retry_policies=sorted(
-                    r
-                    for (kind, r), owner in registry.owner.items()
-                    if kind == "retry_policy" and owner == name
-                ),
+                transports=_owned(registry, "transport", name),
+                schemes=_owned(registry, "scheme", name),
+                codecs=_owned(registry, "codec", name),
+                retry_policies=_owned(registry, "retry_policy", name),
             )
         )
     for name, error in sorted(_failed.items()):

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 
+import attrs
 import pytest
+from attrs import evolve
 
 from dotmac.events import (
     Event,
@@ -165,3 +169,64 @@ def test_with_headers() -> None:
     assert changed.event_id == event.event_id
     with pytest.raises(HeaderValidationError):
         event.with_headers(**{"bad name": "x"})
+
+
+def test_event_ids_are_version_4_uuids() -> None:
+    for _ in range(200):
+        parsed = uuid.UUID(EventMetadata().event_id)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == EventMetadata(event_id=str(parsed)).event_id
+
+
+class _Text(str):
+    pass
+
+
+def test_remembered_names_are_still_checked_in_context() -> None:
+    # A topic, header name or tenant seen before skips its regular expression, but
+    # everything else about the event is still validated.
+    Event(topic="orders", headers={"x-trace": "1"}, tenant_id="acme")
+    with pytest.raises(HeaderValidationError, match="CR, LF or NUL"):
+        Event(topic="orders", headers={"x-trace": "a\r\nb"}, tenant_id="acme")
+    with pytest.raises(HeaderValidationError, match="reserved"):
+        Event(topic="orders", headers={"ce_id": "1"})
+    with pytest.raises(HeaderValidationError, match="reserved"):
+        Event(topic="orders", headers={"ce_id": "1"})
+    with pytest.raises(InvalidTopicError):
+        Event(topic=_Text("bad topic"))
+    assert Event(topic=_Text("orders")).topic == "orders"
+
+
+def test_read_only_headers_are_validated_too() -> None:
+    with pytest.raises(HeaderValidationError, match="NUL"):
+        Event(topic="t", headers=MappingProxyType({"a": "x\x00"}))
+    with pytest.raises(HeaderValidationError, match="must be a str"):
+        Event(topic="t", headers=MappingProxyType({"a": 1}))
+
+
+def test_validation_survives_many_distinct_names() -> None:
+    for i in range(5000):
+        Event(topic=f"topic-{i}", headers={f"h-{i}": "v"}, tenant_id=f"t{i}")
+    with pytest.raises(InvalidTopicError):
+        Event(topic="topic 1")
+    with pytest.raises(InvalidTenantError):
+        Event(topic="topic-1", tenant_id="t/1")
+
+
+def test_evolve_validates_again() -> None:
+    event = Event(topic="t", headers={"a": "1"})
+    assert evolve(event, topic="u").topic == "u"
+    with pytest.raises(InvalidTopicError):
+        evolve(event, topic="not valid")
+    with pytest.raises(ValidationError, match=r"metadata\.source"):
+        evolve(event.metadata, source="")
+    assert attrs.has(Event)
+    assert [f.name for f in attrs.fields(Event)] == [
+        "topic",
+        "payload",
+        "key",
+        "headers",
+        "tenant_id",
+        "metadata",
+    ]

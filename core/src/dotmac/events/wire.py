@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any
 
 from .errors import DecodeError, ValidationError
+from .event import _NOTHING as _DEFAULT
 from .event import Event, EventMetadata
 from .transport import Message
 
@@ -117,33 +119,33 @@ def split_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str,
 def build_event(message: Message, payload: dict[str, Any]) -> Event:
     """Rebuild the :class:`Event` from a received message and its decoded payload."""
     envelope, user = split_headers(message.headers)
+    get = envelope.get
+    event_id = get("ce_id")
+    if event_id is None:
+        raise DecodeError(f"message on {message.topic!r} has no ce_id header")
+    time_text = get("ce_time")
     try:
-        event_id = envelope["ce_id"]
-    except KeyError:
-        raise DecodeError(f"message on {message.topic!r} has no ce_id header") from None
-    try:
-        occurred_at = parse_time(envelope["ce_time"]) if "ce_time" in envelope else None
+        occurred_at = _DEFAULT if time_text is None else parse_time(time_text)
     except ValueError as exc:
         raise DecodeError(f"message on {message.topic!r} has a malformed ce_time: {exc}") from exc
     try:
-        meta_kwargs: dict[str, Any] = {
-            "event_id": event_id,
-            "event_type": envelope.get("ce_type"),
-            "source": envelope.get("ce_source"),
-            "content_type": envelope.get("content-type"),
-        }
-        if occurred_at is not None:
-            meta_kwargs["occurred_at"] = occurred_at
-        for attr, header in CE_ATTRIBUTES.items():
-            if header in envelope:
-                meta_kwargs[attr] = envelope[header]
         return Event(
-            topic=message.topic,
-            payload=payload,
-            key=message.key,
-            headers=user,
-            tenant_id=envelope.get("ce_tenantid"),
-            metadata=EventMetadata(**meta_kwargs),
+            message.topic,
+            payload,
+            message.key,
+            MappingProxyType(user),
+            get("ce_tenantid"),
+            EventMetadata(
+                event_id,
+                get("ce_type"),
+                get("ce_source"),
+                occurred_at,
+                get("ce_correlationid"),
+                get("ce_causationid"),
+                get("ce_replyto"),
+                get("content-type"),
+                get("ce_schemaversion"),
+            ),
         )
     except ValidationError as exc:
         raise DecodeError(f"message on {message.topic!r} has an invalid envelope: {exc}") from exc

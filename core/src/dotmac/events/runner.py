@@ -101,6 +101,37 @@ def _clean(text: str) -> str:
     return text[:MAX_ERROR_MESSAGE]
 
 
+class _Window:
+    """How many deliveries the runner holds (queued, running or acking), at most ``limit``.
+
+    A full window reopens once half of it is free again, so a transport pushing a
+    backlog wakes once per half window instead of once per finished event.
+    """
+
+    __slots__ = ("_room", "full", "held", "limit", "reopen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reopen = limit - max(1, limit // 2)
+        self.held = 0
+        self.full = False
+        self._room = asyncio.Event()
+
+    async def take(self) -> None:
+        while self.full:
+            self._room.clear()
+            await self._room.wait()
+        self.held += 1
+        if self.held >= self.limit:
+            self.full = True
+
+    def give(self) -> None:
+        self.held -= 1
+        if self.full and self.held <= self.reopen:
+            self.full = False
+            self._room.set()
+
+
 class _Lane:
     __slots__ = ("queue", "task", "wakeup")
 
@@ -138,10 +169,11 @@ class Subscription:
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             type(handler).__call__
         )
+        self._plain = not self._is_async and options.handler_timeout is None
         self._policy = policy
         self._max_retries = policy.max_retries
         self._lanes = [_Lane() for _ in range(options.concurrency)]
-        self._capacity = asyncio.Semaphore(max(options.prefetch_count, options.concurrency))
+        self._window = _Window(max(options.prefetch_count, options.concurrency))
         self._stopping = asyncio.Event()
         self._rr = 0
         self._transport_sub: TransportSubscription | None = None
@@ -188,7 +220,7 @@ class Subscription:
                 while lane.queue:
                     delivery = lane.queue.popleft()
                     await self._release(delivery)
-                    self._capacity.release()
+                    self._window.give()
                 lane.wakeup.set()
             await self._stop_workers(timeout)
             await self._finish_acks(timeout)
@@ -221,9 +253,9 @@ class Subscription:
     # -- intake ------------------------------------------------------------------------
     async def _deliver(self, delivery: Delivery) -> None:
         """The sink handed to the transport: waits for room, then queues the delivery."""
-        await self._capacity.acquire()
+        await self._window.take()
         if self._stopping.is_set():
-            self._capacity.release()
+            self._window.give()
             await self._release(delivery)
             return
         lanes = self._lanes
@@ -256,12 +288,12 @@ class Subscription:
                 log.exception("unexpected error while processing a delivery on %s", self.topics)
             finally:
                 if acking is None:
-                    self._capacity.release()
+                    self._window.give()
                 else:
                     acking.add_done_callback(self._acked)
 
     def _acked(self, _future: asyncio.Future[None]) -> None:
-        self._capacity.release()
+        self._window.give()
 
     def _ack_finished(self, future: asyncio.Future[None]) -> None:
         # ``handled`` counts events whose ack was settled, so a caller waiting on it
@@ -359,7 +391,14 @@ class Subscription:
         while True:
             attempt += 1
             try:
-                result = await self._call(event)
+                if self._plain:
+                    # A synchronous handler without a timeout: called right here, no
+                    # coroutine of its own (the common case on the hot path).
+                    result = self._handler(event)
+                    if result is not None and inspect.isawaitable(result):
+                        result = await result
+                else:
+                    result = await self._call(event)
             except asyncio.CancelledError:
                 await asyncio.shield(self._release(delivery))
                 if observers.on_consume is not None:

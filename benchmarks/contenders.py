@@ -10,8 +10,8 @@ bus's JSON codec):
   ``batched=False`` every command is its own await (one XACK per event); with
   ``batched=True`` ``publish_batch`` pipelines the XADDs and the consumer acks each
   read batch with one XACK after handling it.
-- ``KafkaContender``: aiokafka, ``acks="all"``, ``linger_ms=5`` (the bus's
-  defaults); ``send_and_wait`` per event or ``send`` + gather per batch; the consumer
+- ``KafkaContender``: aiokafka, ``acks="all"``, ``linger_ms=0`` (aiokafka's and the
+  bus's defaults); ``send_and_wait`` per event or ``send`` + gather per batch; the consumer
   uses ``getmany`` and commits the handled offsets after each batch.
 - ``FastStreamRedisContender`` / ``FastStreamKafkaContender``: FastStream with
   ``AckPolicy.ACK`` (ack or commit after the handler); its per-message log is off so
@@ -53,8 +53,8 @@ def low_latency_kafka() -> None:
 
 
 def bus_kafka_query() -> str:
-    """The bus with the client settings of the raw aiokafka contender (linger_ms=0 is
-    aiokafka's default; the plugin's own default is 5 ms)."""
+    """The bus with the client settings of the raw aiokafka contender (spelled out,
+    though linger_ms=0 is the default of both)."""
     pairs = [f"{k}={v}" for k, v in KAFKA_CONSUMER.items()]
     return "&".join([*pairs, "linger_ms=0", "enable_idempotence=false"])
 

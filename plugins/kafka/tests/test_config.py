@@ -51,6 +51,14 @@ def test_url_credentials_mean_sasl_and_stay_out_of_repr() -> None:
     assert SECRET not in str(bus.transport.describe())
 
 
+def test_producer_does_not_linger_by_default() -> None:
+    # publish() waits for the broker's acknowledgement: a linger would be paid by
+    # every caller publishing one event at a time.
+    transport = create_bus("kafka://h1:9092").transport
+    assert transport._producer_options()["linger_ms"] == 0
+    assert create_bus("kafka://h1:9092?linger_ms=20").transport._producer_options()["linger_ms"] == 20
+
+
 def test_fast_url_for_tests() -> None:
     config = create_bus(fast_url("127.0.0.1:9092", num_partitions=2)).transport.config
     assert (config.session_timeout_ms, config.num_partitions) == (2000, 2)

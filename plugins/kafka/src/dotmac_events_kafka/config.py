@@ -175,6 +175,9 @@ class KafkaConfig:
       it; ``False`` turns it off.
     - ``compression_type``: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``None``.
     - ``linger_ms``, ``max_batch_size``, ``max_request_size``: producer batching.
+      ``publish`` returns once the broker acknowledged, so a linger only delays a
+      caller that publishes one event at a time; concurrent publishes and
+      ``publish_many`` fill batches while a request is in flight whatever it is.
     - ``request_timeout_ms``: how long a publish may wait for the broker's
       acknowledgement before it fails with a retriable error.
 
@@ -203,7 +206,7 @@ class KafkaConfig:
     acks: str = field(default="all", converter=_acks)
     enable_idempotence: bool | None = None
     compression_type: str | None = field(default=None, converter=_compression)
-    linger_ms: int = field(default=5, validator=_int_at_least(0))
+    linger_ms: int = field(default=0, validator=_int_at_least(0))
     max_batch_size: int = field(default=16_384, validator=_int_at_least(1))
     max_request_size: int = field(default=1_048_576, validator=_int_at_least(1))
     request_timeout_ms: int = field(default=30_000, validator=_int_at_least(1))

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -53,3 +56,25 @@ def test_publish_and_dlq_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.getvalue() == ""  # memory:// lives in this process only
     assert main(["publish", "bad topic", "--url", "memory://cli"], out=io.StringIO()) == 2
     assert "topic" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    # `dotmac-events plugins | head -0`: the reader is gone before anything is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from dotmac.events.cli import main; sys.exit(main(['plugins']))",
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert b"Traceback" not in done.stderr

@@ -28,10 +28,11 @@ import contextlib
 import logging
 import random
 import ssl
+import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -48,6 +49,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from dotmac.events import (
     Capabilities,
@@ -66,6 +68,12 @@ from dotmac.events.transport import DeliverySink
 
 from . import _scripts
 from .config import RedisConfig
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs without it
+    _hiredis_pack = None
 
 __all__ = ["CAPABILITIES", "DATA_FIELD", "KEY_FIELD", "RedisTransport"]
 
@@ -224,6 +232,72 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
     except asyncio.TimeoutError:
         return False
     return True
+
+
+# -- connections -------------------------------------------------------------------------
+# On Python 3.11 ``asyncio.wait_for``, which redis-py puts around every socket write,
+# runs the write in a task of its own: a task and an event-loop pass per command.
+# ``asyncio.timeout`` bounds the write the same way without one (3.12's wait_for does
+# just that; 3.10 has no asyncio.timeout).
+_TASKLESS_WRITE_TIMEOUT = sys.version_info[:2] == (3, 11)
+
+
+class _FastPacking(Connection):
+    """A connection that packs commands with hiredis (in C) rather than redis-py's
+    pure-Python packer, which costs about as much per event as the rest of a publish,
+    and that bounds socket writes without a task per command."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        writer = self._writer
+        if not _TASKLESS_WRITE_TIMEOUT or not self.socket_timeout or writer is None or not self.is_connected:
+            await super().send_packed_command(command, check_health)
+            return
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        try:
+            if isinstance(command, str):
+                command = command.encode()
+            if isinstance(command, bytes):
+                command = [command]
+            async with asyncio.timeout(self.socket_timeout):  # type: ignore[attr-defined,unused-ignore]
+                writer.writelines(command)
+                await writer.drain()
+        except asyncio.TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket: {exc!r}") from exc
+        except BaseException:
+            # A write cut short leaves the protocol state unknown (as in redis-py).
+            await self.disconnect(nowait=True)
+            raise
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        if _hiredis_pack is None:
+            return super().pack_command(*args)
+        first = args[0]
+        # Like redis-py: a command name such as "SCRIPT LOAD" is two arguments.
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError:
+            # A type hiredis does not take (bytearray) or refuses (bool, None):
+            # redis-py packs it or raises its own DataError.
+            return super().pack_command(*args)
+
+
+class _Connection(_FastPacking):
+    pass
+
+
+class _SSLConnection(_FastPacking, SSLConnection):
+    pass
 
 
 # -- deliveries --------------------------------------------------------------------------
@@ -1243,7 +1317,7 @@ class RedisTransport(Transport):
         return kwargs
 
     def _connection_class(self) -> type[Connection]:
-        return SSLConnection if self.config.ssl else Connection
+        return _SSLConnection if self.config.ssl else _Connection
 
     def _make_reader_connection(self) -> Connection:
         kwargs = self._connection_kwargs()

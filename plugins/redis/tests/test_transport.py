@@ -474,3 +474,91 @@ def test_dead_letters_listed_and_replayed_with_the_cli(redis_url: str, prefix: s
             return [json.loads(m.value)["i"] for m in await bus.transport.read(name)]
 
     assert asyncio.run(read_back()) == [0, 1, 2, 1]
+
+
+# -- the writers -------------------------------------------------------------------------
+def record_writes(writer: Any) -> list[tuple[int, bool]]:
+    """(batch size, written in the caller's task) of each write of ``writer``."""
+    writes: list[tuple[int, bool]] = []
+    write = writer._write
+
+    async def recording(batch: list[Any], link: Any) -> None:
+        writes.append((len(batch), link is writer._direct_link))
+        await write(batch, link)
+
+    writer._write = recording
+    return writes
+
+
+async def test_a_lone_publish_is_written_in_the_callers_task_concurrent_ones_are_batched(
+    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
+) -> None:
+    name = topic()
+    async with buses() as bus:
+        await bus.publish(Event(topic=name, payload={"i": -1}))  # connections are open
+        writes = record_writes(transport_of(bus)._publisher)
+        await bus.publish(Event(topic=name, payload={"i": 0}))
+        assert writes == [(1, True)]
+        writes.clear()
+        await asyncio.gather(*(bus.publish(Event(topic=name, payload={"i": i})) for i in range(1, 51)))
+        # The first goes straight out; the others queue meanwhile and go in one batch.
+        assert writes == [(1, True), (49, False)]
+        entries = await raw.xrange(f"{prefix}{name}")
+        assert len(entries) == 52
+
+
+async def test_a_cancelled_direct_publish_leaves_the_publisher_usable(
+    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
+) -> None:
+    name = topic()
+    async with buses(publish_timeout=T) as bus:
+        publisher = transport_of(bus)._publisher
+        await bus.publish(Event(topic=name, payload={"i": 0}))
+        writes = record_writes(publisher)
+        # Writes wait on the server, so the first publish is still in flight when
+        # the second one comes and when the first is cancelled.
+        await raw.execute_command("CLIENT", "PAUSE", int(T * 1000), "WRITE")
+        try:
+            cancelled = asyncio.create_task(bus.publish(Event(topic=name, payload={"i": 1})))
+            await wait_for(lambda: publisher._direct == 1, T)
+            queued = asyncio.create_task(bus.publish(Event(topic=name, payload={"i": 2})))
+            await wait_for(lambda: len(publisher._batch) == 1, T)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            assert publisher._direct == 0
+        finally:
+            await raw.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(queued, T)
+        assert writes == [(1, True), (1, False)]
+        await bus.publish(Event(topic=name, payload={"i": 3}))
+        assert writes[-1] == (1, True)
+        await asyncio.wait_for(publisher.drain(), T)
+        values = [json.loads(fields["@data"])["i"] for _id, fields in await raw.xrange(f"{prefix}{name}")]
+        assert values[0] == 0 and values[-2:] == [2, 3]
+
+
+async def test_publishes_and_acks_survive_a_flushed_script_cache_and_killed_connections(
+    buses: Callable[..., EventBus], raw: aioredis.Redis
+) -> None:
+    name = topic()
+    client_name = f"victim-{uuid.uuid4().hex[:8]}"
+    async with buses(client_name=client_name) as bus:
+        seen = Collector()
+        await bus.subscribe(name, seen, group="g")
+        await bus.publish(Event(topic=name, payload={"i": 0}))
+        await seen.wait_count(1, T)
+        await raw.script_flush()
+        killed = 0
+        for info in await raw.client_list():
+            if info.get("name") == client_name and "xreadgroup" not in info.get("cmd", ""):
+                killed += await raw.client_kill_filter(_id=info["id"])
+        assert killed >= 2  # the publisher's and the ack writer's at least
+        await bus.publish(Event(topic=name, payload={"i": 1}))
+        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in (2, 3)])
+        await seen.wait_count(4, T)
+        group = group_sub(bus)
+        await wait_for(lambda: not group._outstanding, T, what="acks written")
+        assert sorted(e.payload["i"] for e in seen.events) == [0, 1, 2, 3]
+        pending = await raw.xpending(f"{bus.transport.config.key_prefix}{name}", "g")
+        assert pending["pending"] == 0

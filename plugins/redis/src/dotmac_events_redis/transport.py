@@ -43,6 +43,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     NoPermissionError,
+    NoScriptError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -354,39 +355,51 @@ class _RedisDelivery(Delivery):
         return f"<RedisDelivery {self.key} {self.entry_id} count={self.delivery_count}>"
 
 
-# -- the reader connection ---------------------------------------------------------------
-class _Reader:
-    """A dedicated connection for blocking reads that knows its server-side client id."""
+# -- connections of their own ----------------------------------------------------------
+class _Link:
+    """A connection of its own, outside the pool, for one command at a time.
 
-    def __init__(self, transport: RedisTransport, label: str) -> None:
+    Blocking reads must not hold a pool connection; the writers' hot paths (a
+    publish, a batch of acks) use links too, because checking a connection out of
+    redis-py's pool and back costs more client time than the command itself.
+    After a failure or a cancellation the connection is dropped and the next
+    command opens a new one; an error reply leaves it in use.
+    """
+
+    blocking = False
+
+    def __init__(self, transport: RedisTransport) -> None:
         self._transport = transport
-        self._label = label
         self._conn: Connection | None = None
+        self._shut = False
         self.client_id: int | None = None
 
     async def command(self, *args: Any) -> Any:
+        if self._shut:
+            raise RedisConnectionError("the connection was closed with the transport")
         conn = self._conn
         if conn is None or not conn.is_connected:
             await self.close()
-            conn = self._transport._make_reader_connection()
+            conn = self._transport._make_link_connection(blocking=self.blocking)
             self._conn = conn
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_command("CLIENT", "ID")
-                self.client_id = int(await conn.read_response())
-            except ResponseError:
-                # Without CLIENT ID (ACL) stop() falls back to cancelling the read.
-                self.client_id = None
+                await self._on_connect(conn)
             except BaseException:
                 await self.close()
                 raise
         try:
             await conn.send_command(*args)
             return await conn.read_response()
+        except ResponseError:
+            raise
         except BaseException:
             # After a failure or a cancellation the connection state is unknown.
             await self.close()
             raise
+
+    async def _on_connect(self, conn: Connection) -> None:
+        """Hook: set up a new connection."""
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -394,6 +407,26 @@ class _Reader:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
+
+    async def shut(self) -> None:
+        """Close for good: later commands fail instead of connecting again."""
+        self._shut = True
+        await self.close()
+
+
+class _Reader(_Link):
+    """A link for blocking reads that knows its server-side client id (``stop()``
+    unblocks a read with it) and whose socket timeout outlasts the BLOCK time."""
+
+    blocking = True
+
+    async def _on_connect(self, conn: Connection) -> None:
+        try:
+            await conn.send_command("CLIENT", "ID")
+            self.client_id = int(await conn.read_response())
+        except ResponseError:
+            # Without CLIENT ID (ACL) stop() falls back to cancelling the read.
+            self.client_id = None
 
 
 # -- subscriptions -----------------------------------------------------------------------
@@ -415,7 +448,7 @@ class _Subscription(TransportSubscription):
         self._stopping = asyncio.Event()
         self._stopped = False
         self._phase: Literal["idle", "read", "sink"] = "idle"
-        self._reader = _Reader(transport, self.name)
+        self._reader = _Reader(transport)
         self._task: asyncio.Task[None] | None = None
         self._backoff = _Backoff(self._config.reconnect_backoff_max)
         self._failing_since: float | None = None
@@ -955,8 +988,12 @@ _AckItem = tuple[str, str, str, str, str, int]  # op, key, group, consumer, entr
 class _Coalescer(Generic[_T]):
     """A task that writes what concurrent callers submit, in batches.
 
-    ``submit`` returns once the batch holding its item was written (or raises what
-    the write raised); ``_write`` settles every future of a batch.
+    ``_enqueue`` returns once the batch holding its item was written (or raises what
+    the write raised); ``_write`` settles every future of a batch. ``_write_now``
+    lets a caller that finds nothing queued and nothing being written do its write
+    in its own task, saving the trip to the writer task and back; callers that come
+    meanwhile queue up for the writer task, which batches them while that write is
+    still in flight.
     """
 
     def __init__(self, transport: RedisTransport, task_name: str) -> None:
@@ -967,18 +1004,47 @@ class _Coalescer(Generic[_T]):
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[tuple[_T, asyncio.Future[None]]] = []  # being written by the task
+        self._direct = 0  # writes being done by callers in their own tasks
+        self._link = _Link(transport)  # the task's
+        self._direct_link = _Link(transport)  # for callers writing in their own tasks
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._task_name)
 
-    async def _enqueue(self, item: _T) -> None:
+    def _check_open(self) -> None:
         if self._task is None or self._task.done():
             raise BusStateError("the redis transport is closed")
+
+    async def _enqueue(self, item: _T) -> None:
+        self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._idle.clear()
         self._wake.set()
         await future
+
+    def _can_write_now(self) -> bool:
+        return not self._queue and not self._batch and not self._direct
+
+    async def _write_now(self, item: _T) -> None:
+        """Write ``item`` in the caller's task (see the class docstring); only when
+        :meth:`_can_write_now`. A cancelled caller leaves nothing behind: what was
+        queued meanwhile is the writer task's either way."""
+        self._check_open()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._direct += 1
+        self._idle.clear()
+        try:
+            await self._write([(item, future)], self._direct_link)
+        finally:
+            self._direct -= 1
+            self._check_idle()
+        future.result()
+
+    def _check_idle(self) -> None:
+        if not self._queue and not self._batch and not self._direct:
+            self._idle.set()
 
     async def drain(self) -> None:
         await self._idle.wait()
@@ -987,27 +1053,35 @@ class _Coalescer(Generic[_T]):
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for _item, future in self._queue:
+        # What was queued, and a batch the cancellation cut short, fail rather than
+        # leave their callers waiting.
+        for _item, future in (*self._batch, *self._queue):
             if not future.done():
                 future.set_exception(TransportUnavailableError("the redis transport was closed"))
+        self._batch = []
         self._queue.clear()
-        self._idle.set()
+        self._check_idle()
+        await self._link.shut()
+        await self._direct_link.shut()
 
     async def _run(self) -> None:
         while True:
             if not self._queue:
-                self._idle.set()
+                self._check_idle()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._write(self._take())
+            self._batch = self._take()
+            await self._write(self._batch, self._link)
+            self._batch = []
 
     def _take(self) -> list[tuple[_T, asyncio.Future[None]]]:
         batch = list(self._queue)
         self._queue.clear()
         return batch
 
-    async def _write(self, batch: list[tuple[_T, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[_T, asyncio.Future[None]]], link: _Link) -> None:
+        """Write ``batch`` (single-command writes on ``link``) and settle its futures."""
         raise NotImplementedError
 
 
@@ -1020,7 +1094,7 @@ class _AckWriter(_Coalescer[_AckItem]):
     async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str, count: int) -> None:
         await self._enqueue((op, key, group, consumer, entry_id, count))
 
-    async def _write(self, batch: list[tuple[_AckItem, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[_AckItem, asyncio.Future[None]]], link: _Link) -> None:
         transport = self._transport
         acks: dict[tuple[str, str], list[str]] = {}
         releases: dict[tuple[str, str, str], list[Any]] = {}
@@ -1034,7 +1108,7 @@ class _AckWriter(_Coalescer[_AckItem]):
         error: BaseException | None = None
         while True:
             try:
-                results = await self._send(acks, releases)
+                results = await self._send(acks, releases, link)
             except Exception as exc:
                 if _retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("ack write failed, retrying: %r", exc)
@@ -1057,16 +1131,19 @@ class _AckWriter(_Coalescer[_AckItem]):
                 future.set_exception(error)
 
     async def _send(
-        self, acks: dict[tuple[str, str], list[str]], releases: dict[tuple[str, str, str], list[Any]]
+        self,
+        acks: dict[tuple[str, str], list[str]],
+        releases: dict[tuple[str, str, str], list[Any]],
+        link: _Link,
     ) -> list[Any]:
-        client = self._transport._redis()
         if len(acks) == 1 and not releases:
             # The common case (one subscription acking): one command, no pipeline.
             ((key, group), ids), *_ = acks.items()
             try:
-                return [await client.xack(key, group, *ids)]
+                return [await link.command("XACK", key, group, *ids)]
             except ResponseError as exc:
                 return [exc]
+        client = self._transport._redis()
         async with client.pipeline(transaction=False) as pipe:
             for (key, group), ids in acks.items():
                 pipe.xack(key, group, *ids)
@@ -1085,7 +1162,10 @@ class _Publisher(_Coalescer[Sequence[Message]]):
         self._warned: dict[str, float] = {}
 
     async def submit(self, messages: Sequence[Message]) -> None:
-        await self._enqueue(messages)
+        if self._can_write_now():
+            await self._write_now(messages)
+        else:
+            await self._enqueue(messages)
 
     def _take(self) -> list[tuple[Sequence[Message], asyncio.Future[None]]]:
         batch: list[tuple[Sequence[Message], asyncio.Future[None]]] = []
@@ -1096,7 +1176,7 @@ class _Publisher(_Coalescer[Sequence[Message]]):
             size += len(item[0])
         return batch
 
-    async def _write(self, batch: list[tuple[Sequence[Message], asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[Sequence[Message], asyncio.Future[None]]], link: _Link) -> None:
         transport = self._transport
         config = transport.config
         flat: list[tuple[int, str, Message]] = []
@@ -1118,7 +1198,7 @@ class _Publisher(_Coalescer[Sequence[Message]]):
         backoff = _Backoff(config.reconnect_backoff_max)
         while True:
             try:
-                results = await self._send(flat, reply_keys, trim_keys)
+                results = await self._send(flat, reply_keys, trim_keys, link)
             except Exception as exc:
                 if _retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("publish failed, retrying: %r", exc)
@@ -1158,7 +1238,7 @@ class _Publisher(_Coalescer[Sequence[Message]]):
         transport.counters["published"] += published
 
     async def _send(
-        self, flat: list[tuple[int, str, Message]], reply_keys: set[str], trim_keys: list[str]
+        self, flat: list[tuple[int, str, Message]], reply_keys: set[str], trim_keys: list[str], link: _Link
     ) -> list[Any]:
         """Write the entries; results per entry (``None`` or an error), then the lengths
         of ``trim_keys``."""
@@ -1175,7 +1255,7 @@ class _Publisher(_Coalescer[Sequence[Message]]):
                 fields = _entry_fields(message)
                 args.append(len(fields))
                 args.extend(fields)
-            length = await transport._scripts["add"](keys=[key], args=args, client=client)
+            length = await transport._eval(link, "add", [key], args)
             return [None] * len(flat) + ([int(length)] if trim_keys else [])
         async with client.pipeline(transaction=True) as pipe:
             for _index, key, message in flat:
@@ -1319,10 +1399,11 @@ class RedisTransport(Transport):
     def _connection_class(self) -> type[Connection]:
         return _SSLConnection if self.config.ssl else _Connection
 
-    def _make_reader_connection(self) -> Connection:
+    def _make_link_connection(self, *, blocking: bool) -> Connection:
         kwargs = self._connection_kwargs()
-        # A blocking read must outlive its BLOCK time; a dead server still times out.
-        kwargs["socket_timeout"] = self.config.socket_timeout + self.config.block_timeout
+        if blocking:
+            # A blocking read must outlive its BLOCK time; a dead server still times out.
+            kwargs["socket_timeout"] = self.config.socket_timeout + self.config.block_timeout
         return self._connection_class()(**kwargs)
 
     def _redis(self) -> aioredis.Redis:
@@ -1332,6 +1413,16 @@ class RedisTransport(Transport):
 
     def _script(self, name: str) -> Any:
         return self._scripts[name]
+
+    async def _eval(self, link: _Link, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a registered script on ``link``."""
+        script = self._scripts[name]
+        try:
+            return await link.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # The server's script cache was emptied (restart, SCRIPT FLUSH); EVAL
+            # runs the script and caches it again.
+            return await link.command("EVAL", script.script, len(keys), *keys, *args)
 
     async def _touch(
         self, key: str, group: str, consumer: str, ids: Sequence[str], idle_ms: int

@@ -1,4 +1,4 @@
-"""The transport's connection class: command packing and bounded socket writes."""
+"""The transport's connection class (command packing, bounded socket writes) and entry parsing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dotmac_events_redis.transport import _Connection
+from dotmac_events_redis.transport import _Connection, _entry_message
 
 
 @pytest.mark.parametrize(
@@ -69,3 +69,28 @@ async def test_a_write_the_server_does_not_take_times_out_and_disconnects() -> N
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+# -- parsing stream entries ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fields", "headers"),
+    [
+        ([b"h", b"v", b"@key", b"k", b"@data", b"{}"], {"h": "v"}),
+        ({b"h": b"v", b"@key": b"k", b"@data": b"{}"}, {"h": "v"}),
+        # Not UTF-8: decoded with replacement characters rather than refused.
+        ([b"h", b"\xff", b"@key", b"k", b"@data", b"{}"], {"h": "\ufffd"}),
+        (["h", "v", b"@key", b"k", b"@data", b"{}"], {"h": "v"}),
+    ],
+)
+def test_entries_become_messages(fields: Any, headers: dict[str, str]) -> None:
+    message = _entry_message("orders", b"1-2", fields)
+    assert message.topic == "orders"
+    assert message.position == "1-2"
+    assert message.key == "k"
+    assert message.value == b"{}"
+    assert message.headers == headers
+
+
+def test_an_entry_without_key_or_data_is_an_empty_message() -> None:
+    message = _entry_message("orders", b"1-2", [b"h", b"v"])
+    assert (message.key, message.value, message.headers) == (None, b"", {"h": "v"})

@@ -170,20 +170,25 @@ def _transport_error(what: str, exc: BaseException) -> TransportError:
 
 def _entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
     """A received stream entry as a :class:`Message` (fields as a flat list or a dict)."""
-    items: Iterable[tuple[Any, Any]] = (
-        fields.items() if isinstance(fields, dict) else zip(fields[::2], fields[1::2], strict=True)
+    if isinstance(fields, list):
+        pairs = iter(fields)
+        items: dict[Any, Any] = dict(zip(pairs, pairs, strict=True))
+    else:
+        items = dict(fields)
+    value = items.pop(_DATA_FIELD_B, b"")
+    key = items.pop(_KEY_FIELD_B, None)
+    try:
+        # The usual reply: every name and value a bytes object of valid UTF-8.
+        headers = {name.decode(): raw.decode() for name, raw in items.items()}
+    except (AttributeError, UnicodeDecodeError):
+        headers = {_text(name): _text(raw) for name, raw in items.items()}
+    return Message(
+        topic=topic,
+        value=value if isinstance(value, bytes) else _text(value).encode(),
+        key=None if key is None else _text(key),
+        headers=headers,
+        position=_text(entry_id),
     )
-    headers: dict[str, str] = {}
-    key: str | None = None
-    value = b""
-    for name, raw in items:
-        if name == _DATA_FIELD_B:
-            value = raw if isinstance(raw, bytes) else _text(raw).encode()
-        elif name == _KEY_FIELD_B:
-            key = _text(raw)
-        else:
-            headers[_text(name)] = _text(raw)
-    return Message(topic=topic, value=value, key=key, headers=headers, position=_text(entry_id))
 
 
 def _streams(reply: Any) -> Iterable[tuple[Any, Any]]:
@@ -338,7 +343,9 @@ class _RedisDelivery(Delivery):
             return
         self._state = _ACKED
         try:
-            await self._sub._acknowledge(self)
+            written = self._sub._acknowledge(self)
+            if written is not None:
+                await written
         finally:
             self._sub._settle(self)
 
@@ -612,8 +619,10 @@ class _Subscription(TransportSubscription):
         if delivery._settled is not None:
             delivery._settled.set()
 
-    async def _acknowledge(self, delivery: _RedisDelivery) -> None:
-        """Hook: make the acknowledgement durable."""
+    def _acknowledge(self, delivery: _RedisDelivery) -> asyncio.Future[None] | None:
+        """Hook: start making the acknowledgement durable; the future is done once it
+        is (``None``: nothing to wait for)."""
+        return None
 
     async def _release(self, delivery: _RedisDelivery) -> None:
         """Hook: make the entry available for redelivery."""
@@ -869,8 +878,8 @@ class _GroupSubscription(_Subscription):
             self._settle(delivery)
 
     # -- acks ----------------------------------------------------------------------------
-    async def _acknowledge(self, delivery: _RedisDelivery) -> None:
-        await self._transport._writer.submit("ack", delivery.key, self.group, self.name, delivery.entry_id, 0)
+    def _acknowledge(self, delivery: _RedisDelivery) -> asyncio.Future[None]:
+        return self._transport._writer.put(("ack", delivery.key, self.group, self.name, delivery.entry_id, 0))
 
     async def _release(self, delivery: _RedisDelivery) -> None:
         self._transport.counters["released"] += 1
@@ -1016,13 +1025,17 @@ class _Coalescer(Generic[_T]):
         if self._task is None or self._task.done():
             raise BusStateError("the redis transport is closed")
 
-    async def _enqueue(self, item: _T) -> None:
+    def put(self, item: _T) -> asyncio.Future[None]:
+        """Queue ``item`` for the writer task; the future settles once it is written."""
         self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._idle.clear()
         self._wake.set()
-        await future
+        return future
+
+    async def _enqueue(self, item: _T) -> None:
+        await self.put(item)
 
     def _can_write_now(self) -> bool:
         return not self._queue and not self._batch and not self._direct

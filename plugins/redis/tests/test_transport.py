@@ -337,16 +337,21 @@ async def test_reply_streams_expire_and_go_away_with_their_bus(
         assert not await raw.exists(reply_key)
 
 
+# Capped, a publish is a script call that also checks the length; uncapped, an XADD.
+@pytest.mark.parametrize("cap", [100_000, None])
 async def test_publish_to_a_key_of_another_type_fails_precisely(
-    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
+    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str, cap: int | None
 ) -> None:
     name = topic()
     await raw.set(f"{prefix}{name}", "not a stream")
-    async with buses() as bus:
+    async with buses(max_stream_length=cap) as bus:
         with pytest.raises(PublishError, match="WRONGTYPE") as info:
             await bus.publish(Event(topic=name, payload={}))
         assert not info.value.retriable
-        await bus.publish(Event(topic=topic(), payload={}))  # the bus is still usable
+        healthy = topic()
+        await bus.publish(Event(topic=healthy, payload={}))  # the bus is still usable
+        assert await raw.xlen(f"{prefix}{healthy}") == 1
+        assert transport_of(bus).counters["published"] == 1
 
 
 async def test_publish_many_across_streams(

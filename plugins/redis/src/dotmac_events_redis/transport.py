@@ -28,7 +28,6 @@ import contextlib
 import logging
 import random
 import ssl
-import sys
 import time
 import warnings
 from collections import deque
@@ -241,23 +240,22 @@ async def _wait(event: asyncio.Event, timeout: float) -> bool:
 
 
 # -- connections -------------------------------------------------------------------------
-# On Python 3.11 ``asyncio.wait_for``, which redis-py puts around every socket write,
-# runs the write in a task of its own: a task and an event-loop pass per command.
-# ``asyncio.timeout`` bounds the write the same way without one (3.12's wait_for does
-# just that; 3.10 has no asyncio.timeout).
-_TASKLESS_WRITE_TIMEOUT = sys.version_info[:2] == (3, 11)
-
-
 class _FastPacking(Connection):
     """A connection that packs commands with hiredis (in C) rather than redis-py's
     pure-Python packer, which costs about as much per event as the rest of a publish,
-    and that bounds socket writes without a task per command."""
+    and that arms the socket write timeout only for a write that has to wait.
+
+    redis-py bounds every write with ``asyncio.wait_for``, which on Python 3.11 runs
+    the write in a task of its own: a task, a timer and an event-loop pass per
+    command. A command the socket takes whole needs none of them; only a write left
+    buffered (a slow or stuck peer) is drained under ``socket_timeout``.
+    """
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
     ) -> None:
         writer = self._writer
-        if not _TASKLESS_WRITE_TIMEOUT or not self.socket_timeout or writer is None or not self.is_connected:
+        if not self.socket_timeout or writer is None or not self.is_connected:
             await super().send_packed_command(command, check_health)
             return
         if check_health:
@@ -267,9 +265,10 @@ class _FastPacking(Connection):
                 command = command.encode()
             if isinstance(command, bytes):
                 command = [command]
-            async with asyncio.timeout(self.socket_timeout):  # type: ignore[attr-defined,unused-ignore]
-                writer.writelines(command)
-                await writer.drain()
+            writer.writelines(command)
+            transport = writer.transport
+            if transport.get_write_buffer_size() or transport.is_closing():
+                await asyncio.wait_for(writer.drain(), self.socket_timeout)
         except asyncio.TimeoutError:
             await self.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
@@ -1260,9 +1259,13 @@ class _Publisher(_Coalescer[Sequence[Message]]):
         keys = {key for _i, key, _m in flat}
         ttl = int(transport.config.reply_ttl)
         if len(keys) == 1:
+            (key,) = keys
+            if len(flat) == 1 and not trim_keys and key not in reply_keys:
+                # Nothing to trim or expire: a plain XADD does it.
+                await link.command("XADD", key, "*", *_entry_fields(flat[0][2]))
+                return [None]
             # One stream (the usual publish or publish_many): one script call, atomic
             # like MULTI, and it returns the length for the trim check.
-            (key,) = keys
             args: list[Any] = [ttl if key in reply_keys else 0]
             for _index, _key, message in flat:
                 fields = _entry_fields(message)

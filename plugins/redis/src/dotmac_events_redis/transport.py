@@ -448,6 +448,9 @@ class _Subscription(TransportSubscription):
         self._keys = {transport.config.stream_key(t): t for t in spec.topics}
         cap = self._config.prefetch_count
         self.prefetch = spec.prefetch if cap is None else min(spec.prefetch, cap)
+        # Refill once half the prefetch is free: one read per half window rather than one
+        # per acknowledged entry, while the core still has the other half queued.
+        self._refill_at = self.prefetch - max(1, self.prefetch // 2)
         self._outstanding: dict[tuple[str, str], _RedisDelivery] = {}
         self._room = asyncio.Event()
         self._room.set()
@@ -572,10 +575,7 @@ class _Subscription(TransportSubscription):
         raise NotImplementedError
 
     async def _wait_for_room(self) -> int:
-        # Refill once half the prefetch is free: one read per half window rather than one
-        # per acknowledged entry, while the core still has the other half queued.
-        limit = self.prefetch - max(1, self.prefetch // 2)
-        while len(self._outstanding) > limit and not self._stopping.is_set():
+        while len(self._outstanding) > self._refill_at and not self._stopping.is_set():
             self._room.clear()
             await self._room.wait()
         return self.prefetch - len(self._outstanding)
@@ -613,8 +613,11 @@ class _Subscription(TransportSubscription):
 
     # -- delivery callbacks --------------------------------------------------------------
     def _settle(self, delivery: _RedisDelivery) -> None:
-        self._outstanding.pop((delivery.key, delivery.entry_id), None)
-        self._room.set()
+        outstanding = self._outstanding
+        outstanding.pop((delivery.key, delivery.entry_id), None)
+        if len(outstanding) <= self._refill_at:
+            # Wake a loop waiting for room only once it may read again.
+            self._room.set()
         if delivery._settled is not None:
             delivery._settled.set()
 

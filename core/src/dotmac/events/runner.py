@@ -253,7 +253,12 @@ class Subscription:
     # -- intake ------------------------------------------------------------------------
     async def _deliver(self, delivery: Delivery) -> None:
         """The sink handed to the transport: waits for room, then queues the delivery."""
-        await self._window.take()
+        window = self._window
+        if window.full:
+            await window.take()
+        else:
+            window.held += 1
+            window.full = window.held >= window.limit
         if self._stopping.is_set():
             self._window.give()
             await self._release(delivery)

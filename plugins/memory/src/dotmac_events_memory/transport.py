@@ -180,8 +180,14 @@ class _MemorySubscription(TransportSubscription):
             self._tasks.append(asyncio.create_task(self._pump(holder, sink), name=f"memory-pump-{name}"))
 
     async def _pump(self, holder: _Holder, sink: DeliverySink) -> None:
+        ready = holder.ready
         while True:
-            entry = await holder.get()
+            if ready:
+                entry = ready.popleft()
+                if len(ready) < holder.maxsize:
+                    holder.space.set()
+            else:
+                entry = await holder.get()
             holder.inflight += 1
             delivery = _MemoryDelivery(entry, holder)
             try:

@@ -18,7 +18,9 @@ without dragging the entries fetched alongside it to the dead-letter topic too.
 
 Acknowledgements and releases of all subscriptions go through one writer task that
 coalesces them; publishes go through another (one script call per single-stream
-batch, a ``MULTI`` block otherwise, then trimming per the configured policy).
+batch, a ``MULTI`` block otherwise, then trimming per the configured policy), except
+that a publish finding nothing queued or being written does that work in its own
+task. The writers' single commands go over connections they hold, not the pool.
 """
 
 from __future__ import annotations

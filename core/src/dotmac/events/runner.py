@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import socket
 import time
-import types
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Union
 
@@ -57,43 +57,6 @@ MAX_ERROR_MESSAGE = 1024
 def consumer_name() -> str:
     host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    # Continue a coroutine that was stepped by hand, exactly as ``await`` would have:
-    # hand each suspension to the event loop, pass results and exceptions back in.
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration:
-                return
-
-
-async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    await _resume(coro, yielded)
-
-
-def _start(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
-    """Run ``coro`` until it first waits; ``None`` if it finished without waiting,
-    else a task that finishes it. An in-process ack completes at once (no task);
-    an ack that needs a round trip goes on while the lane handles its next event."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration:
-        return None
-    except BaseException:
-        coro.close()
-        raise
-    return asyncio.get_running_loop().create_task(_finish(coro, yielded))
 
 
 def _clean(text: str) -> str:
@@ -179,7 +142,7 @@ class Subscription:
         self._transport_sub: TransportSubscription | None = None
         self._stopped = False
         self._stop_lock = asyncio.Lock()
-        # Acks still travelling to the broker; each holds its capacity slot until done.
+        # Acks still travelling to the broker; each holds its window slot until done.
         self._acking: set[asyncio.Future[None]] = set()
         self.handled = 0
         self.retried = 0
@@ -300,12 +263,16 @@ class Subscription:
     def _acked(self, _future: asyncio.Future[None]) -> None:
         self._window.give()
 
-    def _ack_finished(self, future: asyncio.Future[None]) -> None:
+    def _ack_finished(self, delivery: Delivery, future: asyncio.Future[None]) -> None:
         # ``handled`` counts events whose ack was settled, so a caller waiting on it
         # sees the broker's state, not a write still on its way.
         self._acking.discard(future)
-        if not future.cancelled():
-            self.handled += 1
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._ack_failed(delivery, exc)
+        self.handled += 1
 
     # -- processing --------------------------------------------------------------------
     async def _release(self, delivery: Delivery) -> None:
@@ -319,10 +286,13 @@ class Subscription:
         try:
             await delivery.ack()
         except Exception as exc:
-            # The event will be delivered again: at-least-once, never lost.
-            self.errors += 1
-            log.warning("ack failed on %s (it will be redelivered): %r", delivery.message.topic, exc)
-            self._bus._observers.error("ack", exc, {"topic": delivery.message.topic, "group": self.group})
+            self._ack_failed(delivery, exc)
+
+    def _ack_failed(self, delivery: Delivery, exc: BaseException) -> None:
+        # The event will be delivered again: at-least-once, never lost.
+        self.errors += 1
+        log.warning("ack failed on %s (it will be redelivered): %r", delivery.message.topic, exc)
+        self._bus._observers.error("ack", exc, {"topic": delivery.message.topic, "group": self.group})
 
     def _info(self, delivery: Delivery) -> ConsumeInfo:
         return ConsumeInfo(
@@ -452,12 +422,16 @@ class Subscription:
             # The handler returned: ack now, without holding the lane for the broker's
             # answer (a profile of redis:// showed one XACK round trip per event
             # serialising the whole subscription).
-            acking = _start(self._ack(delivery))
+            try:
+                acking = delivery.ack_nowait()
+            except Exception as exc:
+                self._ack_failed(delivery, exc)
+                acking = None
             if acking is None:
                 self.handled += 1
             else:
                 self._acking.add(acking)
-                acking.add_done_callback(self._ack_finished)
+                acking.add_done_callback(functools.partial(self._ack_finished, delivery))
             if observers.on_consume is not None:
                 observers.on_consume(
                     event=event,

@@ -12,8 +12,10 @@ Read ``docs/adapters.md`` for a walk-through; run
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Literal
+import asyncio
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Mapping, Sequence
+from typing import Any, Literal
 
 from attrs import field, frozen
 
@@ -102,6 +104,17 @@ class Delivery(abc.ABC):
         (hand the work to a writer and await its future, as the Redis transport does).
         """
 
+    def ack_nowait(self) -> asyncio.Future[None] | None:
+        """Start :meth:`ack` without waiting for it: ``None`` if it finished already,
+        else a future that settles as ``ack()`` would have returned (or raised).
+
+        The runner acks through this. The default runs ``ack()`` until it first waits
+        and finishes it in a task of its own. A transport whose ack hands the work to a
+        writer may override it to return the writer's future itself, which spares a
+        task per acknowledged event.
+        """
+        return run_until_wait(self.ack())
+
     @abc.abstractmethod
     async def release(self) -> None:
         """The message was not handled (shutdown, cancellation); deliver it again later.
@@ -115,6 +128,42 @@ class Delivery(abc.ABC):
         Kafka partition was revoked and another member owns it now). The core then drops
         it without calling the handler, acking or releasing it. Default ``False``."""
         return False
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    # Continue a coroutine that was stepped by hand, exactly as ``await`` would have:
+    # hand each suspension to the event loop, pass results and exceptions back in.
+    while True:
+        try:
+            sent = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
+
+
+async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    await _resume(coro, yielded)
+
+
+def run_until_wait(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
+    """Run ``coro`` until it first waits; ``None`` if it finished without waiting,
+    else a task that finishes it (an in-process ack completes at once, no task)."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    except BaseException:
+        coro.close()
+        raise
+    return asyncio.get_running_loop().create_task(_finish(coro, yielded))
 
 
 DeliverySink = Callable[[Delivery], Awaitable[None]]

@@ -1,0 +1,88 @@
+"""Delivery.ack_nowait: how the runner starts an ack without holding its lane."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dotmac.events import Delivery, Message
+
+
+class _Delivery(Delivery):
+    __slots__ = ("acked", "delivery_count", "gate", "message", "ordering_key")
+
+    def __init__(self, gate: asyncio.Future[None] | None = None) -> None:
+        self.message = Message(topic="t", value=b"{}")
+        self.delivery_count = 1
+        self.ordering_key = None
+        self.gate = gate
+        self.acked = False
+
+    async def ack(self) -> None:
+        if self.gate is not None:
+            await self.gate
+        self.acked = True
+
+    async def release(self) -> None:
+        pass
+
+
+async def test_an_ack_that_does_not_wait_is_done_at_once() -> None:
+    delivery = _Delivery()
+    assert delivery.ack_nowait() is None
+    assert delivery.acked
+
+
+async def test_an_ack_that_waits_is_finished_in_a_task() -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    delivery = _Delivery(gate)
+    future = delivery.ack_nowait()
+    assert future is not None
+    assert not delivery.acked
+    gate.set_result(None)
+    await asyncio.wait_for(future, 1)
+    assert delivery.acked
+
+
+async def test_an_ack_that_fails_fails_its_future() -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future = _Delivery(gate).ack_nowait()
+    assert future is not None
+    gate.set_exception(ConnectionError("broker gone"))
+    with pytest.raises(ConnectionError, match="broker gone"):
+        await asyncio.wait_for(future, 1)
+
+
+async def test_the_runner_survives_an_ack_that_fails_later(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dotmac.events import Event, create_bus
+    from dotmac.events.options import ConsumerOptions
+    from dotmac.events.testing import wait_for
+    from dotmac_events_memory.transport import _MemoryDelivery
+
+    failed: list[str] = []
+    original = _MemoryDelivery.ack_nowait
+
+    def flaky(self: _MemoryDelivery) -> asyncio.Future[None] | None:
+        if self.message.key == "bad" and not failed:
+            failed.append(self.message.key)
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.set_exception, ConnectionError("ack lost"))
+            return future
+        return original(self)
+
+    monkeypatch.setattr(_MemoryDelivery, "ack_nowait", flaky)
+    seen: list[str | None] = []
+    async with create_bus(memory_url) as bus:
+        sub = await bus.subscribe(
+            "t", lambda e: seen.append(e.key), group="g", options=ConsumerOptions(prefetch_count=2)
+        )
+        for key in ("a", "bad", "b", "c", "d"):
+            await bus.publish(Event(topic="t", key=key))
+        await wait_for(lambda: sub.handled == 5, 5, what="five events settled")
+        assert seen == ["a", "bad", "b", "c", "d"]
+        assert sub.errors == 1
+        assert sub._window.held == 0
+    assert "ack failed on t" in caplog.text

@@ -350,6 +350,25 @@ class _RedisDelivery(Delivery):
         finally:
             self._sub._settle(self)
 
+    def ack_nowait(self) -> asyncio.Future[None] | None:
+        # The ack writer's own future: no task per acknowledged entry.
+        if self._state != _PENDING:
+            return None
+        self._state = _ACKED
+        try:
+            written = self._sub._acknowledge(self)
+        except BaseException:
+            self._sub._settle(self)
+            raise
+        if written is None:
+            self._sub._settle(self)
+            return None
+        written.add_done_callback(self._written)
+        return written
+
+    def _written(self, _future: asyncio.Future[None]) -> None:
+        self._sub._settle(self)
+
     async def release(self) -> None:
         if self._state != _PENDING:
             return

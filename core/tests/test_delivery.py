@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -74,6 +75,7 @@ async def test_the_runner_survives_an_ack_that_fails_later(
         return original(self)
 
     monkeypatch.setattr(_MemoryDelivery, "ack_nowait", flaky)
+    caplog.set_level(logging.WARNING, logger="dotmac.events.runner")
     seen: list[str | None] = []
     async with create_bus(memory_url) as bus:
         sub = await bus.subscribe(

@@ -265,9 +265,10 @@ class _FastPacking(Connection):
         try:
             if isinstance(command, str):
                 command = command.encode()
-            if isinstance(command, bytes):
-                command = [command]
-            writer.writelines(command)
+            # One write() rather than writelines(): on some Python releases (3.13.0)
+            # writelines() does not pause the protocol, so drain() would not wait for a
+            # stuck peer and the timeout below would never fire.
+            writer.write(command if isinstance(command, bytes) else b"".join(command))
             transport = writer.transport
             if transport.get_write_buffer_size() or transport.is_closing():
                 await asyncio.wait_for(writer.drain(), self.socket_timeout)

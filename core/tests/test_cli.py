@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,13 @@ def test_demo_summary_accounts_for_every_order() -> None:
     assert summary["processed"] == 588
     assert summary["retried"] == 60
     assert summary["duplicates"] == 0
+
+
+def test_demo_leaves_the_package_log_level_as_it_found_it() -> None:
+    package_log = logging.getLogger("dotmac.events")
+    before = package_log.level
+    assert main(["demo", "--orders", "50", "--json"], out=io.StringIO()) == 0
+    assert package_log.level == before
 
 
 def test_demo_table() -> None:

@@ -413,6 +413,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     out = out or sys.stdout
+    # demo and bench quiet the package's expected retry warnings; an embedding
+    # program (or a test calling main()) gets its logging back afterwards.
+    package_log = logging.getLogger("dotmac.events")
+    saved_level = package_log.level
     try:
         result = args.func(args, out)
         if asyncio.iscoroutine(result):
@@ -429,6 +433,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        package_log.setLevel(saved_level)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -45,6 +45,25 @@ _OBSERVER_HOOKS = (
 )
 
 
+class _OnlyImplementation:
+    """A hook with one plain implementation, called directly.
+
+    pluggy's dispatch costs more per call than a typical observer does; with a single
+    implementation (no wrappers) the outcome is the same: the implementation gets the
+    arguments it names, and its result comes back in a list, ``None`` left out.
+    """
+
+    __slots__ = ("_function", "_names")
+
+    def __init__(self, impl: pluggy.HookImpl) -> None:
+        self._function = impl.function
+        self._names = tuple(impl.argnames)
+
+    def __call__(self, **kwargs: Any) -> list[Any]:
+        result = self._function(*[kwargs[name] for name in self._names])
+        return [] if result is None else [result]
+
+
 class Observers:
     """The observer hooks of one bus, each ``None`` when nothing implements it.
 
@@ -85,7 +104,12 @@ class Observers:
     @staticmethod
     def _resolve(pm: pluggy.PluginManager, name: str) -> Any:
         caller = getattr(pm.hook, name)
-        return caller if caller.get_hookimpls() else None
+        impls = caller.get_hookimpls()
+        if not impls:
+            return None
+        if len(impls) == 1 and not impls[0].hookwrapper and not impls[0].wrapper:
+            return _OnlyImplementation(impls[0])
+        return caller
 
     @property
     def any(self) -> bool:

@@ -80,13 +80,19 @@ class _Window:
         self.full = False
         self._room = asyncio.Event()
 
-    async def take(self) -> None:
-        while self.full:
-            self._room.clear()
-            await self._room.wait()
+    def try_take(self) -> bool:
+        """Take a slot if the window is open."""
+        if self.full:
+            return False
         self.held += 1
         if self.held >= self.limit:
             self.full = True
+        return True
+
+    async def take(self) -> None:
+        while not self.try_take():
+            self._room.clear()
+            await self._room.wait()
 
     def give(self) -> None:
         self.held -= 1
@@ -129,10 +135,6 @@ class Subscription:
         self.name = spec.consumer_name
         self.options = options
         self._handler = handler
-        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            type(handler).__call__
-        )
-        self._plain = not self._is_async and options.handler_timeout is None
         self._policy = policy
         self._max_retries = policy.max_retries
         self._lanes = [_Lane() for _ in range(options.concurrency)]
@@ -216,12 +218,8 @@ class Subscription:
     # -- intake ------------------------------------------------------------------------
     async def _deliver(self, delivery: Delivery) -> None:
         """The sink handed to the transport: waits for room, then queues the delivery."""
-        window = self._window
-        if window.full:
-            await window.take()
-        else:
-            window.held += 1
-            window.full = window.held >= window.limit
+        if not self._window.try_take():
+            await self._window.take()
         if self._stopping.is_set():
             self._window.give()
             await self._release(delivery)
@@ -345,18 +343,6 @@ class Subscription:
                         stack.enter_context(cm)
             return await self._handle(delivery, event, info)
 
-    async def _call(self, event: Event) -> Any:
-        handler = self._handler
-        timeout = self.options.handler_timeout
-        if self._is_async:
-            if timeout is None:
-                return await handler(event)
-            return await asyncio.wait_for(handler(event), timeout)
-        result = handler(event)
-        if inspect.isawaitable(result):
-            result = await (result if timeout is None else asyncio.wait_for(result, timeout))
-        return result
-
     async def _handle(
         self, delivery: Delivery, event: Event, info: ConsumeInfo | None
     ) -> asyncio.Future[None] | None:
@@ -366,14 +352,12 @@ class Subscription:
         while True:
             attempt += 1
             try:
-                if self._plain:
-                    # A synchronous handler without a timeout: called right here, no
-                    # coroutine of its own (the common case on the hot path).
-                    result = self._handler(event)
-                    if result is not None and inspect.isawaitable(result):
-                        result = await result
-                else:
-                    result = await self._call(event)
+                # Sync or async alike: an awaitable result (a coroutine) is awaited
+                # under the handler timeout; a plain result costs no coroutine.
+                result = self._handler(event)
+                if result is not None and inspect.isawaitable(result):
+                    timeout = self.options.handler_timeout
+                    result = await (result if timeout is None else asyncio.wait_for(result, timeout))
             except asyncio.CancelledError:
                 await asyncio.shield(self._release(delivery))
                 if observers.on_consume is not None:

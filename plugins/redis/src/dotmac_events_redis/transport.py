@@ -341,18 +341,13 @@ class _RedisDelivery(Delivery):
         return self._withdrawn
 
     async def ack(self) -> None:
-        if self._state != _PENDING:
-            return
-        self._state = _ACKED
-        try:
-            written = self._sub._acknowledge(self)
-            if written is not None:
-                await written
-        finally:
-            self._sub._settle(self)
+        written = self.ack_nowait()
+        if written is not None:
+            await written
 
     def ack_nowait(self) -> asyncio.Future[None] | None:
-        # The ack writer's own future: no task per acknowledged entry.
+        # The ack writer's own future: no task per acknowledged entry. Settling rides
+        # on the future, so a cancelled waiter settles the entry too.
         if self._state != _PENDING:
             return None
         self._state = _ACKED
@@ -1061,12 +1056,13 @@ class _Coalescer(Generic[_T]):
     async def _enqueue(self, item: _T) -> None:
         await self.put(item)
 
-    def _can_write_now(self) -> bool:
+    def _quiet(self) -> bool:
+        """Nothing queued and nothing being written."""
         return not self._queue and not self._batch and not self._direct
 
     async def _write_now(self, item: _T) -> None:
         """Write ``item`` in the caller's task (see the class docstring); only when
-        :meth:`_can_write_now`. A cancelled caller leaves nothing behind: what was
+        :meth:`_quiet`. A cancelled caller leaves nothing behind: what was
         queued meanwhile is the writer task's either way."""
         self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -1080,7 +1076,7 @@ class _Coalescer(Generic[_T]):
         future.result()
 
     def _check_idle(self) -> None:
-        if not self._queue and not self._batch and not self._direct:
+        if self._quiet():
             self._idle.set()
 
     async def drain(self) -> None:
@@ -1199,7 +1195,7 @@ class _Publisher(_Coalescer[Sequence[Message]]):
         self._warned: dict[str, float] = {}
 
     async def submit(self, messages: Sequence[Message]) -> None:
-        if self._can_write_now():
+        if self._quiet():
             await self._write_now(messages)
         else:
             await self._enqueue(messages)

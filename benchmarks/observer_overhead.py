@@ -65,7 +65,7 @@ async def _round(config: str, events: int) -> dict[str, Any]:
     done = asyncio.Event()
     handled = 0
 
-    def handle(event: Event) -> None:
+    async def handle(event: Event) -> None:
         nonlocal handled
         handled += 1
         if handled == events:

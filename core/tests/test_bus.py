@@ -224,7 +224,8 @@ async def test_handler_timeout_counts_as_failure(memory_url: str) -> None:
         await wait_for(lambda: sub.dead_lettered == 1, 5, what="timeout dead letter")
         assert calls == 2
         letters = await bus.dlq.list("slow.dlq")
-        assert letters[0].error_type == "TimeoutError"
+        assert letters[0].error_type == "HandlerTimeoutError"
+        assert letters[0].error_message == "handler did not finish within handler_timeout=0.05s"
 
 
 async def test_max_deliveries_dead_letters_redelivered_events(memory_url: str) -> None:

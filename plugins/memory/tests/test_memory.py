@@ -27,7 +27,7 @@ async def test_full_queue_fails_when_configured(name: str) -> None:
 
         await bus.subscribe("q", stuck, group="g", options=ConsumerOptions(prefetch_count=1))
         sent = 0
-        with pytest.raises(QueueFullError, match="group 'g' on 'q' holds 3 events"):
+        with pytest.raises(QueueFullError, match="group 'g' on 'q' has no room for an event"):
             for i in range(10):
                 await bus.publish(Event(topic="q", payload={"i": i}))
                 sent += 1
@@ -39,30 +39,64 @@ async def test_full_queue_fails_when_configured(name: str) -> None:
 
 
 async def test_full_queue_makes_publish_wait_then_proceed(name: str) -> None:
-    async with create_bus(f"memory://{name}?max_queue_size=2&publish_timeout=10") as bus:
+    async with create_bus(f"memory://{name}?max_queue_size=3&publish_timeout=10") as bus:
         gate = asyncio.Event()
         seen = Collector(on_event=lambda e: gate.wait())
         await bus.subscribe("q", seen, group="g", options=ConsumerOptions(prefetch_count=1))
-        publishing = asyncio.create_task(
-            bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(8)])
-        )
-        await wait_for(
-            lambda: bus.transport.stats()["q"]["holders"]["group 'g'"]["ready"] == 2,  # type: ignore[attr-defined]
-            5,
-            what="a full queue",
-        )
-        assert not publishing.done(), "publish must wait while the queue is full"
+
+        def ready() -> int:
+            return int(bus.transport.stats()["q"]["holders"]["group 'g'"]["ready"])  # type: ignore[attr-defined]
+
+        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2)])
+        # One with the handler, one waiting for room in the runner, then two queued.
+        await wait_for(lambda: seen.total_calls == 1 and ready() == 0, 5, what="two events taken")
+        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2, 4)])
+        assert ready() == 2
+        batch = [Event(topic="q", payload={"i": i}) for i in (4, 5)]
+        publishing = asyncio.create_task(bus.publish_many(batch))
+        for _ in range(3):  # memory publishing runs to its first wait within a loop turn
+            await asyncio.sleep(0)
+        assert not publishing.done(), "a batch that does not fit must wait"
+        assert ready() == 2, "nothing of a waiting batch is stored"
         gate.set()
         await asyncio.wait_for(publishing, 10)
-        await seen.wait_count(8, 10)
-        assert seen.payloads("i") == list(range(8))
+        await seen.wait_count(6, 10)
+        assert seen.payloads("i") == list(range(6))
+
+
+async def test_a_batch_is_all_or_nothing(name: str) -> None:
+    async with create_bus(f"memory://{name}?max_queue_size=3&overflow=fail") as bus:
+        gate = asyncio.Event()
+        seen = Collector(on_event=lambda e: gate.wait())
+        await bus.subscribe("q", seen, group="g", options=ConsumerOptions(prefetch_count=1))
+
+        def ready() -> int:
+            return int(bus.transport.stats()["q"]["holders"]["group 'g'"]["ready"])  # type: ignore[attr-defined]
+
+        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2)])
+        # One with the handler, one waiting for room in the runner, then two queued.
+        await wait_for(lambda: seen.total_calls == 1 and ready() == 0, 5, what="two events taken")
+        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2, 4)])
+        assert ready() == 2
+        no_room = "no room for a batch of 2 events.*nothing was stored"
+        with pytest.raises(QueueFullError, match=no_room) as full:
+            await bus.publish_many([Event(topic="q", payload={"i": i}) for i in (4, 5)])
+        assert full.value.retriable
+        assert ready() == 2
+        with pytest.raises(QueueFullError, match="needs 4 places.*at most 3") as never:
+            await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(4, 8)])
+        assert not never.value.retriable
+        assert ready() == 2
+        gate.set()
+        await seen.wait_count(4, 10)
+        assert seen.payloads("i") == [0, 1, 2, 3]
 
 
 async def test_waiting_publish_times_out(name: str) -> None:
     gate = asyncio.Event()
     async with create_bus(f"memory://{name}?max_queue_size=1&publish_timeout=0.05") as bus:
         await bus.subscribe("q", lambda e: gate.wait(), group="g", options=ConsumerOptions(prefetch_count=1))
-        with pytest.raises(QueueFullError, match="stayed full for 0.05s"):
+        with pytest.raises(QueueFullError, match="had no room for an event for 0.05s"):
             for i in range(5):
                 await bus.publish(Event(topic="q", payload={"i": i}))
         gate.set()

@@ -176,7 +176,7 @@ class BusContender(Contender):
             await self.bus.close()
 
     async def subscribe(self, topic: str, group: str, on_payload: PayloadHandler, *, earliest: bool) -> Stop:
-        def handle(event: Event) -> None:
+        async def handle(event: Event) -> None:
             on_payload(event.payload)
 
         start_from: StartFrom = "earliest" if earliest and self.can_replay else "latest"

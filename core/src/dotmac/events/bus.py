@@ -16,11 +16,13 @@ from attrs import evolve
 
 from .codec import Codec
 from .dlq import DeadLetterQueue
+from .dlq_headers import REPLY_ERROR_MESSAGE, REPLY_ERROR_TYPE
 from .errors import (
     BusStateError,
     ConfigurationError,
     DecodeError,
     MessageTooLargeError,
+    RemoteHandlerError,
     RequestTimeoutError,
     SchemaValidationError,
     UnsupportedOperationError,
@@ -122,7 +124,9 @@ class EventBus:
         self._reply_topic = f"{REPLY_TOPIC_PREFIX}{uuid.uuid4().hex}"
         self._reply_sub: Subscription | None = None
         self._reply_lock: asyncio.Lock | None = None
-        self._pending: dict[str, asyncio.Future[Event]] = {}
+        # Requests waiting for a reply, by the request's event id (a reply names it as
+        # its cause); several requests may share one id when an event is re-sent.
+        self._pending: dict[str, list[tuple[str, asyncio.Future[Event]]]] = {}
         self.dlq = DeadLetterQueue(self)
 
     # -- configuration -----------------------------------------------------------------
@@ -138,10 +142,29 @@ class EventBus:
         self._decoders.setdefault(instance.content_type.lower(), instance)
         return instance
 
+    def add_observer(self, observer: object) -> None:
+        """Add an observer plugin to this bus alone (like ``create_bus(observers=...)``).
+
+        Observers are resolved when the bus starts, so add them before that.
+        """
+        if self._state != "new":
+            raise BusStateError("observers are resolved at start; add them before the bus starts")
+        self._extra_observers.append(observer)
+
     def add_validator(self, topic: str, validator: PayloadValidator) -> None:
         """Check payloads of ``topic``: rejected at publish, dead-lettered at consume."""
         validate_topic(topic)
         self._validators[topic] = _compile_validator(topic, validator)
+
+    @property
+    def codec(self) -> Codec:
+        """The codec events are encoded with unless their topic or content type picks another."""
+        return self._codec
+
+    @property
+    def observers(self) -> Observers:
+        """The observer hooks resolved when the bus started."""
+        return self._observers
 
     @property
     def capabilities(self) -> Capabilities:
@@ -190,9 +213,10 @@ class EventBus:
             subs = list(self._subscriptions)
             if subs:
                 await asyncio.gather(*(s.stop(drain) for s in subs), return_exceptions=True)
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(BusStateError("the bus was closed while waiting for a reply"))
+            for waiting in self._pending.values():
+                for _correlation, future in waiting:
+                    if not future.done():
+                        future.set_exception(BusStateError("the bus was closed while waiting for a reply"))
             self._pending.clear()
             try:
                 await self.transport.close()
@@ -296,10 +320,8 @@ class EventBus:
             for event, info in zip(events, infos, strict=True):
                 if observers.publish_context is not None:
                     extra: dict[str, str] = {}
-                    for cm in observers.publish_context(event=event, info=info):
-                        if cm is None:
-                            continue
-                        added = stack.enter_context(cm)
+                    managers = observers.publish_context(event=event, info=info)
+                    for added in observers.enter_all(stack, managers, "publish_context"):
                         if added:
                             extra.update(added)
                     if extra:
@@ -351,6 +373,8 @@ class EventBus:
                 check(payload)
         return event
 
+    decode = _decode
+
     async def subscribe(
         self,
         topics: str | Sequence[str],
@@ -399,8 +423,9 @@ class EventBus:
             raise
         return sub
 
-    def _forget(self, sub: Subscription) -> None:
-        self._subscriptions.discard(sub)
+    def forget(self, subscription: Subscription) -> None:
+        """Called by a subscription once it stopped."""
+        self._subscriptions.discard(subscription)
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -420,19 +445,38 @@ class EventBus:
                 )
 
     async def _on_reply(self, event: Event) -> None:
-        correlation = event.metadata.correlation_id
-        future = self._pending.get(correlation) if correlation else None
-        if future is None or future.done():
-            log.info("discarding a reply nobody waits for (correlation id %s)", correlation)
+        meta = event.metadata
+        waiting = self._pending.get(meta.causation_id) if meta.causation_id else None
+        if not waiting and meta.correlation_id:
+            # A responder that echoes only the correlation id: match it when exactly
+            # one pending request carries that id.
+            matches = [w for w in self._pending.values() if w and w[0][0] == meta.correlation_id]
+            waiting = matches[0] if len(matches) == 1 else None
+        future = next((f for _c, f in waiting or () if not f.done()), None)
+        if future is None:
+            log.info(
+                "discarding a reply nobody waits for (causation id %s, correlation id %s)",
+                meta.causation_id,
+                meta.correlation_id,
+            )
             return
-        future.set_result(event)
+        error_type = event.headers.get(REPLY_ERROR_TYPE)
+        if error_type is not None:
+            future.set_exception(
+                RemoteHandlerError(event.headers.get(REPLY_ERROR_MESSAGE, ""), error_type=error_type)
+            )
+        else:
+            future.set_result(event)
 
     async def request(self, event: Event, timeout: float = 5.0) -> Event:
         """Publish ``event`` and wait for the reply a handler returns.
 
         The request carries this bus's reply topic in ``reply_to`` and its event id
-        as correlation id (unless one is set). Raises
-        :class:`~dotmac.events.errors.RequestTimeoutError` after ``timeout`` seconds.
+        as correlation id (unless one is set); the reply is matched by the request's
+        event id, so concurrent requests never see each other's replies. Raises
+        :class:`~dotmac.events.errors.RequestTimeoutError` after ``timeout`` seconds,
+        and :class:`~dotmac.events.errors.RemoteHandlerError` at once when the
+        responder's handler failed or returned something that is not a reply.
         """
         self._check_started()
         if not self.capabilities.request_reply:
@@ -442,7 +486,9 @@ class EventBus:
         correlation = meta.correlation_id or meta.event_id
         request = evolve(event, metadata=evolve(meta, reply_to=self._reply_topic, correlation_id=correlation))
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._pending[correlation] = future
+        entry = (correlation, future)
+        waiting = self._pending.setdefault(meta.event_id, [])
+        waiting.append(entry)
         try:
             await self.publish(request)
             try:
@@ -452,4 +498,6 @@ class EventBus:
                     f"no reply to {event.topic!r} (event {meta.event_id}) within {timeout}s"
                 ) from None
         finally:
-            self._pending.pop(correlation, None)
+            waiting.remove(entry)
+            if not waiting and self._pending.get(meta.event_id) is waiting:
+                del self._pending[meta.event_id]

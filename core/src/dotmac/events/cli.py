@@ -95,7 +95,7 @@ async def _consume(args: argparse.Namespace, out: TextIO) -> int:
     done = asyncio.Event()
     count = 0
 
-    def handler(event: Event) -> None:
+    async def handler(event: Event) -> None:
         nonlocal count
         count += 1
         out.write(json.dumps(_event_json(event), ensure_ascii=False, default=str) + "\n")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from attrs import frozen
 
-from .errors import EventBusError, ValidationError
-from .event import Event, validate_topic
-from .runner import (
+from .dlq_headers import (
     DLQ_ATTEMPTS,
     DLQ_CONSUMER_GROUP,
     DLQ_ERROR_MESSAGE,
@@ -20,13 +18,27 @@ from .runner import (
     DLQ_ORIGINAL_TOPIC,
     DLQ_REASON,
 )
+from .errors import BusStateError, ValidationError
+from .event import Event, validate_topic
 from .transport import Message
 from .wire import parse_time
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from .transport import Transport
 
-__all__ = ["DeadLetter", "DeadLetterQueue"]
+__all__ = ["DeadLetter", "DeadLetterHost", "DeadLetterQueue"]
+
+
+class DeadLetterHost(Protocol):
+    """What the dead-letter API needs from the bus it belongs to."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    def decode(self, message: Message) -> Event: ...
 
 
 @frozen
@@ -73,21 +85,22 @@ class DeadLetterQueue:
     leaves the dead letters in place. Handlers deduplicate on the event id.
     """
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: DeadLetterHost) -> None:
         self._bus = bus
 
     async def list(self, topic: str, *, limit: int = 100) -> list[DeadLetter]:
         """The retained dead letters of ``topic`` (a DLQ topic), oldest first."""
         validate_topic(topic)
-        self._bus._check_started()
+        if not self._bus.started:
+            raise BusStateError("the bus is not started; use 'async with bus' or await bus.start()")
         messages = await self._bus.transport.read(topic, limit=limit)
         return [self._parse(m) for m in messages]
 
     def _parse(self, message: Message) -> DeadLetter:
         headers = message.headers
         try:
-            event: Event | None = self._bus._decode(message)
-        except (EventBusError, ValueError):
+            event: Event | None = self._bus.decode(message)
+        except Exception:  # undecodable: that may be why it is a dead letter
             event = None
         group = headers.get(DLQ_CONSUMER_GROUP)
         return DeadLetter(

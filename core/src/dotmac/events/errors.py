@@ -14,6 +14,7 @@ __all__ = [
     "EncodeError",
     "EventBusError",
     "EventBusTimeoutError",
+    "HandlerTimeoutError",
     "HeaderValidationError",
     "InvalidTenantError",
     "InvalidTopicError",
@@ -22,7 +23,9 @@ __all__ = [
     "PayloadValidationError",
     "PluginNotFoundError",
     "PublishError",
+    "PartialPublishError",
     "QueueFullError",
+    "RemoteHandlerError",
     "RequestTimeoutError",
     "SchemaValidationError",
     "TransportError",
@@ -129,6 +132,22 @@ class PublishError(TransportError):
     """The transport did not confirm that an event was stored."""
 
 
+class PartialPublishError(PublishError):
+    """A batch was only partly stored: the transport could not make it all-or-nothing.
+
+    ``sent`` holds the event ids that were stored, ``unsent`` those that were not, in
+    batch order; retry only ``unsent`` to avoid duplicates. ``retriable`` is that of
+    the error that stopped the batch, which is chained as ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, *, sent: tuple[str, ...], unsent: tuple[str, ...], retriable: bool | None = None
+    ) -> None:
+        super().__init__(message, retriable=retriable)
+        self.sent = sent
+        self.unsent = unsent
+
+
 class QueueFullError(TransportError):
     """A bounded queue is full and the transport is configured to fail rather than wait."""
 
@@ -149,6 +168,23 @@ class EventBusTimeoutError(EventBusError, TimeoutError):
 
 class RequestTimeoutError(EventBusTimeoutError):
     """No reply arrived for a request within its timeout."""
+
+
+class HandlerTimeoutError(EventBusTimeoutError):
+    """A handler call did not finish within ``ConsumerOptions.handler_timeout``.
+
+    Raised by the runner in place of the handler's result; it counts as a failed
+    call (retried, then dead-lettered) like any other exception.
+    """
+
+
+class RemoteHandlerError(EventBusError):
+    """The handler that received a request failed, or returned something that cannot
+    be sent as a reply. ``error_type`` and the message come from the responder."""
+
+    def __init__(self, message: str, *, error_type: str) -> None:
+        super().__init__(f"{error_type}: {message}" if message else error_type)
+        self.error_type = error_type
 
 
 class NonRetryableError(EventBusError):

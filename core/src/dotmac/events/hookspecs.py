@@ -18,26 +18,55 @@ Hooks are always called with keyword arguments and never awaited: they return
 classes, factories, context managers or nothing; all I/O lives in the objects they
 create. Observer hooks (``dotmac_events_on_*`` and the ``*_context`` hooks) are
 resolved once when a bus starts, so a bus without observers pays nothing per event.
-A plugin implements only the hooks it needs.
+An observer that raises never changes what happens to an event: the bus logs the
+first failure of each hook, counts every one (``dotmac_events_on_error`` with
+``where="observer"``) and carries on. A plugin implements only the hooks it needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
+from attrs import frozen
 
 if TYPE_CHECKING:
     from .event import Event
-    from .observe import ConsumeInfo, PublishInfo
     from .registry import Registry
     from .transport import Message
+
+__all__ = ["PROJECT_NAME", "ConsumeInfo", "ConsumeOutcome", "PublishInfo", "PublishOutcome", "hookspec"]
 
 PROJECT_NAME = "dotmac_events"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+PublishOutcome = Literal["success", "error"]
+ConsumeOutcome = Literal["success", "dead_letter", "released"]
+ErrorPlace = Literal["decode", "ack", "dead_letter", "transport", "reply", "observer"]
+
+
+@frozen
+class PublishInfo:
+    """Context of a publish, passed to observer hooks."""
+
+    transport: str
+    topic: str
+    batch_size: int = 1
+
+
+@frozen
+class ConsumeInfo:
+    """Context of a delivery, passed to observer hooks."""
+
+    transport: str
+    topic: str
+    group: str | None
+    consumer: str
+    delivery_count: int = 1
+    position: str | None = None
 
 
 @hookspec
@@ -108,7 +137,7 @@ def dotmac_events_consume_context(event: Event, info: ConsumeInfo) -> AbstractCo
 
 @hookspec
 def dotmac_events_on_publish(
-    event: Event, info: PublishInfo, duration: float, outcome: str, error: BaseException | None
+    event: Event, info: PublishInfo, duration: float, outcome: PublishOutcome, error: BaseException | None
 ) -> None:
     """After a publish: ``outcome`` is ``"success"`` or ``"error"``; ``duration`` in seconds.
 
@@ -121,7 +150,7 @@ def dotmac_events_on_consume(
     event: Event,
     info: ConsumeInfo,
     duration: float,
-    outcome: str,
+    outcome: ConsumeOutcome,
     error: BaseException | None,
     attempts: int,
 ) -> None:
@@ -155,6 +184,10 @@ def dotmac_events_on_dead_letter(
 
 
 @hookspec
-def dotmac_events_on_error(where: str, error: BaseException, info: Mapping[str, Any]) -> None:
+def dotmac_events_on_error(where: ErrorPlace, error: BaseException, info: Mapping[str, Any]) -> None:
     """An error outside a handler: ``where`` is ``"decode"``, ``"ack"``, ``"dead_letter"``,
-    ``"transport"`` or ``"reply"``. ``info`` holds topic, group and transport when known."""
+    ``"transport"``, ``"reply"`` or ``"observer"`` (another observer hook raised).
+
+    ``info`` is a plain mapping with the keys that are known: ``topic``, ``group``,
+    and for ``"observer"`` the failing ``hook`` name.
+    """

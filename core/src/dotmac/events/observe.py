@@ -1,38 +1,26 @@
-"""Observer plumbing: what observers are told, and resolving them once per bus."""
+"""Observer plumbing: resolving the observer hooks once per bus, and isolating them.
+
+An observer is a plugin; whatever it raises is caught here, logged once per hook,
+counted, and reported through ``dotmac_events_on_error(where="observer")``. It never
+reaches the publish path or the runner, so it cannot change what happens to an event.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pluggy
-from attrs import frozen
 
 from . import hookspecs
+from .hookspecs import ConsumeInfo, PublishInfo
 
 __all__ = ["ConsumeInfo", "Observers", "PublishInfo"]
 
-
-@frozen
-class PublishInfo:
-    """Context of a publish, passed to observer hooks."""
-
-    transport: str
-    topic: str
-    batch_size: int = 1
-
-
-@frozen
-class ConsumeInfo:
-    """Context of a delivery, passed to observer hooks."""
-
-    transport: str
-    topic: str
-    group: str | None
-    consumer: str
-    delivery_count: int = 1
-    position: str | None = None
-
+log = logging.getLogger(__name__)
 
 _OBSERVER_HOOKS = (
     "dotmac_events_publish_context",
@@ -45,23 +33,39 @@ _OBSERVER_HOOKS = (
 )
 
 
-class _OnlyImplementation:
-    """A hook with one plain implementation, called directly.
+class _Guarded:
+    """Calls one hook (a pluggy caller, or its only implementation directly) and
+    never raises: a failure goes to ``failed(hook, exc)`` and the call returns ``[]``.
 
     pluggy's dispatch costs more per call than a typical observer does; with a single
-    implementation (no wrappers) the outcome is the same: the implementation gets the
-    arguments it names, and its result comes back in a list, ``None`` left out.
+    plain implementation the outcome is the same when it is called directly: it gets
+    the arguments it names, and its result comes back in a list, ``None`` left out.
     """
 
-    __slots__ = ("_function", "_names")
+    __slots__ = ("_caller", "_failed", "_function", "_names", "name")
 
-    def __init__(self, impl: pluggy.HookImpl) -> None:
-        self._function = impl.function
-        self._names = tuple(impl.argnames)
+    def __init__(self, name: str, caller: Any, failed: Callable[[str, BaseException], None]) -> None:
+        self.name = name
+        self._caller = caller
+        self._failed = failed
+        impls = caller.get_hookimpls()
+        if len(impls) == 1 and not impls[0].hookwrapper and not impls[0].wrapper:
+            self._function: Callable[..., Any] | None = impls[0].function
+            self._names = tuple(impls[0].argnames)
+        else:
+            self._function = None
+            self._names = ()
 
     def __call__(self, **kwargs: Any) -> list[Any]:
-        result = self._function(*[kwargs[name] for name in self._names])
-        return [] if result is None else [result]
+        try:
+            if self._function is not None:
+                result = self._function(*[kwargs[name] for name in self._names])
+                return [] if result is None else [result]
+            results: list[Any] = self._caller(**kwargs)
+            return results
+        except Exception as exc:
+            self._failed(self.name, exc)
+            return []
 
 
 class Observers:
@@ -70,7 +74,7 @@ class Observers:
     The bus checks these attributes on its hot path; an absent observer costs one
     attribute test. ``extra`` are the bus's own observers (``create_bus(observers=...)``);
     one with a ``replaces_plugins`` attribute (a tuple of plugin names) hides those
-    process-wide plugins from this bus.
+    process-wide plugins from this bus. ``failures`` counts observer errors per hook.
     """
 
     def __init__(self, pm: pluggy.PluginManager, extra: Iterable[object] = ()) -> None:
@@ -93,6 +97,7 @@ class Observers:
             for plugin in extra:
                 local.register(plugin)
             pm = local
+        self.failures: dict[str, int] = {}
         self.publish_context = self._resolve(pm, "dotmac_events_publish_context")
         self.consume_context = self._resolve(pm, "dotmac_events_consume_context")
         self.on_publish = self._resolve(pm, "dotmac_events_on_publish")
@@ -101,15 +106,19 @@ class Observers:
         self.on_dead_letter = self._resolve(pm, "dotmac_events_on_dead_letter")
         self.on_error = self._resolve(pm, "dotmac_events_on_error")
 
-    @staticmethod
-    def _resolve(pm: pluggy.PluginManager, name: str) -> Any:
+    def _resolve(self, pm: pluggy.PluginManager, name: str) -> _Guarded | None:
         caller = getattr(pm.hook, name)
-        impls = caller.get_hookimpls()
-        if not impls:
+        if not caller.get_hookimpls():
             return None
-        if len(impls) == 1 and not impls[0].hookwrapper and not impls[0].wrapper:
-            return _OnlyImplementation(impls[0])
-        return caller
+        return _Guarded(name.removeprefix("dotmac_events_"), caller, self._failed)
+
+    def _failed(self, hook: str, exc: BaseException) -> None:
+        count = self.failures.get(hook, 0) + 1
+        self.failures[hook] = count
+        if count == 1:
+            log.error("observer hook %s raised (logged once per hook, counted after)", hook, exc_info=exc)
+        if hook != "on_error" and self.on_error is not None:
+            self.on_error(where="observer", error=exc, info={"hook": hook})
 
     @property
     def any(self) -> bool:
@@ -129,3 +138,31 @@ class Observers:
     def error(self, where: str, error: BaseException, info: Mapping[str, Any]) -> None:
         if self.on_error is not None:
             self.on_error(where=where, error=error, info=info)
+
+    def enter_all(
+        self, stack: contextlib.ExitStack, managers: Iterable[AbstractContextManager[Any] | None], hook: str
+    ) -> list[Any]:
+        """Enter on ``stack`` each context manager an observer returned and return what
+        their ``__enter__`` gave; one whose ``__enter__`` or ``__exit__`` raises is
+        reported like any failing observer and left out."""
+        values: list[Any] = []
+        for cm in managers:
+            if cm is None:
+                continue
+            try:
+                values.append(cm.__enter__())
+            except Exception as exc:
+                self._failed(hook, exc)
+                continue
+            stack.push(self._exit_guard(cm, hook))
+        return values
+
+    def _exit_guard(self, cm: AbstractContextManager[Any], hook: str) -> Callable[..., bool]:
+        def exit_(*exc_info: Any) -> bool:
+            try:
+                cm.__exit__(*exc_info)
+            except Exception as exc:
+                self._failed(hook, exc)
+            return False  # an observer never swallows the error of what it wraps
+
+        return exit_

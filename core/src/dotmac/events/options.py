@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from attrs import field, frozen
 
@@ -41,6 +41,11 @@ def _check_start(_inst: Any, _attr: Any, value: Any) -> None:
         raise ConfigurationError(f"ConsumerOptions.start_from must be 'latest' or 'earliest', got {value!r}")
 
 
+def _check_sync(_inst: Any, _attr: Any, value: Any) -> None:
+    if value not in ("thread", "inline"):
+        raise ConfigurationError(f"ConsumerOptions.sync_handlers must be 'thread' or 'inline', got {value!r}")
+
+
 @frozen
 class ConsumerOptions:
     """How a subscription consumes.
@@ -58,7 +63,16 @@ class ConsumerOptions:
     - ``max_deliveries``: an event redelivered more often than this (because the
       consumer keeps dying while handling it) is dead-lettered without another call.
     - ``handler_timeout``: seconds a single handler call may take; a timeout counts as
-      a failure and is retried.
+      a failure (``HandlerTimeoutError``) and is retried.
+    - ``sync_handlers``: where a plain (non-``async``) handler runs. ``"thread"``
+      (default): in a worker thread of the subscription (``concurrency`` threads), so
+      it never blocks the event loop and ``handler_timeout`` applies; a call that times
+      out keeps running in its thread, since Python cannot stop a thread. ``"inline"``:
+      on the event loop, for handlers that return at once (cheapest); it cannot be
+      combined with ``handler_timeout``.
+    - ``max_message_bytes``: a received message whose body is larger is dead-lettered
+      with reason ``too_large`` without being decoded; ``None`` uses the bus's
+      ``max_message_bytes`` (the same limit publishing enforces).
     """
 
     max_retries: int = field(default=3, validator=_int_at_least(0))
@@ -72,6 +86,16 @@ class ConsumerOptions:
     start_from: StartFrom = field(default="latest", validator=_check_start)
     max_deliveries: int | None = field(default=None, validator=_optional_positive)
     handler_timeout: float | None = field(default=None, validator=_optional_positive)
+    sync_handlers: Literal["thread", "inline"] = field(default="thread", validator=_check_sync)
+    max_message_bytes: int | None = field(default=None, validator=_optional_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sync_handlers == "inline" and self.handler_timeout is not None:
+            raise ConfigurationError(
+                "ConsumerOptions.handler_timeout cannot apply to sync_handlers='inline': an inline "
+                "sync handler blocks the event loop and cannot be timed out; use sync_handlers='thread' "
+                "or an async handler"
+            )
 
     def dlq_for(self, topic: str) -> str:
         return self.dlq_topic or f"{topic}.dlq"

@@ -1,9 +1,29 @@
-"""The consumer runner: bounded concurrency, retries, dead-lettering, ack after handling."""
+"""The consumer runner: bounded concurrency, retries, dead-lettering, ack after handling.
+
+A :class:`Subscription` owns every delivery the transport hands it, from the moment
+it takes a window slot until exactly one of these settled it:
+
+- **handled**: the handler returned; the delivery is acked;
+- **dead-lettered**: it could not be decoded, was too large, was delivered too often,
+  or its handler failed for the last time; it is written to the dead-letter topic and
+  then acked (if that write fails, it is released instead);
+- **released**: the subscription stopped first (or something unexpected happened
+  before an outcome); the transport delivers it again later.
+
+:meth:`Subscription._settle` is the one place that enforces this: whatever a codec,
+a validator, a handler or an observer raises, the delivery reaches one of the three
+ends and the lane goes on. Only the runner's own cancellation is a shutdown;
+``KeyboardInterrupt`` and ``SystemExit`` propagate after the delivery was released.
+
+The runner depends on the bus only through :class:`ConsumerHost`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -14,44 +34,75 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
-from attrs import evolve
-
-from .errors import DecodeError, EventBusError, NonRetryableError, ValidationError
+from .dlq_headers import (
+    DLQ_ATTEMPTS,
+    DLQ_BODY_OMITTED,
+    DLQ_CONSUMER_GROUP,
+    DLQ_ERROR_MESSAGE,
+    DLQ_ERROR_TYPE,
+    DLQ_FAILED_AT,
+    DLQ_HEADERS,
+    DLQ_ORIGINAL_TOPIC,
+    DLQ_REASON,
+    REPLY_ERROR_MESSAGE,
+    REPLY_ERROR_TYPE,
+)
+from .errors import (
+    CodecError,
+    DecodeError,
+    HandlerTimeoutError,
+    MessageTooLargeError,
+    NonRetryableError,
+    PayloadValidationError,
+    SchemaValidationError,
+    TransportError,
+    ValidationError,
+)
 from .event import Event, EventMetadata
-from .observe import ConsumeInfo
+from .hookspecs import ConsumeInfo
 from .transport import Delivery, Message, SubscriptionSpec, TransportSubscription
 from .wire import format_time
 
 if TYPE_CHECKING:
-    from .bus import EventBus
+    from .observe import Observers
     from .options import ConsumerOptions
     from .retry import RetryPolicy
+    from .transport import Transport
 
-__all__ = ["DLQ_HEADERS", "Handler", "Subscription", "consumer_name"]
+__all__ = ["DLQ_HEADERS", "ConsumerHost", "Handler", "Subscription", "consumer_name"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], Union[Awaitable[Any], Any]]
 
-DLQ_ORIGINAL_TOPIC = "x-dlq-original-topic"
-DLQ_CONSUMER_GROUP = "x-dlq-consumer-group"
-DLQ_ERROR_TYPE = "x-dlq-error-type"
-DLQ_ERROR_MESSAGE = "x-dlq-error-message"
-DLQ_ATTEMPTS = "x-dlq-attempts"
-DLQ_FAILED_AT = "x-dlq-failed-at"
-DLQ_REASON = "x-dlq-reason"
-DLQ_HEADERS = (
-    DLQ_ORIGINAL_TOPIC,
-    DLQ_CONSUMER_GROUP,
-    DLQ_ERROR_TYPE,
-    DLQ_ERROR_MESSAGE,
-    DLQ_ATTEMPTS,
-    DLQ_FAILED_AT,
-    DLQ_REASON,
-)
 MAX_ERROR_MESSAGE = 1024
+# A handler raising one of these can never succeed on a retry: the payload does not
+# have the shape the handler needs.
+_SCHEMA_ERRORS = (PayloadValidationError, SchemaValidationError)
+
+
+class ConsumerHost(Protocol):
+    """What a subscription needs from the bus that runs it."""
+
+    @property
+    def transport(self) -> Transport: ...
+
+    @property
+    def observers(self) -> Observers: ...
+
+    @property
+    def drain_timeout(self) -> float: ...
+
+    @property
+    def max_message_bytes(self) -> int: ...
+
+    def decode(self, message: Message) -> Event: ...
+
+    async def publish(self, event: Event) -> None: ...
+
+    def forget(self, subscription: Subscription) -> None: ...
 
 
 def consumer_name() -> str:
@@ -59,9 +110,34 @@ def consumer_name() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _clean(text: str) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line of text for a header: the message, or the type when there is none."""
+    text = str(exc) or type(exc).__qualname__
     text = text.replace("\r", " ").replace("\n", " ").replace("\x00", " ")
     return text[:MAX_ERROR_MESSAGE]
+
+
+def is_async_callable(handler: Callable[..., Any]) -> bool:
+    """Whether calling ``handler`` returns an awaitable (an ``async def`` function, a
+    partial of one, or an object whose ``__call__`` is ``async def``)."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the class's, not the instance's
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class _Release:
+    """Returned by a step that leaves the delivery for redelivery; the caller releases it."""
+
+    __slots__ = ()
+
+
+RELEASE = _Release()
+# What processing a delivery ends in: its ack still in flight, nothing left to do
+# (``None``), or a release the caller performs.
+_Outcome = Union["asyncio.Future[None]", None, _Release]
 
 
 class _Window:
@@ -94,7 +170,7 @@ class _Window:
             self._room.clear()
             await self._room.wait()
 
-    def give(self) -> None:
+    def give(self, _settled: object = None) -> None:
         self.held -= 1
         if self.full and self.held <= self.reopen:
             self.full = False
@@ -115,20 +191,25 @@ class Subscription:
 
     ``stop()`` is graceful: no new deliveries, handlers already running finish
     (within ``timeout``), unstarted and unfinished events stay un-acked for
-    redelivery. Counters (``handled``, ``retried``, ``dead_lettered``, ``released``)
-    describe this subscription's life so far; ``handled`` counts an event once its
-    handler returned and its ack was settled.
+    redelivery. Counters describe this subscription's life so far: ``handled``
+    (handler returned and its ack settled), ``retried``, ``dead_lettered``,
+    ``released``, ``errors`` (failures outside handlers: acks, dead-letter writes,
+    replies) and ``discarded`` (dead letters that failed again on a dead-letter
+    topic and were acked rather than dead-lettered a second time).
     """
 
     def __init__(
         self,
-        bus: EventBus,
+        host: ConsumerHost,
         spec: SubscriptionSpec,
         handler: Handler,
         options: ConsumerOptions,
         policy: RetryPolicy,
     ) -> None:
-        self._bus = bus
+        self._host = host
+        self._transport = host.transport
+        self._observers = host.observers
+        self._decode = host.decode
         self.spec = spec
         self.topics = spec.topics
         self.group = spec.group
@@ -137,10 +218,17 @@ class Subscription:
         self._handler = handler
         self._policy = policy
         self._max_retries = policy.max_retries
+        self._max_bytes = options.max_message_bytes or host.max_message_bytes
+        max_deliveries = options.max_deliveries
+        self._max_deliveries = (
+            max_deliveries if max_deliveries is not None else host.transport.default_max_deliveries
+        )
+        self._threaded = not is_async_callable(handler) and options.sync_handlers == "thread"
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lanes = [_Lane() for _ in range(options.concurrency)]
         self._window = _Window(max(options.prefetch_count, options.concurrency))
         self._stopping = asyncio.Event()
-        self._rr = 0
+        self._cancelling = False
         self._transport_sub: TransportSubscription | None = None
         self._stopped = False
         self._stop_lock = asyncio.Lock()
@@ -151,21 +239,31 @@ class Subscription:
         self.dead_lettered = 0
         self.released = 0
         self.errors = 0
+        self.discarded = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _start(self) -> None:
+        if self._threaded:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.options.concurrency, thread_name_prefix=f"dotmac-events-{self.name}"
+            )
         for lane in self._lanes:
             lane.task = asyncio.create_task(self._work(lane), name=f"dotmac-events-worker-{self.name}")
         try:
-            self._transport_sub = await self._bus.transport.subscribe(self.spec, self._deliver)
+            self._transport_sub = await self._transport.subscribe(self.spec, self._deliver)
         except BaseException:
             self._stopping.set()
             await self._stop_workers(0)
+            self._shutdown_executor()
             raise
 
     @property
     def active(self) -> bool:
-        return not self._stopped and not self._stopping.is_set()
+        """``True`` while the subscription takes deliveries: not stopping, and every
+        worker alive (a worker ends only on shutdown)."""
+        if self._stopped or self._stopping.is_set():
+            return False
+        return all(lane.task is not None and not lane.task.done() for lane in self._lanes)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop consuming; wait up to ``timeout`` seconds (the bus's drain timeout by
@@ -174,23 +272,37 @@ class Subscription:
             if self._stopped:
                 return
             if timeout is None:
-                timeout = self._bus.drain_timeout
+                timeout = self._host.drain_timeout
             self._stopping.set()
             if self._transport_sub is not None:
                 try:
                     await self._transport_sub.stop()
                 except Exception as exc:
                     log.warning("stopping subscription %s failed: %r", self.name, exc)
-            for lane in self._lanes:
-                while lane.queue:
-                    delivery = lane.queue.popleft()
-                    await self._release(delivery)
-                    self._window.give()
-                lane.wakeup.set()
+            await self._release_queued()
             await self._stop_workers(timeout)
+            # A worker that died (KeyboardInterrupt in a handler) left its queue behind.
+            await self._release_queued()
             await self._finish_acks(timeout)
+            self._shutdown_executor()
             self._stopped = True
-            self._bus._forget(self)
+            self._host.forget(self)
+            log.info(
+                "subscription %s on %s stopped: %d handled, %d dead-lettered, %d released",
+                self.name,
+                list(self.topics),
+                self.handled,
+                self.dead_lettered,
+                self.released,
+            )
+
+    async def _release_queued(self) -> None:
+        for lane in self._lanes:
+            while lane.queue:
+                delivery = lane.queue.popleft()
+                await self._release(delivery)
+                self._window.give()
+            lane.wakeup.set()
 
     async def _stop_workers(self, timeout: float) -> None:
         tasks = [lane.task for lane in self._lanes if lane.task is not None]
@@ -199,9 +311,10 @@ class Subscription:
         for lane in self._lanes:
             lane.wakeup.set()
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
         if pending:
+            self._cancelling = True
+            for task in pending:
+                task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _finish_acks(self, timeout: float) -> None:
@@ -214,6 +327,21 @@ class Subscription:
             future.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+    def _shutdown_executor(self) -> None:
+        # A sync handler still running in its thread cannot be stopped; its event was
+        # released, and the thread finishes on its own.
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _shutting_down(self) -> bool:
+        """Whether a ``CancelledError`` seen now is this runner being cancelled (a
+        shutdown) rather than one a handler raised or let through."""
+        if self._cancelling:
+            return True
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        return cancelling is not None and cancelling() > 0
 
     # -- intake ------------------------------------------------------------------------
     async def _deliver(self, delivery: Delivery) -> None:
@@ -243,25 +371,213 @@ class Subscription:
                 lane.wakeup.clear()
                 await lane.wakeup.wait()
                 continue
-            delivery = queue.popleft()
-            acking: asyncio.Future[None] | None = None
-            try:
-                acking = await self._process(delivery)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let one event kill the worker
-                self.errors += 1
-                log.exception("unexpected error while processing a delivery on %s", self.topics)
-            finally:
-                if acking is None:
+            await self._settle(queue.popleft())
+
+    # -- the life of one delivery -------------------------------------------------------
+    async def _settle(self, delivery: Delivery) -> None:
+        """Take ``delivery`` to exactly one end (acked, dead-lettered, released) and
+        free its window slot once that end is settled with the broker.
+
+        The steps below never await after an end was reached: an ack is started and
+        handed back as a future; a release is asked for with ``RELEASE`` and done here.
+        Whatever escapes them happened before an end, so the delivery is released, and
+        the lane goes on unless the runner itself is being cancelled (a shutdown) or
+        the process is exiting (``KeyboardInterrupt``, ``SystemExit``).
+        """
+        outcome: _Outcome = RELEASE
+        try:
+            outcome = await self._process(delivery)
+        except Exception:
+            self.errors += 1
+            log.exception("unexpected error while processing a delivery on %s", list(self.topics))
+        finally:
+            if outcome is None:
+                self._window.give()
+            elif isinstance(outcome, _Release):
+                try:
+                    await asyncio.shield(self._release(delivery))
+                finally:
                     self._window.give()
-                else:
-                    acking.add_done_callback(self._acked)
+            else:
+                outcome.add_done_callback(self._window.give)
 
-    def _acked(self, _future: asyncio.Future[None]) -> None:
-        self._window.give()
+    async def _process(self, delivery: Delivery) -> _Outcome:
+        if delivery.withdrawn:
+            # Another consumer owns it now: handling it here would duplicate it out of order.
+            log.debug("skipping a withdrawn delivery of %s", delivery.message.topic)
+            return None
+        message = delivery.message
+        if len(message.value) > self._max_bytes:
+            too_large = MessageTooLargeError(
+                f"message is {len(message.value)} bytes, the consumer's maximum is {self._max_bytes}",
+                field="value",
+            )
+            return await self._dead_letter(delivery, None, too_large, 0, "too_large")
+        try:
+            event = self._decode(message)
+        except Exception as exc:
+            # Whatever a codec, the envelope parser or a validator raised: the message
+            # can never be handled, so it goes to the dead-letter topic now.
+            reason = (
+                "schema"
+                if isinstance(exc, ValidationError) and not isinstance(exc, DecodeError)
+                else "decode"
+            )
+            self._observers.error("decode", exc, {"topic": message.topic, "group": self.group})
+            return await self._dead_letter(delivery, None, exc, 0, reason)
+        max_deliveries = self._max_deliveries
+        if max_deliveries is not None and delivery.delivery_count > max_deliveries:
+            too_many = NonRetryableError(
+                f"delivered {delivery.delivery_count} times, more than max_deliveries={max_deliveries}"
+            )
+            return await self._dead_letter(
+                delivery, event, too_many, delivery.delivery_count - 1, "max_deliveries"
+            )
+        observers = self._observers
+        if observers.consume_context is None:
+            return await self._handle(delivery, event)
+        with contextlib.ExitStack() as stack:
+            managers = observers.consume_context(event=event, info=self._info(delivery))
+            observers.enter_all(stack, managers, "consume_context")
+            return await self._handle(delivery, event)
 
-    def _ack_finished(self, delivery: Delivery, future: asyncio.Future[None]) -> None:
+    async def _call(self, event: Event) -> Any:
+        """One handler call under ``handler_timeout``; sync handlers run in a thread."""
+        timeout = self.options.handler_timeout
+        if self._executor is not None:
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            future = loop.run_in_executor(self._executor, context.run, self._handler, event)
+            result = await (future if timeout is None else asyncio.wait_for(future, timeout))
+        else:
+            result = self._handler(event)
+        if result is not None and inspect.isawaitable(result):
+            result = await (result if timeout is None else asyncio.wait_for(result, timeout))
+        return result
+
+    async def _handle(self, delivery: Delivery, event: Event) -> _Outcome:
+        observers = self._observers
+        started = time.perf_counter()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = await self._call(event)
+            except BaseException as raised:
+                failure = self._failure(raised)
+                if failure is None:  # a shutdown, or the process exiting: _settle releases
+                    self._consumed(delivery, event, "released", None, attempt, started)
+                    raise
+                reason = self._final_reason(failure, attempt)
+                if reason is not None:
+                    outcome = await self._dead_letter(delivery, event, failure, attempt, reason)
+                    released = isinstance(outcome, _Release)
+                    self._consumed(
+                        delivery, event, "released" if released else "dead_letter", failure, attempt, started
+                    )
+                    return outcome
+                delay = self._policy.compute(attempt)
+                self.retried += 1
+                if observers.on_retry is not None:
+                    observers.on_retry(
+                        event=event, info=self._info(delivery), attempt=attempt, delay=delay, error=failure
+                    )
+                log.debug(
+                    "handler failed on %s (attempt %d), retrying in %.3fs: %r",
+                    event.topic,
+                    attempt,
+                    delay,
+                    failure,
+                )
+                if delay > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    self._consumed(delivery, event, "released", failure, attempt, started)
+                    return RELEASE
+                continue
+            if event.metadata.reply_to is not None:
+                await self._reply(event, result=result)
+            # The handler returned: ack now, without holding the lane for the broker's
+            # answer (a profile of redis:// showed one XACK round trip per event
+            # serialising the whole subscription).
+            acking = self._start_ack(delivery, handled=True)
+            self._consumed(delivery, event, "success", None, attempt, started)
+            return acking
+
+    def _failure(self, raised: BaseException) -> BaseException | None:
+        """The handler failure ``raised`` stands for, or ``None`` if it is a shutdown."""
+        if isinstance(raised, (KeyboardInterrupt, SystemExit)):
+            return None
+        if isinstance(raised, asyncio.CancelledError) and self._shutting_down():
+            return None
+        if isinstance(raised, asyncio.TimeoutError) and self.options.handler_timeout is not None:
+            # wait_for's TimeoutError carries no text; say what timed out.
+            timed_out = HandlerTimeoutError(
+                f"handler did not finish within handler_timeout={self.options.handler_timeout}s"
+            )
+            timed_out.__cause__ = raised
+            return timed_out
+        return raised
+
+    def _final_reason(self, failure: BaseException, attempt: int) -> str | None:
+        """The dead-letter reason when ``failure`` ends the event's attempts, else ``None``."""
+        if isinstance(failure, NonRetryableError):
+            return "non_retryable"
+        if isinstance(failure, _SCHEMA_ERRORS):
+            return "schema"
+        if attempt > self._max_retries:
+            return "max_retries"
+        return None
+
+    def _consumed(
+        self,
+        delivery: Delivery,
+        event: Event,
+        outcome: Any,
+        error: BaseException | None,
+        attempts: int,
+        started: float,
+    ) -> None:
+        on_consume = self._observers.on_consume
+        if on_consume is not None:
+            on_consume(
+                event=event,
+                info=self._info(delivery),
+                duration=time.perf_counter() - started,
+                outcome=outcome,
+                error=error,
+                attempts=attempts,
+            )
+
+    def _info(self, delivery: Delivery) -> ConsumeInfo:
+        return ConsumeInfo(
+            transport=self._transport.name,
+            topic=delivery.message.topic,
+            group=self.group,
+            consumer=self.name,
+            delivery_count=delivery.delivery_count,
+            position=delivery.message.position,
+        )
+
+    # -- the three ends ------------------------------------------------------------------
+    def _start_ack(self, delivery: Delivery, *, handled: bool) -> asyncio.Future[None] | None:
+        """Start acking ``delivery``; the returned future (if the ack is still in
+        flight) holds its window slot until the broker answered."""
+        try:
+            acking = delivery.ack_nowait()
+        except Exception as exc:
+            self._ack_failed(delivery, exc)
+            return None
+        if acking is None:
+            if handled:
+                self.handled += 1
+        else:
+            self._acking.add(acking)
+            acking.add_done_callback(functools.partial(self._ack_finished, delivery, handled))
+        return acking
+
+    def _ack_finished(self, delivery: Delivery, handled: bool, future: asyncio.Future[None]) -> None:
         # ``handled`` counts events whose ack was settled, so a caller waiting on it
         # sees the broker's state, not a write still on its way.
         self._acking.discard(future)
@@ -270,218 +586,21 @@ class Subscription:
         exc = future.exception()
         if exc is not None:
             self._ack_failed(delivery, exc)
-        self.handled += 1
+        if handled:
+            self.handled += 1
 
-    # -- processing --------------------------------------------------------------------
+    def _ack_failed(self, delivery: Delivery, exc: BaseException) -> None:
+        # The event will be delivered again: at-least-once, never lost.
+        self.errors += 1
+        log.warning("ack failed on %s (it will be redelivered): %r", delivery.message.topic, exc)
+        self._observers.error("ack", exc, {"topic": delivery.message.topic, "group": self.group})
+
     async def _release(self, delivery: Delivery) -> None:
         self.released += 1
         try:
             await delivery.release()
         except Exception as exc:
             log.warning("release failed on %s: %r", delivery.message.topic, exc)
-
-    async def _ack(self, delivery: Delivery) -> None:
-        try:
-            await delivery.ack()
-        except Exception as exc:
-            self._ack_failed(delivery, exc)
-
-    def _ack_failed(self, delivery: Delivery, exc: BaseException) -> None:
-        # The event will be delivered again: at-least-once, never lost.
-        self.errors += 1
-        log.warning("ack failed on %s (it will be redelivered): %r", delivery.message.topic, exc)
-        self._bus._observers.error("ack", exc, {"topic": delivery.message.topic, "group": self.group})
-
-    def _info(self, delivery: Delivery) -> ConsumeInfo:
-        return ConsumeInfo(
-            transport=self._bus.transport.name,
-            topic=delivery.message.topic,
-            group=self.group,
-            consumer=self.name,
-            delivery_count=delivery.delivery_count,
-            position=delivery.message.position,
-        )
-
-    async def _process(self, delivery: Delivery) -> asyncio.Future[None] | None:
-        """Handle one delivery; returns its ack when that is still in flight."""
-        if delivery.withdrawn:
-            # Another consumer owns it now: handling it here would duplicate it out of order.
-            log.debug("skipping a withdrawn delivery of %s", delivery.message.topic)
-            return None
-        bus = self._bus
-        observers = bus._observers
-        message = delivery.message
-        try:
-            event = bus._decode(message)
-        except (EventBusError, ValueError) as exc:
-            reason = (
-                "schema"
-                if isinstance(exc, ValidationError) and not isinstance(exc, DecodeError)
-                else "decode"
-            )
-            observers.error("decode", exc, {"topic": message.topic, "group": self.group})
-            await self._dead_letter(delivery, None, exc, 0, reason, self._info(delivery))
-            return None
-        max_deliveries = self.options.max_deliveries
-        if max_deliveries is None:
-            max_deliveries = self._bus.transport.default_max_deliveries
-        if max_deliveries is not None and delivery.delivery_count > max_deliveries:
-            too_many = NonRetryableError(
-                f"delivered {delivery.delivery_count} times, more than max_deliveries={max_deliveries}"
-            )
-            await self._dead_letter(
-                delivery, event, too_many, delivery.delivery_count - 1, "max_deliveries", self._info(delivery)
-            )
-            return None
-        if observers.consume_context is None and observers.on_consume is None and observers.on_retry is None:
-            return await self._handle(delivery, event, None)
-        info = self._info(delivery)
-        with contextlib.ExitStack() as stack:
-            if observers.consume_context is not None:
-                for cm in observers.consume_context(event=event, info=info):
-                    if cm is not None:
-                        stack.enter_context(cm)
-            return await self._handle(delivery, event, info)
-
-    async def _handle(
-        self, delivery: Delivery, event: Event, info: ConsumeInfo | None
-    ) -> asyncio.Future[None] | None:
-        observers = self._bus._observers
-        started = time.perf_counter()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                # Sync or async alike: an awaitable result (a coroutine) is awaited
-                # under the handler timeout; a plain result costs no coroutine.
-                result = self._handler(event)
-                if result is not None and inspect.isawaitable(result):
-                    timeout = self.options.handler_timeout
-                    result = await (result if timeout is None else asyncio.wait_for(result, timeout))
-            except asyncio.CancelledError:
-                await asyncio.shield(self._release(delivery))
-                if observers.on_consume is not None:
-                    observers.on_consume(
-                        event=event,
-                        info=info or self._info(delivery),
-                        duration=time.perf_counter() - started,
-                        outcome="released",
-                        error=None,
-                        attempts=attempt,
-                    )
-                raise
-            except NonRetryableError as exc:
-                await self._fail(delivery, event, exc, attempt, "non_retryable", info, started)
-                return None
-            except Exception as exc:
-                if attempt > self._max_retries:
-                    await self._fail(delivery, event, exc, attempt, "max_retries", info, started)
-                    return None
-                delay = self._policy.compute(attempt)
-                self.retried += 1
-                if observers.on_retry is not None:
-                    observers.on_retry(
-                        event=event,
-                        info=info or self._info(delivery),
-                        attempt=attempt,
-                        delay=delay,
-                        error=exc,
-                    )
-                log.debug(
-                    "handler failed on %s (attempt %d), retrying in %.3fs: %r",
-                    event.topic,
-                    attempt,
-                    delay,
-                    exc,
-                )
-                if delay > 0:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), delay)
-                if self._stopping.is_set():
-                    await self._release(delivery)
-                    return None
-                continue
-            if result is not None and event.metadata.reply_to is not None:
-                await self._reply(event, result)
-            # The handler returned: ack now, without holding the lane for the broker's
-            # answer (a profile of redis:// showed one XACK round trip per event
-            # serialising the whole subscription).
-            try:
-                acking = delivery.ack_nowait()
-            except Exception as exc:
-                self._ack_failed(delivery, exc)
-                acking = None
-            if acking is None:
-                self.handled += 1
-            else:
-                self._acking.add(acking)
-                acking.add_done_callback(functools.partial(self._ack_finished, delivery))
-            if observers.on_consume is not None:
-                observers.on_consume(
-                    event=event,
-                    info=info or self._info(delivery),
-                    duration=time.perf_counter() - started,
-                    outcome="success",
-                    error=None,
-                    attempts=attempt,
-                )
-            return acking
-
-    async def _fail(
-        self,
-        delivery: Delivery,
-        event: Event,
-        exc: BaseException,
-        attempts: int,
-        reason: str,
-        info: ConsumeInfo | None,
-        started: float,
-    ) -> None:
-        info = info or self._info(delivery)
-        written = await self._dead_letter(delivery, event, exc, attempts, reason, info)
-        observers = self._bus._observers
-        if observers.on_consume is not None:
-            observers.on_consume(
-                event=event,
-                info=info,
-                duration=time.perf_counter() - started,
-                outcome="dead_letter" if written else "released",
-                error=exc,
-                attempts=attempts,
-            )
-
-    async def _reply(self, request: Event, result: Any) -> None:
-        reply_to = request.metadata.reply_to
-        assert reply_to is not None
-        correlation = request.metadata.correlation_id or request.metadata.event_id
-        try:
-            if isinstance(result, Event):
-                reply = evolve(
-                    result,
-                    topic=reply_to,
-                    metadata=evolve(
-                        result.metadata, correlation_id=correlation, causation_id=request.metadata.event_id
-                    ),
-                )
-            elif isinstance(result, dict):
-                reply = Event(
-                    topic=reply_to,
-                    payload=result,
-                    tenant_id=request.tenant_id,
-                    metadata=EventMetadata(
-                        correlation_id=correlation, causation_id=request.metadata.event_id
-                    ),
-                )
-            else:
-                raise ValidationError(
-                    f"a request handler must return a dict or an Event, got {type(result).__name__}",
-                    field="reply",
-                )
-            await self._bus.publish(reply)
-        except Exception as exc:
-            self.errors += 1
-            log.warning("could not send the reply to %s: %r", reply_to, exc)
-            self._bus._observers.error("reply", exc, {"topic": request.topic, "group": self.group})
 
     async def _dead_letter(
         self,
@@ -490,25 +609,47 @@ class Subscription:
         exc: BaseException,
         attempts: int,
         reason: str,
-        info: ConsumeInfo,
-    ) -> bool:
+    ) -> _Outcome:
         """Write the message to the DLQ unchanged plus ``x-dlq-*`` headers, then ack it.
 
-        If the write fails the message is released instead, never acked.
+        If the write fails the message is released instead, never acked. A message that
+        is itself a dead letter is not dead-lettered again: it is logged, counted in
+        ``discarded`` and acked (the dead letter stays where it is). A request gets an
+        error reply first, so its caller does not wait for the timeout.
         """
         message = delivery.message
+        if event is not None and event.metadata.reply_to is not None:
+            await self._reply(event, error=exc)
+        if DLQ_ORIGINAL_TOPIC in message.headers:
+            self.discarded += 1
+            log.error(
+                "a dead letter on %s failed again (%s: %s: %s); acked without a dead letter of a dead letter",
+                message.topic,
+                reason,
+                type(exc).__qualname__,
+                describe_error(exc),
+            )
+            self._observers.error("dead_letter", exc, {"topic": message.topic, "group": self.group})
+            return self._start_ack(delivery, handled=False)
         dlq_topic = self.options.dlq_for(message.topic)
         headers = {k: v for k, v in message.headers.items() if k not in DLQ_HEADERS}
         headers[DLQ_ORIGINAL_TOPIC] = message.topic
         headers[DLQ_CONSUMER_GROUP] = self.group or ""
         headers[DLQ_ERROR_TYPE] = type(exc).__qualname__
-        headers[DLQ_ERROR_MESSAGE] = _clean(str(exc))
+        headers[DLQ_ERROR_MESSAGE] = describe_error(exc)
         headers[DLQ_ATTEMPTS] = str(attempts)
         headers[DLQ_FAILED_AT] = format_time(datetime.now(timezone.utc))
         headers[DLQ_REASON] = reason
         dead = Message(topic=dlq_topic, value=message.value, key=message.key, headers=headers)
         try:
-            await self._bus.transport.publish((dead,))
+            try:
+                await self._transport.publish((dead,))
+            except TransportError as write_exc:
+                if reason != "too_large" or write_exc.retriable:
+                    raise
+                # The broker refuses the body too: keep the envelope and say so.
+                headers[DLQ_BODY_OMITTED] = str(len(message.value))
+                await self._transport.publish((Message(dlq_topic, b"", message.key, headers),))
         except Exception as write_exc:
             self.errors += 1
             log.error(
@@ -517,11 +658,8 @@ class Subscription:
                 dlq_topic,
                 write_exc,
             )
-            self._bus._observers.error(
-                "dead_letter", write_exc, {"topic": message.topic, "group": self.group}
-            )
-            await self._release(delivery)
-            return False
+            self._observers.error("dead_letter", write_exc, {"topic": message.topic, "group": self.group})
+            return RELEASE
         self.dead_lettered += 1
         log.warning(
             "dead-lettered event %s from %s to %s after %d attempt(s) (%s): %s: %s",
@@ -533,19 +671,89 @@ class Subscription:
             type(exc).__qualname__,
             headers[DLQ_ERROR_MESSAGE],
         )
-        observers = self._bus._observers
-        if observers.on_dead_letter is not None:
-            observers.on_dead_letter(
+        on_dead_letter = self._observers.on_dead_letter
+        if on_dead_letter is not None:
+            on_dead_letter(
                 event=event,
                 message=message,
-                info=info,
+                info=self._info(delivery),
                 dlq_topic=dlq_topic,
                 reason=reason,
                 error=exc,
                 attempts=attempts,
             )
-        await self._ack(delivery)
-        return True
+        return self._start_ack(delivery, handled=False)
+
+    # -- request-reply -------------------------------------------------------------------
+    async def _reply(self, request: Event, *, result: Any = None, error: BaseException | None = None) -> None:
+        """Answer a request: with the handler's result, or with an error reply when the
+        handler failed or returned something that is not a reply. A handler that
+        returned ``None`` sends nothing (another member may answer)."""
+        if error is None and result is None:
+            return
+        try:
+            if error is None:
+                try:
+                    await self._host.publish(build_reply(request, result))
+                    return
+                except (ValidationError, CodecError) as exc:  # it cannot be a reply
+                    error = exc
+            # JSON whatever the bus's codec is: a schema codec has no schema for it.
+            failed = {REPLY_ERROR_TYPE: type(error).__qualname__, REPLY_ERROR_MESSAGE: describe_error(error)}
+            await self._host.publish(
+                build_reply(request, {}, headers=failed, content_type="application/json")
+            )
+        except Exception as exc:
+            self.errors += 1
+            log.warning("could not send the reply to %s: %r", request.metadata.reply_to, exc)
+            self._observers.error("reply", exc, {"topic": request.topic, "group": self.group})
 
     def __repr__(self) -> str:
         return f"<Subscription {self.name} topics={list(self.topics)} group={self.group!r}>"
+
+
+def build_reply(
+    request: Event, result: Any, *, headers: dict[str, str] | None = None, content_type: str | None = None
+) -> Event:
+    """The reply to ``request`` carrying ``result`` (a dict payload or an :class:`Event`).
+
+    The reply goes to the request's ``reply_to``, keeps its correlation id and names
+    the request as its cause, which is how the requester matches it.
+    """
+    meta = request.metadata
+    reply_to = meta.reply_to
+    if reply_to is None:
+        raise ValidationError("the event is not a request (it has no reply_to)", field="reply_to")
+    correlation = meta.correlation_id or meta.event_id
+    if isinstance(result, Event):
+        answer = result.metadata
+        return Event(
+            topic=reply_to,
+            payload=result.payload,
+            key=result.key,
+            headers={**result.headers, **(headers or {})},
+            tenant_id=result.tenant_id if result.tenant_id is not None else request.tenant_id,
+            metadata=EventMetadata(
+                event_id=answer.event_id,
+                event_type=answer.event_type,
+                source=answer.source,
+                occurred_at=answer.occurred_at,
+                correlation_id=correlation,
+                causation_id=meta.event_id,
+                content_type=answer.content_type,
+                schema_version=answer.schema_version,
+            ),
+        )
+    if isinstance(result, dict):
+        return Event(
+            topic=reply_to,
+            payload=result,
+            headers=headers or {},
+            tenant_id=request.tenant_id,
+            metadata=EventMetadata(
+                correlation_id=correlation, causation_id=meta.event_id, content_type=content_type
+            ),
+        )
+    raise ValidationError(
+        f"a request handler must return a dict or an Event, got {type(result).__name__}", field="reply"
+    )

@@ -77,9 +77,6 @@ class _Holder:
         self.closed = False
         self.label = label
 
-    def full(self) -> bool:
-        return len(self.ready) >= self.maxsize
-
     def put(self, entry: _Entry) -> None:
         self.ready.append(entry)
         self.nonempty.set()
@@ -98,8 +95,8 @@ class _Holder:
             self.nonempty.clear()
             await self.nonempty.wait()
         entry = self.ready.popleft()
-        if len(self.ready) < self.maxsize:
-            self.space.set()
+        # Every taken entry wakes a publisher waiting for room (it may need several).
+        self.space.set()
         return entry
 
 
@@ -261,13 +258,25 @@ class MemoryTransport(Transport):
                 del _brokers[self._key]
 
     async def publish(self, messages: Sequence[Message]) -> None:
+        """Store a batch all-or-nothing: wait (or fail) until every queue the batch
+        reaches has room for its share, then store it without yielding."""
         broker = self._require()
         config = self.config
+        while True:
+            needed: dict[int, tuple[_Holder, int, str]] = {}
+            for message in messages:
+                for holder in broker.topic(message.topic).holders:
+                    _h, count, _t = needed.get(id(holder), (holder, 0, message.topic))
+                    needed[id(holder)] = (holder, count + 1, message.topic)
+            short = next(
+                ((h, n, t) for h, n, t in needed.values() if not h.closed and len(h.ready) + n > h.maxsize),
+                None,
+            )
+            if short is None:
+                break
+            await self._wait_for_space(*short, batch=len(messages))
         for message in messages:
             topic = broker.topic(message.topic)
-            for holder in topic.holders:
-                if holder.full():
-                    await self._wait_for_space(holder, message.topic)
             offset = topic.next_offset
             topic.next_offset = offset + 1
             stored = Message(
@@ -285,19 +294,27 @@ class MemoryTransport(Transport):
         if broker.log_file is not None and config.persistence_flush:
             broker.log_file.flush()
 
-    async def _wait_for_space(self, holder: _Holder, topic: str) -> None:
+    async def _wait_for_space(self, holder: _Holder, count: int, topic: str, *, batch: int) -> None:
         config = self.config
+        what = "an event" if batch == 1 else f"a batch of {batch} events"
+        if count > holder.maxsize:
+            raise QueueFullError(
+                f"{what} needs {count} places in the memory queue of {holder.label} on {topic!r}, "
+                f"which holds at most {holder.maxsize} (max_queue_size); nothing was stored",
+                retriable=False,
+            )
         if config.overflow == "fail":
             raise QueueFullError(
-                f"memory queue of {holder.label} on {topic!r} holds {config.max_queue_size} events "
-                "(overflow='fail')"
+                f"memory queue of {holder.label} on {topic!r} has no room for {what} "
+                f"(max_queue_size={config.max_queue_size}, overflow='fail'); nothing was stored"
             )
         deadline = time.monotonic() + config.publish_timeout
-        while holder.full() and not holder.closed:
+        while len(holder.ready) + count > holder.maxsize and not holder.closed:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise QueueFullError(
-                    f"memory queue of {holder.label} on {topic!r} stayed full for {config.publish_timeout}s"
+                    f"memory queue of {holder.label} on {topic!r} had no room for {what} for "
+                    f"{config.publish_timeout}s; nothing was stored"
                 )
             holder.space.clear()
             try:

@@ -31,6 +31,7 @@ from ..retry import is_testing, set_testing
 from ..transport import Capabilities, Message
 from ..wire import parse_time
 from .collect import Collector, wait_for
+from .hostile import HostileConformance
 
 __all__ = ["TransportConformance"]
 
@@ -39,7 +40,7 @@ class _Opaque:
     """A value no JSON codec can encode."""
 
 
-class TransportConformance:
+class TransportConformance(HostileConformance):
     """Contract tests every transport must pass. Implement :meth:`create_bus`.
 
     Class attributes tune the suite for slow brokers: ``timeout`` bounds every wait

@@ -65,7 +65,7 @@ class Message:
     """An encoded event as it travels: topic, optional key, string headers, body bytes.
 
     ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
-    user headers (DESIGN §6). ``position`` is the transport's own id for a received
+    user headers (see docs/wire-format.md). ``position`` is the transport's own id for a received
     message (stream id, ``partition:offset``) and is ``None`` when publishing.
     """
 

@@ -1,4 +1,4 @@
-"""The transport conformance kit: DESIGN §4 as executable tests.
+"""The transport conformance kit: the delivery semantics of docs/delivery.md as executable tests.
 
 Subclass :class:`TransportConformance` (its name does not start with ``Test``, so
 pytest only collects your subclass) and implement :meth:`create_bus`. Capability

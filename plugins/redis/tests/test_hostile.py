@@ -1,0 +1,89 @@
+"""A hostile producer: a plain redis-py client XADDs poison among healthy entries.
+
+Every healthy entry is handled, every poison entry is dead-lettered once with its
+reason, the group's pending-entries list empties (no prefetch slot leaks), and the
+consumer stays live.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from dotmac.events import ConsumerOptions, Event, EventBus
+from dotmac.events.testing import Collector, wait_for
+from dotmac.events.testing.hostile import ReasonRecorder
+
+
+def _fields(ce_id: str, data: bytes, **changes: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "ce_specversion": "1.0",
+        "ce_id": ce_id,
+        "ce_type": "hostile",
+        "ce_source": "raw-producer",
+        "ce_time": "2026-12-01T00:00:00Z",
+        "content-type": "application/json",
+        **changes,
+    }
+    fields["@data"] = data
+    return fields
+
+
+async def test_poison_entries_never_strand_the_group(
+    buses: Callable[..., EventBus], redis_url: str, prefix: str, report: Callable[..., None]
+) -> None:
+    topic, group = "hostile.orders", "billing"
+    stream = f"{prefix}{topic}"
+    recorder = ReasonRecorder()
+    poison: dict[str, dict[str, Any]] = {
+        "no-envelope": {"@data": b'{"a": 1}', "x-foreign": "yes"},
+        "no-data": {k: v for k, v in _fields("no-data", b"").items() if k != "@data"},
+        "bad-json": _fields("bad-json", b"{not json"),
+        "bad-utf8-body": _fields("bad-utf8-body", b'{"a": "\xff"}'),
+        "edge-time-low": _fields("edge-time-low", b"{}", ce_time="0001-01-01T00:30:00+01:00"),
+        "edge-time-high": _fields("edge-time-high", b"{}", ce_time="9999-12-31T23:59:59-01:00"),
+        "unknown-type": _fields("unknown-type", b"{}", **{"content-type": "application/x-nothing"}),
+        "too-large": _fields("too-large", b'{"pad": "' + b"x" * 5000 + b'"}'),
+    }
+    reasons = {"too-large": "too_large"}
+    started = time.monotonic()
+    raw = aioredis.Redis.from_url(redis_url)
+    bus = buses()
+    bus.add_observer(recorder)
+    try:
+        async with bus:
+            seen = Collector()
+            # A prefetch of 2: two leaked slots would stop this consumer for good.
+            options = ConsumerOptions(prefetch_count=2, max_retries=0, max_message_bytes=4096)
+            sub = await bus.subscribe(topic, seen, group=group, options=options)
+            healthy = 0
+            for fields in poison.values():
+                await raw.xadd(stream, _fields(f"ok-{healthy}", json.dumps({"i": healthy}).encode()))
+                healthy += 1
+                await raw.xadd(stream, fields)
+            await raw.xadd(stream, _fields(f"ok-{healthy}", json.dumps({"i": healthy}).encode()))
+            healthy += 1
+            await seen.wait_count(healthy, 20)
+            await wait_for(lambda: len(recorder.letters) >= len(poison), 20, what="the dead letters")
+            expected = [(None if k == "no-envelope" else k, reasons.get(k, "decode")) for k in poison]
+            assert sorted(recorder.letters, key=str) == sorted(expected, key=str)
+            await wait_for(lambda: sub.handled == healthy, 20, what="settled acks")
+            pending = await raw.xpending(stream, group)
+            assert pending["pending"] == 0, pending
+            assert sub.active
+            await bus.publish(Event(topic=topic, payload={"i": 99}))
+            await seen.wait(lambda c: 99 in c.payloads("i"), 20, what="an event after the poison")
+    finally:
+        await raw.aclose()
+    report(
+        attempted=healthy + len(poison),
+        handled=healthy,
+        dead_lettered=len(recorder.letters),
+        lost=0,
+        pending_after=0,
+        seconds=round(time.monotonic() - started, 2),
+    )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from dotmac.events import ConfigurationError, PluginNotFoundError, create_bus
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 from dotmac.events.plugins import get_plugin_manager, get_registry, plugin_infos
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
@@ -140,3 +146,32 @@ def test_lazy_plugin_names_explain_how_to_install(monkeypatch: pytest.MonkeyPatc
         dotmac.events.RedisConfig  # noqa: B018
     with pytest.raises(AttributeError):
         dotmac.events.NoSuchThing  # noqa: B018
+
+
+def test_a_retry_policy_name_registered_twice_is_refused() -> None:
+    from dotmac.events.registry import Registry
+    from dotmac.events.retry import NoRetry
+
+    registry = Registry()
+    registry._current = "first-plugin"
+    registry.add_retry_policy("patient", lambda options: NoRetry())
+    registry._current = "second-plugin"
+    with pytest.raises(
+        ConfigurationError, match="'patient' is registered by both 'first-plugin' and 'second-plugin'"
+    ):
+        registry.add_retry_policy("patient", lambda options: NoRetry())
+
+
+def test_one_table_names_the_first_party_plugins() -> None:
+    import dotmac.events
+    from dotmac.events.registry import FIRST_PARTY, KNOWN_EXTRAS
+
+    core = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(core.read_text())["project"]["optional-dependencies"]
+    for plugin in FIRST_PARTY:
+        assert extras[plugin.extra] == [f"dotmac-events-{plugin.extra}"], plugin
+        assert f"dotmac-events-{plugin.extra}" in extras["all"], plugin
+        for name in plugin.provides:
+            assert KNOWN_EXTRAS[name] == plugin.extra
+        for name in plugin.names:
+            assert name in dir(dotmac.events)

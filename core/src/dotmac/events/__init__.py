@@ -45,7 +45,7 @@ from .event import Event, EventMetadata
 from .observe import ConsumeInfo, PublishInfo
 from .options import ConsumerOptions, create_exponential_retry_options, create_fixed_retry_options
 from .plugins import hookimpl
-from .registry import CodecSpec, Registry, TransportSpec
+from .registry import FIRST_PARTY, CodecSpec, Registry, TransportSpec
 from .retry import ExponentialBackoff, FixedDelay, NoRetry, RetryPolicy
 from .runner import Subscription
 from .transport import Capabilities, Delivery, Message, SubscriptionSpec, Transport, TransportSubscription
@@ -107,15 +107,7 @@ __all__ = [
 ]
 
 # name -> (module, extra of dotmac-events that installs it)
-_LAZY: dict[str, tuple[str, str]] = {
-    "MemoryConfig": ("dotmac_events_memory", "memory"),
-    "create_memory_bus": ("dotmac_events_memory", "memory"),
-    "RedisConfig": ("dotmac_events_redis", "redis"),
-    "create_redis_bus": ("dotmac_events_redis", "redis"),
-    "KafkaConfig": ("dotmac_events_kafka", "kafka"),
-    "create_kafka_bus": ("dotmac_events_kafka", "kafka"),
-    "AvroCodec": ("dotmac_events_avro", "avro"),
-}
+_LAZY: dict[str, tuple[str, str]] = {name: (p.module, p.extra) for p in FIRST_PARTY for name in p.names}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,18 +15,37 @@ if TYPE_CHECKING:
     from .options import ConsumerOptions
     from .retry import RetryPolicy
 
-__all__ = ["CodecSpec", "Registry", "TransportSpec"]
+__all__ = ["FIRST_PARTY", "KNOWN_EXTRAS", "CodecSpec", "FirstPartyPlugin", "Registry", "TransportSpec"]
 
-# Extras of the dotmac-events distribution that install a transport or codec by name,
-# so that a missing plugin's error can name the command that installs it.
-KNOWN_EXTRAS: Mapping[str, str] = {
-    "memory": "memory",
-    "redis": "redis",
-    "rediss": "redis",
-    "kafka": "kafka",
-    "avro": "avro",
-    "otel": "otel",
-}
+
+@frozen
+class FirstPartyPlugin:
+    """A plugin distribution of this project, named here so that a missing one's error
+    can say which extra of ``dotmac-events`` installs it.
+
+    ``provides``: the URL schemes, transport and codec names it registers; ``names``:
+    the attributes ``dotmac.events`` resolves lazily from its ``module``.
+    """
+
+    extra: str
+    module: str
+    provides: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+
+
+# The one table of first-party plugins.
+FIRST_PARTY: tuple[FirstPartyPlugin, ...] = (
+    FirstPartyPlugin("memory", "dotmac_events_memory", ("memory",), ("MemoryConfig", "create_memory_bus")),
+    FirstPartyPlugin(
+        "redis", "dotmac_events_redis", ("redis", "rediss"), ("RedisConfig", "create_redis_bus")
+    ),
+    FirstPartyPlugin("kafka", "dotmac_events_kafka", ("kafka",), ("KafkaConfig", "create_kafka_bus")),
+    FirstPartyPlugin("avro", "dotmac_events_avro", ("avro",), ("AvroCodec",)),
+    FirstPartyPlugin("otel", "dotmac_events_otel", ("otel",)),
+)
+
+KNOWN_EXTRAS: Mapping[str, str] = {name: plugin.extra for plugin in FIRST_PARTY for name in plugin.provides}
+"""Scheme, transport or codec name -> the extra of ``dotmac-events`` that installs it."""
 
 
 def _schemes(value: Any) -> tuple[str, ...]:
@@ -93,6 +112,11 @@ class Registry:
         self.owner[("codec", spec.name)] = self._current
 
     def add_retry_policy(self, name: str, factory: Callable[[ConsumerOptions], RetryPolicy]) -> None:
+        if name in self.retry_policies:
+            other = self.owner[("retry_policy", name)]
+            raise ConfigurationError(
+                f"retry policy {name!r} is registered by both {other!r} and {self._current!r}"
+            )
         self.retry_policies[name] = factory
         self.owner[("retry_policy", name)] = self._current
 

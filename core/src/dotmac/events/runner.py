@@ -36,6 +36,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
+from attrs import evolve
+
 from .dlq_headers import (
     DLQ_ATTEMPTS,
     DLQ_BODY_OMITTED,
@@ -60,7 +62,7 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .event import Event, EventMetadata
+from .event import Event
 from .hookspecs import ConsumeInfo
 from .transport import Delivery, Message, SubscriptionSpec, TransportSubscription
 from .wire import format_time
@@ -698,11 +700,7 @@ class Subscription:
                     return
                 except (ValidationError, CodecError) as exc:  # it cannot be a reply
                     error = exc
-            # JSON whatever the bus's codec is: a schema codec has no schema for it.
-            failed = {REPLY_ERROR_TYPE: type(error).__qualname__, REPLY_ERROR_MESSAGE: describe_error(error)}
-            await self._host.publish(
-                build_reply(request, {}, headers=failed, content_type="application/json")
-            )
+            await self._host.publish(error_reply(request, error))
         except Exception as exc:
             self.errors += 1
             log.warning("could not send the reply to %s: %r", request.metadata.reply_to, exc)
@@ -712,48 +710,34 @@ class Subscription:
         return f"<Subscription {self.name} topics={list(self.topics)} group={self.group!r}>"
 
 
-def build_reply(
-    request: Event, result: Any, *, headers: dict[str, str] | None = None, content_type: str | None = None
-) -> Event:
-    """The reply to ``request`` carrying ``result`` (a dict payload or an :class:`Event`).
-
-    The reply goes to the request's ``reply_to``, keeps its correlation id and names
-    the request as its cause, which is how the requester matches it.
-    """
-    meta = request.metadata
-    reply_to = meta.reply_to
-    if reply_to is None:
-        raise ValidationError("the event is not a request (it has no reply_to)", field="reply_to")
-    correlation = meta.correlation_id or meta.event_id
-    if isinstance(result, Event):
-        answer = result.metadata
-        return Event(
-            topic=reply_to,
-            payload=result.payload,
-            key=result.key,
-            headers={**result.headers, **(headers or {})},
-            tenant_id=result.tenant_id if result.tenant_id is not None else request.tenant_id,
-            metadata=EventMetadata(
-                event_id=answer.event_id,
-                event_type=answer.event_type,
-                source=answer.source,
-                occurred_at=answer.occurred_at,
-                correlation_id=correlation,
-                causation_id=meta.event_id,
-                content_type=answer.content_type,
-                schema_version=answer.schema_version,
-            ),
-        )
+def build_reply(request: Event, result: Any) -> Event:
+    """The reply to ``request`` carrying ``result``: a dict is the payload (see
+    :meth:`Event.reply`); an :class:`Event` keeps its payload, key, headers and
+    metadata but goes to the request's ``reply_to`` and names the request as its cause."""
     if isinstance(result, dict):
-        return Event(
-            topic=reply_to,
-            payload=result,
-            headers=headers or {},
-            tenant_id=request.tenant_id,
-            metadata=EventMetadata(
-                correlation_id=correlation, causation_id=meta.event_id, content_type=content_type
-            ),
+        return request.reply(result)
+    if not isinstance(result, Event):
+        raise ValidationError(
+            f"a request handler must return a dict or an Event, got {type(result).__name__}", field="reply"
         )
-    raise ValidationError(
-        f"a request handler must return a dict or an Event, got {type(result).__name__}", field="reply"
+    template = request.reply({})
+    return evolve(
+        result,
+        topic=template.topic,
+        tenant_id=result.tenant_id if result.tenant_id is not None else request.tenant_id,
+        metadata=evolve(
+            result.metadata,
+            correlation_id=template.metadata.correlation_id,
+            causation_id=template.metadata.causation_id,
+            reply_to=None,
+        ),
     )
+
+
+def error_reply(request: Event, error: BaseException) -> Event:
+    """The reply telling the requester that its handler failed with ``error``; JSON
+    whatever the bus's codec is, since a schema codec has no schema for it."""
+    reply = request.reply(
+        {}, headers={REPLY_ERROR_TYPE: type(error).__qualname__, REPLY_ERROR_MESSAGE: describe_error(error)}
+    )
+    return evolve(reply, metadata=evolve(reply.metadata, content_type="application/json"))

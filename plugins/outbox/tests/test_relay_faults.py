@@ -146,11 +146,11 @@ async def test_relay_killed_mid_batch_loses_nothing(
     topic = f"outbox.kill.{uuid.uuid4().hex[:8]}"
     received = Received()
     await consumer.subscribe(topic, received, group="g", options=ConsumerOptions(prefetch_count=500))
-    total = await publish_rows(conn, outbox, topic, transactions=40, per_tx=150, keys=25)
+    total = await publish_rows(conn, outbox, topic, transactions=30, per_tx=150, keys=25)
 
     kills = 0
     sent_at_kill = []
-    for fraction in (0.2, 0.45, 0.7):
+    for fraction in (0.3, 0.65):
         proc = relay_process(pg_dsn, redis_url, outbox.name.table, "--batch-size", "150")
         floor = await sent_rows(conn, outbox)
 
@@ -254,8 +254,8 @@ async def test_two_replicas_share_the_work_without_double_sending(
     other: asyncpg.Connection[Any] = await asyncpg.connect(pg_dsn)
     try:
         counts = await asyncio.gather(
-            publish_rows(conn, outbox, topic, transactions=30, per_tx=50, keys=64),
-            publish_rows(other, outbox, f"{topic}.b", transactions=30, per_tx=50, keys=64),
+            publish_rows(conn, outbox, topic, transactions=20, per_tx=50, keys=64),
+            publish_rows(other, outbox, f"{topic}.b", transactions=20, per_tx=50, keys=64),
         )
     finally:
         await other.close()

@@ -13,6 +13,7 @@ import pytest
 
 from dotmac.events import ConsumerOptions, Event, EventMetadata, create_bus
 from dotmac.events.errors import (
+    BusStateError,
     ConfigurationError,
     EncodeError,
     InvalidTopicError,
@@ -289,3 +290,9 @@ def test_a_dsn_that_is_not_a_postgresql_url_is_refused_without_echoing_it(table:
     with pytest.raises(ConfigurationError) as info:
         OutboxRelay("host=db.example user=app password=s3cret", "memory://", table=table)
     assert "s3cret" not in str(info.value)
+
+
+async def test_a_bus_of_yours_must_be_started_first(pg_dsn: str, table: str, memory_url: str) -> None:
+    relay = OutboxRelay(pg_dsn, create_bus(memory_url), table=table)
+    with pytest.raises(BusStateError):
+        await relay.start()

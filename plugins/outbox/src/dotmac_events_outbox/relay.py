@@ -33,7 +33,7 @@ from attrs import define
 
 from dotmac.events.bus import EventBus
 from dotmac.events.config import create_bus
-from dotmac.events.errors import ConfigurationError
+from dotmac.events.errors import BusStateError, ConfigurationError
 from dotmac.events.transport import Message
 
 from ._sql import TableName, describe_dsn
@@ -174,6 +174,8 @@ class OutboxRelay:
             return
         if self._owns_bus:
             await self.bus.start()
+        elif not self.bus.started:
+            raise BusStateError("the bus given to OutboxRelay must be started (async with bus)")
         self._stopping = False
         self._task = asyncio.create_task(self._loop(), name=f"outbox-relay:{self.name.text}")
         log.info("outbox relay started: %s -> %s", self.name.text, self.bus.transport.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -296,3 +297,54 @@ async def test_a_bus_of_yours_must_be_started_first(pg_dsn: str, table: str, mem
     relay = OutboxRelay(pg_dsn, create_bus(memory_url), table=table)
     with pytest.raises(BusStateError):
         await relay.start()
+
+
+async def test_a_destination_the_transport_refuses_holds_back_only_its_own_rows(
+    conn: asyncpg.Connection[Any], outbox: Outbox, pg_dsn: str, until: Until, report: Any
+) -> None:
+    # A bounded memory queue that fails when full: "slow" fills up, "fast" must not wait.
+    url = f"memory://outbox-{uuid.uuid4().hex[:8]}?max_queue_size=5&overflow=fail"
+    release = asyncio.Event()
+    slow: list[str] = []
+    fast: list[str] = []
+
+    async def stuck(event: Event) -> None:
+        await release.wait()
+        slow.append(event.event_id)
+
+    async with create_bus(url) as consumer:
+        await consumer.subscribe("slow", stuck, group="g", options=ConsumerOptions(prefetch_count=1))
+        await consumer.subscribe("fast", lambda e: fast.append(e.event_id), group="g")
+        async with conn.transaction():
+            events = []
+            for i in range(20):
+                events.append(Event(topic="slow", payload={"i": i}))
+                events.append(Event(topic="fast", payload={"i": i}, key=f"k{i}"))
+            await outbox.publish_many(conn, events)
+        relay = OutboxRelay(pg_dsn, url, table=outbox.name.table, poll_interval=0.05, max_backoff=0.2)
+        async with relay:
+            await until(lambda: len(set(fast)) == 20, what="every fast event while slow is stuck")
+
+            async def slow_rows_failing() -> bool:
+                return bool(
+                    await conn.fetchval(
+                        f"SELECT count(*) > 0 FROM {outbox.name.sql} WHERE topic = 'slow' "
+                        "AND sent_at IS NULL AND last_error LIKE 'QueueFullError%'"
+                    )
+                )
+
+            await until(slow_rows_failing, what="the refused rows recorded")
+            pending_while_stuck = await count_rows(conn, outbox, "sent_at IS NULL")
+            release.set()
+            await until(lambda: len(set(slow)) == 20, what="the slow events after the queue drained")
+    report(
+        fast_unique=len(set(fast)),
+        fast_duplicates=len(fast) - len(set(fast)),
+        slow_unique=len(set(slow)),
+        slow_duplicates=len(slow) - len(set(slow)),
+        pending_while_stuck=pending_while_stuck,
+        relay_failures=relay.stats.failures,
+    )
+    assert set(fast) == {e.event_id for e in events if e.topic == "fast"}
+    assert 0 < pending_while_stuck <= 20
+    assert relay.stats.failures > 0

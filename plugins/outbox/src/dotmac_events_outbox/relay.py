@@ -33,7 +33,7 @@ from attrs import define
 
 from dotmac.events.bus import EventBus
 from dotmac.events.config import create_bus
-from dotmac.events.errors import BusStateError, ConfigurationError
+from dotmac.events.errors import BusStateError, ConfigurationError, TransportUnavailableError
 from dotmac.events.transport import Message
 
 from ._sql import TableName, describe_dsn
@@ -57,13 +57,6 @@ class RelayStats:
     batches: int = 0
     failures: int = 0
     cleaned: int = 0
-
-
-class _SendFailed(Exception):
-    def __init__(self, ids: list[int], error: BaseException) -> None:
-        super().__init__(str(error))
-        self.ids = ids
-        self.error = error
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -137,16 +130,18 @@ class OutboxRelay:
         self._listen_tried = 0.0
         self._last_cleanup = 0.0
         self._wake = asyncio.Event()
+        self._cooldowns: dict[int, tuple[int, float]] = {}
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         t = self.name.sql
         self._lock_sql = (
             "SELECT bucket FROM (SELECT bucket, min(id) AS first FROM "  # noqa: S608 - quoted name
-            f"{t} WHERE sent_at IS NULL GROUP BY bucket ORDER BY first OFFSET 0) AS pending "
+            f"{t} WHERE sent_at IS NULL AND NOT (bucket = ANY($3::int[])) "
+            "GROUP BY bucket ORDER BY first OFFSET 0) AS pending "
             "WHERE pg_try_advisory_xact_lock($1::int, bucket) LIMIT $2"
         )
         self._rows_sql = (
-            f"SELECT id, topic, key, headers::text AS headers, value FROM {t} "  # noqa: S608 - quoted name
+            f"SELECT id, bucket, topic, key, headers::text AS headers, value FROM {t} "  # noqa: S608 - quoted name
             "WHERE sent_at IS NULL AND bucket = ANY($1::int[]) ORDER BY id LIMIT $2 FOR UPDATE"
         )
         self._done_sql = (
@@ -298,13 +293,8 @@ class OutboxRelay:
         """
         if self._conn is None or self._conn.is_closed():
             self._conn = await self._connect()
-        conn = self._conn
         self._wake.clear()
-        try:
-            count = await self._batch(conn)
-        except _SendFailed as failed:
-            await conn.execute(self._failed_sql, failed.ids, _error_text(failed.error))
-            raise failed.error from None
+        count = await self._batch(self._conn)
         if count:
             self.stats.sent += count
             self.stats.batches += 1
@@ -313,23 +303,104 @@ class OutboxRelay:
 
     async def _batch(self, conn: asyncpg.Connection[Any]) -> int:
         async with conn.transaction():
-            buckets = [r[0] for r in await conn.fetch(self._lock_sql, self._namespace, self.max_buckets)]
-            if not buckets:
+            cooling = self._cooling_buckets()
+            found = await conn.fetch(self._lock_sql, self._namespace, self.max_buckets, cooling)
+            if not found:
                 return 0
-            rows = await conn.fetch(self._rows_sql, buckets, self.batch_size)
+            rows = await conn.fetch(self._rows_sql, [r[0] for r in found], self.batch_size)
             if not rows:
                 return 0
-            ids = [r["id"] for r in rows]
-            messages = [
-                Message(topic=r["topic"], value=r["value"], key=r["key"], headers=orjson.loads(r["headers"]))
-                for r in rows
-            ]
+            groups: dict[int, list[asyncpg.Record]] = {}
+            for row in rows:
+                groups.setdefault(row["bucket"], []).append(row)
+            sent: list[int] = []
+            failed: list[tuple[list[asyncpg.Record], BaseException]] = []
             try:
-                await asyncio.wait_for(self.bus.transport.publish(messages), self.send_timeout)
+                await self._send(rows)
+                sent = [r["id"] for r in rows]
+                for bucket in groups:
+                    self._cooldowns.pop(bucket, None)
             except Exception as exc:
-                raise _SendFailed(ids, exc) from exc
-            await conn.execute(self._done_sql, ids)
-        return len(ids)
+                if _unavailable(exc):
+                    failed = [(group, exc) for group in groups.values()]
+                else:
+                    sent, failed = await self._send_each(groups)
+            # Failures are recorded in the batch's transaction: the rows stay unsent.
+            for group, error in failed:
+                await conn.execute(self._failed_sql, [r["id"] for r in group], _error_text(error))
+                self._cool(group[0]["bucket"], error)
+            if failed:
+                self.stats.failures += 1
+            if sent:
+                await conn.execute(self._done_sql, sent)
+        return len(sent)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> None:
+        messages = [
+            Message(topic=r["topic"], value=r["value"], key=r["key"], headers=orjson.loads(r["headers"]))
+            for r in rows
+        ]
+        await asyncio.wait_for(self.bus.transport.publish(messages), self.send_timeout)
+
+    async def _send_each(
+        self, groups: dict[int, list[asyncpg.Record]]
+    ) -> tuple[list[int], list[tuple[list[asyncpg.Record], BaseException]]]:
+        # The batch was refused as a whole. Send bucket by bucket, so that a destination
+        # the transport refuses (a full queue, a topic it rejects) holds back only its own
+        # bucket; and a refused bucket row by row up to the first refusal, so that a
+        # transport which took part of it (a bounded queue) still moves on. Within one
+        # send_timeout in total; what is not tried waits for the next batch.
+        sent: list[int] = []
+        failed: list[tuple[list[asyncpg.Record], BaseException]] = []
+        deadline = time.monotonic() + self.send_timeout
+        pending = list(groups.values())
+        for index, group in enumerate(pending):
+            if time.monotonic() > deadline:
+                break
+            try:
+                await self._send(group)
+            except Exception as exc:
+                if _unavailable(exc):
+                    # The broker itself is away: every bucket left waits, none is tried in vain.
+                    failed.extend((rest, exc) for rest in pending[index:])
+                    break
+                error: BaseException = exc
+            else:
+                sent.extend(r["id"] for r in group)
+                self._cooldowns.pop(group[0]["bucket"], None)
+                continue
+            done = 0
+            if len(group) > 1:
+                for row in group:
+                    if time.monotonic() > deadline:
+                        break
+                    try:
+                        await self._send([row])
+                    except Exception as exc:
+                        error = exc
+                        break
+                    sent.append(row["id"])
+                    done += 1
+            failed.append((group[done:], error))
+        return sent, failed
+
+    def _cool(self, bucket: int, error: BaseException) -> None:
+        # A bucket whose send failed rests with a growing delay, so the others keep going.
+        failures = self._cooldowns.get(bucket, (0, 0.0))[0] + 1
+        delay = min(self.max_backoff, 0.1 * 2 ** min(failures, 10))
+        self._cooldowns[bucket] = (failures, time.monotonic() + delay)
+        log.warning(
+            "outbox relay %s: bucket %d not sent (%s: %s); retrying it in %.1fs",
+            self.name.text,
+            bucket,
+            type(error).__name__,
+            error,
+            delay,
+        )
+
+    def _cooling_buckets(self) -> list[int]:
+        now = time.monotonic()
+        return [b for b, (_, until) in self._cooldowns.items() if until > now]
 
     async def _maybe_cleanup(self, conn: asyncpg.Connection[Any]) -> None:
         if self.retention == 0:
@@ -356,6 +427,11 @@ class OutboxRelay:
             self.stats.cleaned += total
             log.info("outbox relay %s removed %d sent rows", self.name.text, total)
         return total
+
+
+def _unavailable(error: BaseException) -> bool:
+    # A timeout or a lost connection says the broker is away, not that it refused a row.
+    return isinstance(error, (asyncio.TimeoutError, TimeoutError, ConnectionError, TransportUnavailableError))
 
 
 def _error_text(error: BaseException) -> str:

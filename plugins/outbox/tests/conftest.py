@@ -48,7 +48,7 @@ def report(request: pytest.FixtureRequest) -> Callable[..., None]:
 def _test_mode() -> Iterator[None]:
     # Only the plugins these tests use, whatever else is installed; retry waits off.
     mp = pytest.MonkeyPatch()
-    mp.setenv("DOTMAC_EVENTS_LOAD_PLUGINS", "memory,redis,outbox")
+    mp.setenv("DOTMAC_EVENTS_LOAD_PLUGINS", "memory,redis,kafka,outbox")
     reset_plugins()
     set_testing(True)
     yield

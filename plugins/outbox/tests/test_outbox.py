@@ -348,3 +348,30 @@ async def test_a_destination_the_transport_refuses_holds_back_only_its_own_rows(
     assert set(fast) == {e.event_id for e in events if e.topic == "fast"}
     assert 0 < pending_while_stuck <= 20
     assert relay.stats.failures > 0
+
+
+async def test_relay_reconnects_after_its_database_sessions_are_killed(
+    conn: asyncpg.Connection[Any], outbox: Outbox, pg_dsn: str, memory_url: str, until: Until, report: Any
+) -> None:
+    received: list[str] = []
+    async with create_bus(memory_url) as consumer:
+        await consumer.subscribe("orders", lambda e: received.append(e.event_id), group="g")
+        relay = OutboxRelay(pg_dsn, memory_url, table=outbox.name.table, poll_interval=0.2, max_backoff=0.2)
+        async with relay:
+            async with conn.transaction():
+                await outbox.publish(conn, Event(topic="orders", payload={"n": 1}))
+            await until(lambda: len(received) == 1, what="the first event")
+            old_listener = relay._listener
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'dotmac-events-outbox-relay' AND datname = current_database()"
+            )
+            async with conn.transaction():
+                await outbox.publish_many(conn, [Event(topic="orders", payload={"n": n}) for n in range(2, 12)])
+            await until(lambda: len(set(received)) == 11, what="the events after the sessions were killed")
+            await until(
+                lambda: relay._listener is not None and relay._listener is not old_listener,
+                what="a new LISTEN connection",
+            )
+    report(killed_sessions=killed, received=len(received), unique=len(set(received)))
+    assert killed == 2  # the relay's working and listening connections

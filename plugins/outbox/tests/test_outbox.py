@@ -367,7 +367,9 @@ async def test_relay_reconnects_after_its_database_sessions_are_killed(
                 "WHERE application_name = 'dotmac-events-outbox-relay' AND datname = current_database()"
             )
             async with conn.transaction():
-                await outbox.publish_many(conn, [Event(topic="orders", payload={"n": n}) for n in range(2, 12)])
+                await outbox.publish_many(
+                    conn, [Event(topic="orders", payload={"n": n}) for n in range(2, 12)]
+                )
             await until(lambda: len(set(received)) == 11, what="the events after the sessions were killed")
             await until(
                 lambda: relay._listener is not None and relay._listener is not old_listener,

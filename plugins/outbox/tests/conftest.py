@@ -57,6 +57,14 @@ def _test_mode() -> Iterator[None]:
     reset_plugins()
 
 
+def _missing(reason: str) -> None:
+    # On a developer's machine a missing service skips; in CI it must fail, or the
+    # tests that need it would pass by never running.
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def _with_database(dsn: str, database: str) -> str:
     parts = urlsplit(dsn)
     return parts._replace(path=f"/{database}").geturl()
@@ -77,7 +85,7 @@ def pg_dsn() -> Iterator[str]:
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {SERVER_DSN}: {exc}")
+        _missing(f"PostgreSQL is not reachable at {SERVER_DSN}: {exc}")
     try:
         yield _with_database(SERVER_DSN, name)
     finally:
@@ -115,7 +123,7 @@ def redis_url() -> Iterator[str]:
     from dotmac_events_redis.testing import RedisServer, redis_server_available
 
     if not redis_server_available():
-        pytest.skip("redis-server is not installed")
+        _missing("redis-server is not installed")
     with RedisServer() as server:
         yield server.url
 

@@ -325,3 +325,11 @@ def _count_into(calls: Counter[str], effects: str) -> Callable[[Event, Any], Awa
         await conn.execute(f"INSERT INTO {effects} VALUES ($1, 1)", event.event_id)
 
     return apply
+
+
+async def test_a_full_memory_store_forgets_the_oldest_record_first() -> None:
+    store = MemoryInboxStore(max_entries=3)
+    for name in ("a", "b", "c", "a", "d"):
+        await store.mark("g", name)
+    # "a" was marked again after "b" and "c", so "b" is the oldest and went first.
+    assert [await store.seen("g", n) for n in ("a", "b", "c", "d")] == [True, False, True, True]

@@ -86,13 +86,18 @@ class MemoryInboxStore(InboxStore):
 
     async def mark(self, group: str, event_id: str) -> None:
         now = time.monotonic()
-        if len(self._expires) >= self.max_entries:
-            self._expires = {k: v for k, v in self._expires.items() if v > now}
-            if len(self._expires) >= self.max_entries:
-                # Dropping the oldest record can only cause a duplicate, never a loss.
-                oldest = min(self._expires, key=self._expires.__getitem__)
-                del self._expires[oldest]
-        self._expires[(group, event_id)] = now + self.retention
+        key = (group, event_id)
+        # Insertion order is expiry order (one retention for all), so the oldest
+        # records are at the front: expired ones go first, then, when still full, the
+        # oldest live one, which can only cause a duplicate, never a loss.
+        self._expires.pop(key, None)
+        expires = self._expires
+        while expires:
+            oldest = next(iter(expires))
+            if expires[oldest] > now and len(expires) < self.max_entries:
+                break
+            del expires[oldest]
+        expires[key] = now + self.retention
 
 
 def _check_group(group: str) -> str:

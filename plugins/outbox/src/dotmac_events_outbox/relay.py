@@ -192,7 +192,11 @@ class OutboxRelay:
                 await asyncio.gather(task, return_exceptions=True)
         for conn in (self._listener, self._conn):
             if conn is not None and not conn.is_closed():
-                await conn.close()
+                try:
+                    await conn.close(timeout=5.0)
+                except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    # A database that stopped answering must not keep the relay from closing.
+                    conn.terminate()
         self._listener = self._conn = None
         if self._owns_bus:
             await self.bus.close()
@@ -238,10 +242,13 @@ class OutboxRelay:
         if now - self._listen_tried < self.poll_interval:
             return
         self._listen_tried = now
+        listener = None
         try:
             listener = await self._connect()
             await listener.add_listener(channel_for(self.name), self._on_notify)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if listener is not None:
+                listener.terminate()
             log.warning("outbox relay cannot LISTEN, polling every %ss: %s", self.poll_interval, exc)
             return
         self._listener = listener

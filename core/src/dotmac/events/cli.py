@@ -1,4 +1,5 @@
-"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench."""
+"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench, and the
+commands plugins add through ``dotmac_events_register_commands``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .config import ENV_URL, create_bus, redact_url
 from .errors import EventBusError, NonRetryableError
 from .event import Event, EventMetadata
 from .options import ConsumerOptions
-from .plugins import plugin_infos
+from .plugins import get_plugin_manager, plugin_infos
 
 __all__ = ["main"]
 
@@ -404,7 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop latency run")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=_bench)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    # One implementation at a time, so a plugin whose hook fails (or claims a taken
+    # name) is named in the log and the rest of the CLI still works.
+    caller = get_plugin_manager().hook.dotmac_events_register_commands
+    for impl in reversed(caller.get_hookimpls()):
+        try:
+            impl.function(subparsers=sub)
+        except Exception as exc:
+            log.warning(
+                "skipping the commands of dotmac-events plugin %r: %s: %s",
+                impl.plugin_name,
+                type(exc).__name__,
+                exc,
+            )
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -33,6 +33,8 @@ import pluggy
 from attrs import frozen
 
 if TYPE_CHECKING:
+    import argparse
+
     from .event import Event
     from .registry import Registry
     from .transport import Message
@@ -107,6 +109,29 @@ def dotmac_events_register_retry_policies(register: Registry) -> None:
     with ``max_retries`` and a pure ``compute(attempt) -> seconds``) from a
     subscription's options. ``ConsumerOptions(retry_policy=name)`` selects it.
     The builtins ``none``, ``fixed`` and ``exponential`` register the same way.
+    Return value: ignored.
+    """
+
+
+@hookspec
+def dotmac_events_register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add subcommands to the ``dotmac-events`` CLI.
+
+    Called once each time the CLI builds its argument parser, after the builtin
+    commands were added, with the ``subparsers`` object of the top-level parser.
+    Call ``subparsers.add_parser(name, help=...)`` for each command (give it its own
+    ``add_subparsers()`` for nested commands such as ``dotmac-events outbox relay``)
+    and ``set_defaults(func=...)`` on the parser that runs it, where
+    ``func(args, out) -> int`` receives the parsed :class:`argparse.Namespace` and
+    the text stream to write results to, and returns the exit code. ``func`` may be
+    an ``async def`` returning an int; the CLI runs it with :func:`asyncio.run`.
+    An :class:`~dotmac.events.errors.EventBusError` raised by ``func`` is printed
+    and exits with 2.
+
+    Import heavy dependencies inside ``func``, not at module level, so that
+    ``dotmac-events --help`` stays fast. An implementation that raises (argparse
+    raises for a command name already taken, on Python 3.11 and later) is logged
+    with the plugin's name and skipped; the other commands keep working.
     Return value: ignored.
     """
 

@@ -210,3 +210,28 @@ def test_config_validation(kwargs: dict[str, object], fragment: str) -> None:
 def test_url_names_the_broker() -> None:
     assert create_bus("memory://orders-test").transport.config.name == "orders-test"  # type: ignore[attr-defined]
     assert create_bus("memory://").transport.config.name == "default"  # type: ignore[attr-defined]
+
+
+async def test_groups_report_members_pending_and_lag(name: str) -> None:
+    async with create_bus(f"memory://{name}") as bus:
+        assert bus.capabilities.introspection
+        assert await bus.groups("orders") == []
+        gate = asyncio.Event()
+        seen = Collector(on_event=lambda e: gate.wait())
+        sub = await bus.subscribe("orders", seen, group="billing", options=ConsumerOptions(prefetch_count=2))
+        await bus.subscribe("orders", Collector())  # broadcast: not a group
+        await bus.publish_many([Event(topic="orders", payload={"i": i}) for i in range(10)])
+        await wait_for(lambda: seen.total_calls == 1, 5, what="the first event in the handler")
+        (info,) = await bus.groups("orders")
+        assert (info.topic, info.group, info.members) == ("orders", "billing", (sub.name,))
+        assert info.pending == 3  # the prefetch window of 2, and one waiting for room in it
+        assert info.lag == 7
+        assert info.oldest_pending_age is not None and info.oldest_pending_age >= 0
+        gate.set()
+        await seen.wait_count(10, 5)
+        await wait_for(lambda: sub.handled == 10, 5, what="acks")
+        (info,) = await bus.groups("orders")
+        assert (info.pending, info.lag, info.oldest_pending_age) == (0, 0, None)
+        await sub.stop()
+        (info,) = await bus.groups("orders")
+        assert info.members == ()

@@ -48,7 +48,15 @@ from .plugins import hookimpl
 from .registry import FIRST_PARTY, CodecSpec, Registry, TransportSpec
 from .retry import ExponentialBackoff, FixedDelay, NoRetry, RetryPolicy
 from .runner import Subscription
-from .transport import Capabilities, Delivery, Message, SubscriptionSpec, Transport, TransportSubscription
+from .transport import (
+    Capabilities,
+    Delivery,
+    GroupInfo,
+    Message,
+    SubscriptionSpec,
+    Transport,
+    TransportSubscription,
+)
 
 __all__ = [
     "BusStateError",
@@ -71,6 +79,7 @@ __all__ = [
     "EventMetadata",
     "ExponentialBackoff",
     "FixedDelay",
+    "GroupInfo",
     "HeaderValidationError",
     "InvalidTenantError",
     "InvalidTopicError",

@@ -33,7 +33,7 @@ from .observe import Observers, PublishInfo
 from .options import ConsumerOptions
 from .registry import Registry
 from .runner import Handler, Subscription, consumer_name
-from .transport import Capabilities, Message, SubscriptionSpec, Transport
+from .transport import Capabilities, GroupInfo, Message, SubscriptionSpec, Transport
 from .wire import build_event, content_type_of, envelope_headers
 
 __all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
@@ -430,6 +430,13 @@ class EventBus:
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
         return tuple(self._subscriptions)
+
+    async def groups(self, topic: str) -> Sequence[GroupInfo]:
+        """The consumer groups of ``topic``: members, pending events, lag (see
+        :class:`~dotmac.events.transport.GroupInfo`). Needs ``capabilities.introspection``."""
+        validate_topic(topic)
+        self._check_started()
+        return await self.transport.groups(topic)
 
     # -- request / reply ---------------------------------------------------------------
     async def _ensure_reply_subscription(self) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "Capabilities",
     "Delivery",
     "DeliverySink",
+    "GroupInfo",
     "Message",
     "StartFrom",
     "SubscriptionSpec",
@@ -47,6 +48,7 @@ class Capabilities:
     - ``readable``: :meth:`Transport.read` lists a topic's retained events (DLQ listing).
     - ``restartable``: the broker can restart under a live bus without losing acked events.
     - ``batch_publish``: :meth:`Transport.publish` sends several messages in one round trip.
+    - ``introspection``: :meth:`Transport.groups` reports consumer groups and their lag.
     """
 
     persistent: bool = False
@@ -58,6 +60,28 @@ class Capabilities:
     readable: bool = False
     restartable: bool = False
     batch_publish: bool = False
+    introspection: bool = False
+
+
+@frozen
+class GroupInfo:
+    """One consumer group of one topic, as :meth:`Transport.groups` reports it.
+
+    - ``members``: names of the group's consumers the broker knows (live ones, and on
+      Redis also dead ones still holding pending entries).
+    - ``pending``: events delivered to a member and not yet acknowledged.
+    - ``lag``: events of the topic the group has not been handed yet; ``None`` when the
+      broker cannot tell (a Redis group on a trimmed stream, say).
+    - ``oldest_pending_age``: seconds since the oldest pending event was handed out,
+      ``None`` when nothing is pending or the broker does not say.
+    """
+
+    topic: str
+    group: str
+    members: tuple[str, ...] = ()
+    pending: int = 0
+    lag: int | None = None
+    oldest_pending_age: float | None = None
 
 
 @frozen
@@ -245,6 +269,16 @@ class Transport(abc.ABC):
         from .errors import UnsupportedOperationError
 
         raise UnsupportedOperationError(f"the {self.name} transport cannot read topics back")
+
+    async def groups(self, topic: str) -> Sequence[GroupInfo]:
+        """The consumer groups of ``topic`` with their members, pending events and lag.
+
+        Optional (``capabilities.introspection``); broadcast subscriptions are not
+        groups and are not listed. A topic that does not exist has no groups.
+        """
+        from .errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(f"the {self.name} transport cannot list consumer groups")
 
     def describe(self) -> Mapping[str, object]:
         """Non-secret facts for logs and ``dotmac-events plugins`` (host, port, ...)."""

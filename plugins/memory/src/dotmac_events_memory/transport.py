@@ -25,6 +25,7 @@ from typing import IO, Any
 from dotmac.events import (
     Capabilities,
     Delivery,
+    GroupInfo,
     Message,
     QueueFullError,
     SubscriptionSpec,
@@ -51,6 +52,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=False,
     batch_publish=True,
+    introspection=True,
 )
 
 
@@ -65,7 +67,7 @@ class _Entry:
 class _Holder:
     """The queue of one consumer group (or one broadcast subscription) on one topic."""
 
-    __slots__ = ("closed", "inflight", "label", "maxsize", "nonempty", "ready", "space")
+    __slots__ = ("closed", "inflight", "label", "maxsize", "members", "nonempty", "ready", "space", "taken")
 
     def __init__(self, maxsize: int, label: str) -> None:
         self.ready: deque[_Entry] = deque()
@@ -76,6 +78,9 @@ class _Holder:
         self.inflight = 0
         self.closed = False
         self.label = label
+        self.members: dict[str, int] = {}  # consumer name -> its subscriptions on this holder
+        # When each in-flight delivery was handed out, oldest first (for GroupInfo).
+        self.taken: dict[_MemoryDelivery, float] = {}
 
     def put(self, entry: _Entry) -> None:
         self.ready.append(entry)
@@ -151,11 +156,13 @@ class _MemoryDelivery(Delivery):
         if not self._done:
             self._done = True
             self._holder.inflight -= 1
+            self._holder.taken.pop(self, None)
 
     def release_now(self) -> None:
         if not self._done:
             self._done = True
             self._holder.inflight -= 1
+            self._holder.taken.pop(self, None)
             self._holder.requeue(_Entry(self._entry.message, self._entry.count + 1))
 
     async def release(self) -> None:
@@ -164,11 +171,14 @@ class _MemoryDelivery(Delivery):
 
 class _MemorySubscription(TransportSubscription):
     def __init__(
-        self, transport: MemoryTransport, holders: list[tuple[_Topic, _Holder]], broadcast: bool
+        self, transport: MemoryTransport, holders: list[tuple[_Topic, _Holder]], broadcast: bool, name: str
     ) -> None:
         self._transport = transport
         self._holders = holders
         self._broadcast = broadcast
+        self._name = name
+        for _topic, holder in holders:
+            holder.members[name] = holder.members.get(name, 0) + 1
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
 
@@ -187,6 +197,7 @@ class _MemorySubscription(TransportSubscription):
                 entry = await holder.get()
             holder.inflight += 1
             delivery = _MemoryDelivery(entry, holder)
+            holder.taken[delivery] = time.monotonic()
             try:
                 await sink(delivery)
             except asyncio.CancelledError:
@@ -202,6 +213,12 @@ class _MemorySubscription(TransportSubscription):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for _topic, holder in self._holders:
+            left = holder.members.get(self._name, 0) - 1
+            if left > 0:
+                holder.members[self._name] = left
+            else:
+                holder.members.pop(self._name, None)
         if self._broadcast:
             for topic, holder in self._holders:
                 holder.closed = True
@@ -347,7 +364,7 @@ class MemoryTransport(Transport):
                     topic.groups[spec.group] = holder
                     topic.holders.append(holder)
             holders.append((topic, holder))
-        sub = _MemorySubscription(self, holders, broadcast=spec.group is None)
+        sub = _MemorySubscription(self, holders, broadcast=spec.group is None, name=spec.consumer_name)
         sub.start(sink, spec.consumer_name)
         self._subs.add(sub)
         return sub
@@ -358,6 +375,27 @@ class MemoryTransport(Transport):
         if retained is None:
             return []
         return list(retained.retained)[:limit]
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        broker = self._require()
+        state = broker.topics.get(topic)
+        if state is None:
+            return []
+        now = time.monotonic()
+        infos = []
+        for group, holder in sorted(state.groups.items()):
+            oldest = next(iter(holder.taken.values()), None)
+            infos.append(
+                GroupInfo(
+                    topic=topic,
+                    group=group,
+                    members=tuple(sorted(holder.members)),
+                    pending=holder.inflight,
+                    lag=len(holder.ready),
+                    oldest_pending_age=None if oldest is None else now - oldest,
+                )
+            )
+        return infos
 
     def stats(self) -> dict[str, Any]:
         """Queue depths per topic and holder (for debugging and tests)."""

@@ -47,12 +47,12 @@ async def test_full_queue_makes_publish_wait_then_proceed(name: str) -> None:
         def ready() -> int:
             return int(bus.transport.stats()["q"]["holders"]["group 'g'"]["ready"])  # type: ignore[attr-defined]
 
-        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2)])
-        # One with the handler, one waiting for room in the runner, then two queued.
-        await wait_for(lambda: seen.total_calls == 1 and ready() == 0, 5, what="two events taken")
-        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2, 4)])
+        await bus.publish(Event(topic="q", payload={"i": 0}))
+        # One with the handler (prefetch_count=1), then two queued.
+        await wait_for(lambda: seen.total_calls == 1 and ready() == 0, 5, what="the first event taken")
+        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(1, 3)])
         assert ready() == 2
-        batch = [Event(topic="q", payload={"i": i}) for i in (4, 5)]
+        batch = [Event(topic="q", payload={"i": i}) for i in (3, 4)]
         publishing = asyncio.create_task(bus.publish_many(batch))
         for _ in range(3):  # memory publishing runs to its first wait within a loop turn
             await asyncio.sleep(0)
@@ -60,8 +60,8 @@ async def test_full_queue_makes_publish_wait_then_proceed(name: str) -> None:
         assert ready() == 2, "nothing of a waiting batch is stored"
         gate.set()
         await asyncio.wait_for(publishing, 10)
-        await seen.wait_count(6, 10)
-        assert seen.payloads("i") == list(range(6))
+        await seen.wait_count(5, 10)
+        assert seen.payloads("i") == list(range(5))
 
 
 async def test_a_batch_is_all_or_nothing(name: str) -> None:
@@ -73,23 +73,23 @@ async def test_a_batch_is_all_or_nothing(name: str) -> None:
         def ready() -> int:
             return int(bus.transport.stats()["q"]["holders"]["group 'g'"]["ready"])  # type: ignore[attr-defined]
 
-        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2)])
-        # One with the handler, one waiting for room in the runner, then two queued.
-        await wait_for(lambda: seen.total_calls == 1 and ready() == 0, 5, what="two events taken")
-        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(2, 4)])
+        await bus.publish(Event(topic="q", payload={"i": 0}))
+        # One with the handler (prefetch_count=1), then two queued.
+        await wait_for(lambda: seen.total_calls == 1 and ready() == 0, 5, what="the first event taken")
+        await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(1, 3)])
         assert ready() == 2
         no_room = "no room for a batch of 2 events.*nothing was stored"
         with pytest.raises(QueueFullError, match=no_room) as full:
-            await bus.publish_many([Event(topic="q", payload={"i": i}) for i in (4, 5)])
+            await bus.publish_many([Event(topic="q", payload={"i": i}) for i in (3, 4)])
         assert full.value.retriable
         assert ready() == 2
         with pytest.raises(QueueFullError, match="needs 4 places.*at most 3") as never:
-            await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(4, 8)])
+            await bus.publish_many([Event(topic="q", payload={"i": i}) for i in range(3, 7)])
         assert not never.value.retriable
         assert ready() == 2
         gate.set()
-        await seen.wait_count(4, 10)
-        assert seen.payloads("i") == [0, 1, 2, 3]
+        await seen.wait_count(3, 10)
+        assert seen.payloads("i") == [0, 1, 2]
 
 
 async def test_waiting_publish_times_out(name: str) -> None:
@@ -224,8 +224,8 @@ async def test_groups_report_members_pending_and_lag(name: str) -> None:
         await wait_for(lambda: seen.total_calls == 1, 5, what="the first event in the handler")
         (info,) = await bus.groups("orders")
         assert (info.topic, info.group, info.members) == ("orders", "billing", (sub.name,))
-        assert info.pending == 3  # the prefetch window of 2, and one waiting for room in it
-        assert info.lag == 7
+        assert info.pending == 2  # the prefetch window
+        assert info.lag == 8
         assert info.oldest_pending_age is not None and info.oldest_pending_age >= 0
         gate.set()
         await seen.wait_count(10, 5)

@@ -15,7 +15,14 @@ Only pytest is needed; every test runs its scenario on a fresh event loop.
 
 from __future__ import annotations
 
-from .collect import Collector, wait_for
-from .conformance import TransportConformance
+import pytest
+
+# Plain asserts in the kit report what was expected and what was seen.
+pytest.register_assert_rewrite(
+    "dotmac.events.testing.conformance", "dotmac.events.testing.contract", "dotmac.events.testing.hostile"
+)
+
+from .collect import Collector, wait_for  # noqa: E402
+from .conformance import TransportConformance  # noqa: E402
 
 __all__ = ["Collector", "TransportConformance", "wait_for"]

@@ -11,7 +11,7 @@ that installs it.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bus import EventBus, PayloadValidator
 from .codec import Codec, JsonCodec
@@ -50,7 +50,11 @@ from .retry import ExponentialBackoff, FixedDelay, NoRetry, RetryPolicy
 from .runner import Subscription
 from .transport import Capabilities, Delivery, Message, SubscriptionSpec, Transport, TransportSubscription
 
+if TYPE_CHECKING:
+    from .app import App
+
 __all__ = [
+    "App",
     "BusStateError",
     "Capabilities",
     "Codec",
@@ -119,6 +123,11 @@ _LAZY: dict[str, tuple[str, str]] = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "App":
+        # The service framework loads on first use: importing the bus alone stays lean.
+        from .app import App
+
+        return App
     if name == "create_dotmac_observability_hooks":
         from .metrics import create_dotmac_observability_hooks
 
@@ -137,4 +146,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, "create_dotmac_observability_hooks"])
+    return sorted([*globals(), *_LAZY, "App", "create_dotmac_observability_hooks"])

@@ -11,11 +11,15 @@ your transport and implement :meth:`TransportConformance.create_bus`::
             return create_bus("foo://localhost")
 
 Only pytest is needed; every test runs its scenario on a fresh event loop.
+
+``TestApp`` runs a service :class:`~dotmac.events.App` on a private ``memory://`` bus
+for the service's own tests (see docs/services.md).
 """
 
 from __future__ import annotations
 
+from .app import TestApp
 from .collect import Collector, wait_for
 from .conformance import TransportConformance
 
-__all__ = ["Collector", "TransportConformance", "wait_for"]
+__all__ = ["Collector", "TestApp", "TransportConformance", "wait_for"]

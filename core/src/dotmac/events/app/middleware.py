@@ -1,0 +1,94 @@
+"""Middleware shipped with the app layer: a correlation-id logging context and a timeout.
+
+A middleware is ``async def mw(event, call_next)``. It may wrap the call, return
+without calling ``call_next`` (the event is then acked as handled), pass a changed
+event on, or raise (a handler failure: retried, then dead-lettered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from typing import Any
+
+from attrs import evolve
+
+from ..errors import ConfigurationError, EventBusTimeoutError
+from ..event import Event
+from ._app import CallNext, Middleware
+
+__all__ = [
+    "CorrelationIdFilter",
+    "HandlerTimeoutError",
+    "correlation_id",
+    "current_correlation_id",
+    "timeout",
+]
+
+log = logging.getLogger(__name__)
+
+_correlation: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dotmac_events_correlation_id", default=None
+)
+_event_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("dotmac_events_event_id", default=None)
+
+
+def current_correlation_id() -> str | None:
+    """The correlation id of the event being handled in this task (set by :func:`correlation_id`)."""
+    return _correlation.get()
+
+
+async def correlation_id(event: Event, call_next: CallNext) -> Any:
+    """Give every event a correlation id and expose it to logging for the handler's duration.
+
+    An event without one gets its own event id as correlation id (so the events a
+    handler publishes share it). Add :class:`CorrelationIdFilter` to a logging
+    handler and use ``%(correlation_id)s`` / ``%(event_id)s`` in its format.
+    """
+    correlation = event.metadata.correlation_id
+    if correlation is None:
+        correlation = event.metadata.event_id
+        event = evolve(event, metadata=evolve(event.metadata, correlation_id=correlation))
+    token_c = _correlation.set(correlation)
+    token_e = _event_id.set(event.metadata.event_id)
+    try:
+        return await call_next(event)
+    finally:
+        _correlation.reset(token_c)
+        _event_id.reset(token_e)
+
+
+class CorrelationIdFilter(logging.Filter):
+    """Adds ``correlation_id`` and ``event_id`` to every record (``-`` outside a handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = _correlation.get() or "-"
+        record.event_id = _event_id.get() or "-"
+        return True
+
+
+class HandlerTimeoutError(EventBusTimeoutError):
+    """A handler (with the middleware after the timeout) ran longer than allowed."""
+
+
+def timeout(seconds: float) -> Middleware:
+    """Fail a handler that runs longer than ``seconds``; the failure is retried like any other.
+
+    The handler is cancelled at the limit; at-least-once delivery means the retry (or
+    the dead letter) follows, never a silent drop.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigurationError(f"timeout must be a number of seconds > 0, got {seconds!r}")
+    limit = float(seconds)
+
+    async def timeout_middleware(event: Event, call_next: CallNext) -> Any:
+        try:
+            return await asyncio.wait_for(call_next(event), limit)
+        except asyncio.TimeoutError:
+            raise HandlerTimeoutError(
+                f"handler of {event.topic!r} ran longer than {limit}s (event {event.event_id})"
+            ) from None
+
+    timeout_middleware.__qualname__ = f"timeout({limit})"
+    return timeout_middleware

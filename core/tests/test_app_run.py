@@ -7,13 +7,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
 
-from harness import Service  # noqa: E402
+from harness import Service, Services  # noqa: E402
 
 pytest.importorskip("dotmac_events_memory")
 
@@ -21,17 +20,10 @@ MEMORY = ["--url", "memory://svc"]
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    started: list[Service] = []
-
-    def start(*args: str, **env: Any) -> Service:
-        svc = Service(tmp_path, args, {k: str(v) for k, v in env.items()}, name=f"svc{len(started)}")
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.cleanup()
+def service(tmp_path: Path) -> Iterator[Services]:
+    services = Services(tmp_path)
+    yield services
+    services.cleanup()
 
 
 def test_sigterm_drains_in_flight_handlers_and_exits_0(service: Callable[..., Service]) -> None:

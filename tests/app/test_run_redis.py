@@ -13,7 +13,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,7 +25,7 @@ from dotmac_events_redis.testing import RedisServer, redis_server_available  # n
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "core" / "tests" / "apps"))
 
-from harness import Service  # noqa: E402
+from harness import Service, Services  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +48,10 @@ def url(redis_url: str) -> str:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
-    started: list[Service] = []
-
-    def start(*args: str, **env: Any) -> Service:
-        svc = Service(tmp_path, args, {k: str(v) for k, v in env.items()}, name=f"svc{len(started)}")
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in started:
-        svc.cleanup()
+def service(tmp_path: Path) -> Iterator[Services]:
+    services = Services(tmp_path)
+    yield services
+    services.cleanup()
 
 
 async def _publish(url: str, topic: str, count: int) -> None:

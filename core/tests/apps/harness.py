@@ -85,3 +85,20 @@ class Service:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+class Services:
+    """Starts :class:`Service` processes in ``tmp``; ``cleanup()`` kills the survivors."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Service] = []
+
+    def __call__(self, *args: str, **env: object) -> Service:
+        svc = Service(self.tmp, args, {k: str(v) for k, v in env.items()}, name=f"svc{len(self.started)}")
+        self.started.append(svc)
+        return svc
+
+    def cleanup(self) -> None:
+        for svc in self.started:
+            svc.cleanup()

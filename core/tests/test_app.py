@@ -304,6 +304,10 @@ async def test_lifespan_order_and_async_with() -> None:
     def second() -> None:
         steps.append(f"startup 2 (subscriptions: {len(app.subscriptions)})")
 
+    @app.after_startup
+    async def ready() -> None:
+        steps.append(f"after startup (subscriptions: {len(app.subscriptions)})")
+
     @app.on_shutdown
     async def down_1() -> None:
         steps.append("shutdown 1")
@@ -324,6 +328,7 @@ async def test_lifespan_order_and_async_with() -> None:
         "lifespan enter",
         "startup 1 (bus started: True)",
         "startup 2 (subscriptions: 0)",
+        "after startup (subscriptions: 1)",
         "handled",
         "shutdown 1",
         "shutdown 2",

@@ -17,14 +17,21 @@ APPS = Path(__file__).resolve().parent
 class Service:
     """``dotmac-events run ARGS`` with stderr in ``tmp/NAME.log``; killed at cleanup if alive."""
 
-    def __init__(self, tmp: Path, args: Sequence[str], env: dict[str, str] | None = None, name: str = "svc"):
+    def __init__(
+        self,
+        tmp: Path,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        name: str = "svc",
+        app_dir: Path = APPS,
+    ) -> None:
         self.log_path = tmp / f"{name}.log"
         self.record_path = tmp / "record.txt"
         full_env = {**os.environ, "SVC_RECORD": str(self.record_path), **(env or {})}
         full_env.pop("DOTMAC_EVENTS_URL", None)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in cleanup()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dotmac.events.cli", "run", *args, "--app-dir", str(APPS)],
+            [sys.executable, "-m", "dotmac.events.cli", "run", *args, "--app-dir", str(app_dir)],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -90,12 +97,15 @@ class Service:
 class Services:
     """Starts :class:`Service` processes in ``tmp``; ``cleanup()`` kills the survivors."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, app_dir: Path = APPS) -> None:
         self.tmp = tmp
+        self.app_dir = app_dir
         self.started: list[Service] = []
 
     def __call__(self, *args: str, **env: object) -> Service:
-        svc = Service(self.tmp, args, {k: str(v) for k, v in env.items()}, name=f"svc{len(self.started)}")
+        svc = Service(
+            self.tmp, args, {k: str(v) for k, v in env.items()}, f"svc{len(self.started)}", self.app_dir
+        )
         self.started.append(svc)
         return svc
 

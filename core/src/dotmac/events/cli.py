@@ -353,10 +353,11 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         raise SystemExit("--workers must be >= 1")
     if args.grace is not None and args.grace < 0:
         raise SystemExit("--grace must be >= 0")
-    app_log = logging.getLogger(f"{_package}.app")
-    saved = app_log.level
-    # One line per lifecycle step is the runner's output: shown unless -q.
-    app_log.setLevel(logging.WARNING if args.quiet else min(logging.INFO, logging.getLogger().level))
+    root = logging.getLogger()
+    saved = root.level
+    # A worker's log is its output: the runner's lifecycle lines and the service's own
+    # INFO lines are shown unless -q.
+    root.setLevel(logging.WARNING if args.quiet else min(logging.INFO, saved))
     try:
         apps = [load_app(target, args.app_dir) for target in args.apps]
         if args.workers == 1:
@@ -370,7 +371,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         argv += ["-q"] if args.quiet else []
         return run_workers(argv, args.workers, grace)
     finally:
-        app_log.setLevel(saved)
+        root.setLevel(saved)
 
 
 # -- entry point -------------------------------------------------------------------------

@@ -144,6 +144,7 @@ class App:
         self._publishers: dict[Callable[..., Any], list[PublisherSpec]] = {}
         self._middlewares: list[Middleware] = []
         self._startup: list[Hook] = []
+        self._after_startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._bus: EventBus | None = None
         self._bindings: list[_Binding] = []
@@ -236,6 +237,11 @@ class App:
     def on_startup(self, fn: F) -> F:
         """Run ``fn`` (sync or async) at start, after the bus connected, before intake."""
         self._startup.append(fn)
+        return fn
+
+    def after_startup(self, fn: F) -> F:
+        """Run ``fn`` (sync or async) once every subscription is live (e.g. to start producing)."""
+        self._after_startup.append(fn)
         return fn
 
     def on_shutdown(self, fn: F) -> F:
@@ -336,6 +342,8 @@ class App:
                         ",".join(spec.topics),
                         spec.group or "none: broadcast",
                     )
+                for hook in self._after_startup:
+                    await _call_hook(hook)
             except BaseException:
                 self._state = "stopping"
                 with contextlib.suppress(Exception):

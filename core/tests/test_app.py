@@ -474,3 +474,13 @@ async def _until(predicate: Any, timeout: float = 5.0) -> None:
     from dotmac.events.testing import wait_for
 
     await wait_for(predicate, timeout)
+
+
+async def test_the_app_overhead_benchmark_runs_every_configuration() -> None:
+    from dotmac.events.bench import APP_CONFIGS, app_overhead, format_app_overhead
+
+    report = await app_overhead(events=300, rounds=1, batch=100)
+    assert set(report["results"]) == set(APP_CONFIGS)  # pydantic is in the test extra
+    assert all(row["us_per_event"] > 0 for row in report["results"].values())
+    assert report["results"]["bus"]["vs_bus"] == 1.0
+    assert "correlation_id middleware" in format_app_overhead(report)

@@ -12,8 +12,6 @@ import contextvars
 import logging
 from typing import Any
 
-from attrs import evolve
-
 from ..errors import ConfigurationError, EventBusTimeoutError
 from ..event import Event
 from ._app import CallNext, Middleware
@@ -42,15 +40,13 @@ def current_correlation_id() -> str | None:
 async def correlation_id(event: Event, call_next: CallNext) -> Any:
     """Give every event a correlation id and expose it to logging for the handler's duration.
 
-    An event without one gets its own event id as correlation id (so the events a
-    handler publishes share it). Add :class:`CorrelationIdFilter` to a logging
-    handler and use ``%(correlation_id)s`` / ``%(event_id)s`` in its format.
+    An event without one is its own correlation: its event id is used, as it is for
+    the events the handler publishes (``@app.publisher``, ``app.publish``). Add
+    :class:`CorrelationIdFilter` to a logging handler and use ``%(correlation_id)s``
+    / ``%(event_id)s`` in its format.
     """
-    correlation = event.metadata.correlation_id
-    if correlation is None:
-        correlation = event.metadata.event_id
-        event = evolve(event, metadata=evolve(event.metadata, correlation_id=correlation))
-    token_c = _correlation.set(correlation)
+    # The event is passed on unchanged: rebuilding it would cost more than the rest.
+    token_c = _correlation.set(event.metadata.correlation_id or event.metadata.event_id)
     token_e = _event_id.set(event.metadata.event_id)
     try:
         return await call_next(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -38,7 +39,10 @@ def test_sigterm_drains_in_flight_handlers_and_exits_0(service: Callable[..., Se
     assert started == done >= 2  # every handler that began, finished
     assert steps[-1] == "down"  # shutdown hooks after the drain
     assert "received SIGTERM: stopping intake and draining" in log
-    assert f"{done} handled" in log and "released for redelivery" in log
+    drained = re.search(r"svc: drained (\d+) of (\d+) in-flight handler\(s\) in [\d.]+s \(0 cancelled", log)
+    assert drained is not None, log
+    assert int(drained.group(1)) == int(drained.group(2)) >= 2  # the handlers running at SIGTERM
+    assert f"released for redelivery; in all {done} handled" in log
     assert "exit code 0" in log
 
 
@@ -51,7 +55,9 @@ def test_grace_expiry_exits_1_and_a_second_signal_forces_exit_4(service: Callabl
 
     expired.signal(signal.SIGTERM)
     assert expired.wait(20) == 1
-    assert "2 cancelled at the grace limit; exit code 1" in expired.log()
+    assert "drained 0 of 2 in-flight handler(s)" in expired.log()
+    assert "(2 cancelled at the grace limit)" in expired.log()
+    assert "exit code 1" in expired.log()
 
     forced.signal(signal.SIGTERM)
     forced.wait_log("received SIGTERM: stopping intake")

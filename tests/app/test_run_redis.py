@@ -49,7 +49,7 @@ def url(redis_url: str) -> str:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Services]:
-    services = Services(tmp_path)
+    services = Services(tmp_path, shared_record=True)
     yield services
     services.cleanup()
 
@@ -83,10 +83,11 @@ def test_sigterm_during_in_flight_work_loses_nothing(
     finished = {n for step, n, _ in rows if step == "done"}
     assert started == finished  # in-flight work drained, nothing cut off
     line = first.wait_log(
-        r"drained in [\d.]+s: (\d+) handled, (\d+) retried, (\d+) dead-lettered, "
-        r"(\d+) released for redelivery"
+        r"svc: drained (\d+) of (\d+) in-flight handler\(s\) in [\d.]+s \(0 cancelled at the grace limit\), "
+        r"(\d+) event\(s\) released for redelivery; in all (\d+) handled"
     )
-    handled, released = int(line.group(1)), int(line.group(4))
+    in_flight, released, handled = int(line.group(2)), int(line.group(3)), int(line.group(4))
+    assert int(line.group(1)) == in_flight >= 1  # what ran at SIGTERM finished
     assert handled == len(finished)
     assert handled < total
 
@@ -99,7 +100,8 @@ def test_sigterm_during_in_flight_work_loses_nothing(
     duplicates = sum(len(pids) - 1 for pids in _done(second).values())
     report(
         published=total,
-        drained=handled,
+        in_flight_at_sigterm=in_flight,
+        handled_by_first=handled,
         released=released,
         second_worker=total - handled,
         lost=lost,

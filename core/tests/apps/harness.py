@@ -24,9 +24,10 @@ class Service:
         env: dict[str, str] | None = None,
         name: str = "svc",
         app_dir: Path = APPS,
+        record: Path | None = None,
     ) -> None:
         self.log_path = tmp / f"{name}.log"
-        self.record_path = tmp / "record.txt"
+        self.record_path = record or tmp / f"{name}.records"
         full_env = {**os.environ, "SVC_RECORD": str(self.record_path), **(env or {})}
         full_env.pop("DOTMAC_EVENTS_URL", None)
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in cleanup()
@@ -97,14 +98,21 @@ class Service:
 class Services:
     """Starts :class:`Service` processes in ``tmp``; ``cleanup()`` kills the survivors."""
 
-    def __init__(self, tmp: Path, app_dir: Path = APPS) -> None:
+    def __init__(self, tmp: Path, app_dir: Path = APPS, shared_record: bool = False) -> None:
         self.tmp = tmp
         self.app_dir = app_dir
+        # One record file for all: for tests that follow events from one process to the next.
+        self.record = tmp / "all.records" if shared_record else None
         self.started: list[Service] = []
 
     def __call__(self, *args: str, **env: object) -> Service:
         svc = Service(
-            self.tmp, args, {k: str(v) for k, v in env.items()}, f"svc{len(self.started)}", self.app_dir
+            self.tmp,
+            args,
+            {k: str(v) for k, v in env.items()},
+            f"svc{len(self.started)}",
+            self.app_dir,
+            self.record,
         )
         self.started.append(svc)
         return svc

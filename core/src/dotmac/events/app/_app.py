@@ -80,10 +80,13 @@ class SubscriberSpec:
 
 @frozen
 class DrainReport:
-    """What a stop did: counts summed over the app's subscriptions.
+    """What a stop did, summed over the app's subscriptions.
 
-    ``cancelled`` counts handlers still running when the grace period expired; their
-    events were released for redelivery, like the queued ones counted in ``released``.
+    ``in_flight`` handlers were running when intake stopped; ``drained`` of them
+    finished within the grace period, ``cancelled`` did not and their events were
+    released for redelivery. ``released`` counts every event given back un-acked
+    (fetched but not started, cancelled, or waiting for a retry). ``handled``,
+    ``retried`` and ``dead_lettered`` count the subscriptions' whole run.
     """
 
     handled: int
@@ -92,6 +95,11 @@ class DrainReport:
     released: int
     cancelled: int
     seconds: float
+    in_flight: int = 0
+
+    @property
+    def drained(self) -> int:
+        return max(0, self.in_flight - self.cancelled)
 
     @property
     def grace_expired(self) -> bool:
@@ -370,10 +378,10 @@ class App:
         the rest for redelivery, run shutdown hooks, close the bus. Idempotent."""
         grace = self.grace if grace is None else grace
         if self._state != "running" or self._lock is None:
-            return self.last_report or DrainReport(0, 0, 0, 0, 0, 0.0)
+            return self.last_report or DrainReport(0, 0, 0, 0, 0, 0.0, 0)
         async with self._lock:
             if self._state != "running":
-                return self.last_report or DrainReport(0, 0, 0, 0, 0, 0.0)
+                return self.last_report or DrainReport(0, 0, 0, 0, 0, 0.0, 0)
             self._state = "stopping"
             started = time.perf_counter()
             in_flight = self.in_flight
@@ -395,18 +403,21 @@ class App:
                 released=sum(s.released for s in subs),
                 cancelled=sum(b.cancelled for b in self._bindings),
                 seconds=round(time.perf_counter() - started, 3),
+                in_flight=in_flight,
             )
             self.last_report = report
             log.info(
-                "%s: drained in %.2fs: %d handled, %d retried, %d dead-lettered, "
-                "%d released for redelivery (%d in-flight cancelled at the grace limit)",
+                "%s: drained %d of %d in-flight handler(s) in %.2fs (%d cancelled at the grace limit), "
+                "%d event(s) released for redelivery; in all %d handled, %d retried, %d dead-lettered",
                 self.name,
+                report.drained,
+                report.in_flight,
                 report.seconds,
+                report.cancelled,
+                report.released,
                 report.handled,
                 report.retried,
                 report.dead_lettered,
-                report.released,
-                report.cancelled,
             )
             try:
                 await self._run_shutdown_hooks()

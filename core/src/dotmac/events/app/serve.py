@@ -192,15 +192,17 @@ async def serve(apps: Sequence[App], *, target: str | None, grace: float | None)
                 code = max(code, EXIT_GRACE_EXPIRED)
             if started:
                 log.info(
-                    "[%s] shutdown complete in %.2fs: %d handled, %d retried, %d dead-lettered, "
-                    "%d released for redelivery, %d cancelled at the grace limit; exit code %d",
+                    "[%s] shutdown complete in %.2fs: %d in-flight handler(s) drained, %d cancelled, "
+                    "%d event(s) released for redelivery; in all %d handled, %d retried, "
+                    "%d dead-lettered; exit code %d",
                     _who(),
                     time.perf_counter() - began,
+                    sum(r.drained for r in reports),
+                    sum(r.cancelled for r in reports),
+                    sum(r.released for r in reports),
                     sum(r.handled for r in reports),
                     sum(r.retried for r in reports),
                     sum(r.dead_lettered for r in reports),
-                    sum(r.released for r in reports),
-                    sum(r.cancelled for r in reports),
                     code,
                 )
         finally:

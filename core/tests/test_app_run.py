@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,23 @@ def test_consume_drains_on_sigterm(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_workers_get_the_url_through_the_environment_not_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dotmac.events.app.serve as serve
+    from dotmac.events.cli import main
+
+    seen: dict[str, Any] = {}
+
+    def fake_run_workers(argv: list[str], workers: int, grace: float, env: dict[str, str]) -> int:
+        seen.update(argv=argv, workers=workers, grace=grace, env=env)
+        return 0
+
+    monkeypatch.setattr(serve, "run_workers", fake_run_workers)
+    apps = str(Path(__file__).resolve().parent / "apps")
+    url = "redis://:s3cret@localhost:6379/0"
+    assert main(["run", "worker:app", "--workers", "3", "--url", url, "--app-dir", apps]) == 0
+    assert seen["workers"] == 3 and seen["grace"] == 30.0
+    assert not any("s3cret" in arg for arg in seen["argv"])  # the process list shows argv
+    assert seen["env"] == {serve.ENV_RUN_URL: url}
+    assert seen["argv"][:3] == ["run", "worker:app", "--workers"]

@@ -347,7 +347,7 @@ async def _bench(args: argparse.Namespace, out: TextIO) -> int:
 # -- run ---------------------------------------------------------------------------------
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     """``dotmac-events run module:app``: a long-lived worker (or ``--workers N`` of them)."""
-    from .app.serve import load_app, run_apps, run_workers
+    from .app.serve import ENV_RUN_URL, load_app, run_apps, run_workers
 
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
@@ -360,16 +360,17 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     root.setLevel(logging.WARNING if args.quiet else min(logging.INFO, saved))
     try:
         apps = [load_app(target, args.app_dir) for target in args.apps]
+        # A supervisor hands its --url to workers through the environment: a password
+        # in it stays out of the process list.
+        url = args.url or os.environ.get(ENV_RUN_URL) or None
         if args.workers == 1:
-            return run_apps(apps, target=args.url, grace=args.grace)
-        url = args.url or _default_url()
-        if url.startswith("memory:"):
+            return run_apps(apps, target=url, grace=args.grace)
+        if (url or _default_url()).startswith("memory:"):
             log.warning("memory:// lives inside one process: %d workers will not share events", args.workers)
         grace = args.grace if args.grace is not None else max(a.grace for a in apps)
         argv = ["-v"] * args.verbose + ["run", *args.apps, "--workers", "1", "--grace", str(grace)]
-        argv += ["--app-dir", args.app_dir] + (["--url", args.url] if args.url else [])
-        argv += ["-q"] if args.quiet else []
-        return run_workers(argv, args.workers, grace)
+        argv += ["--app-dir", args.app_dir] + (["-q"] if args.quiet else [])
+        return run_workers(argv, args.workers, grace, env={ENV_RUN_URL: url} if url else {})
     finally:
         root.setLevel(saved)
 

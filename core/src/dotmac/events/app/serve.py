@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
@@ -33,6 +33,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_STARTUP_FAILED",
     "EXIT_USAGE",
+    "ENV_RUN_URL",
     "load_app",
     "run_apps",
     "run_workers",
@@ -49,6 +50,7 @@ EXIT_FORCED = 4
 
 ENV_SUPERVISOR = "DOTMAC_EVENTS_SUPERVISOR_PID"
 ENV_WORKER = "DOTMAC_EVENTS_WORKER"
+ENV_RUN_URL = "DOTMAC_EVENTS_RUN_URL"
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -230,8 +232,9 @@ def run_apps(apps: Sequence[App], *, target: str | None, grace: float | None) ->
 
 # -- worker processes ----------------------------------------------------------------------
 class _Supervisor:
-    def __init__(self, argv: Sequence[str], workers: int, grace: float) -> None:
+    def __init__(self, argv: Sequence[str], workers: int, grace: float, env: Mapping[str, str]) -> None:
         self.argv = list(argv)
+        self.env = dict(env)
         self.workers = workers
         self.grace = grace
         self.stopping = asyncio.Event()
@@ -241,7 +244,7 @@ class _Supervisor:
         self.startup_failed = False
 
     async def spawn(self, index: int) -> asyncio.subprocess.Process:
-        env = {**os.environ, ENV_SUPERVISOR: str(os.getpid()), ENV_WORKER: str(index)}
+        env = {**os.environ, **self.env, ENV_SUPERVISOR: str(os.getpid()), ENV_WORKER: str(index)}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -343,6 +346,7 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
-def run_workers(argv: Sequence[str], workers: int, grace: float) -> int:
-    """Supervise ``workers`` processes running ``dotmac-events <argv>``; restart crashed ones."""
-    return asyncio.run(_Supervisor(argv, workers, grace).run())
+def run_workers(argv: Sequence[str], workers: int, grace: float, env: Mapping[str, str] | None = None) -> int:
+    """Supervise ``workers`` processes running ``dotmac-events <argv>`` (with ``env`` added
+    to their environment); restart crashed ones."""
+    return asyncio.run(_Supervisor(argv, workers, grace, env or {}).run())

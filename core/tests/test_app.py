@@ -484,3 +484,12 @@ async def test_the_app_overhead_benchmark_runs_every_configuration() -> None:
     assert all(row["us_per_event"] > 0 for row in report["results"].values())
     assert report["results"]["bus"]["vs_bus"] == 1.0
     assert "correlation_id middleware" in format_app_overhead(report)
+
+
+async def test_subscribers_are_declared_before_the_app_starts() -> None:
+    app = App()
+    async with TestApp(app):
+        with pytest.raises(BusStateError, match="declare subscribers before it starts"):
+
+            @app.subscriber("late")
+            async def late(event: Event) -> None: ...

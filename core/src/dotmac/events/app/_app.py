@@ -195,6 +195,10 @@ class App:
         def register(fn: F) -> F:
             if not callable(fn):
                 raise ConfigurationError(f"a subscriber must be callable, got {type(fn).__name__}")
+            if self._state != "new" and self._state != "stopped":
+                raise BusStateError(
+                    f"app {self.name!r} is {self._state}: declare subscribers before it starts"
+                )
             try:
                 plan: ParamPlan | None = plan_parameters(fn, self.converter)
             except ConfigurationError as exc:

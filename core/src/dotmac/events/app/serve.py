@@ -224,7 +224,15 @@ def run_apps(apps: Sequence[App], *, target: str | None, grace: float | None) ->
         # Not shutdown_default_executor(): a sync handler abandoned at the grace limit
         # would hold the process open for as long as it runs.
         loop.close()
-    if any(t is not threading.current_thread() and not t.daemon for t in threading.enumerate()):
+    # Threads of sync handlers: idle ones end at once; one still running a handler that
+    # the grace period abandoned would keep the interpreter from exiting.
+    deadline = time.monotonic() + 1.0
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(
+        t is not threading.current_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()
+    ):
         log.warning("[%s] handler threads still running at exit; leaving without them", _who())
         force_exit(code)
     return code

@@ -493,3 +493,29 @@ async def test_subscribers_are_declared_before_the_app_starts() -> None:
 
             @app.subscriber("late")
             async def late(event: Event) -> None: ...
+
+
+async def test_only_the_grace_limit_counts_as_cancelled() -> None:
+    app = App()
+    release = asyncio.Event()
+
+    @app.subscriber("slow", options=ConsumerOptions(handler_timeout=0.05, max_retries=0))
+    async def times_out(event: Event) -> None:
+        await asyncio.sleep(10)
+
+    @app.subscriber("held")
+    async def held(event: Event) -> None:
+        await release.wait()
+
+    client = TestApp(app, grace=0.1)
+    await client.start()
+    try:
+        await client.publish("slow", {})
+        await client.wait_dead_lettered("slow")  # a handler_timeout: a failure, not a cancel
+        await client.publish("held", {})
+        await _until(lambda: app.in_flight == 1)
+    finally:
+        await client.stop()
+    report = app.last_report
+    assert report is not None
+    assert (report.in_flight, report.cancelled, report.drained, report.grace_expired) == (1, 1, 0, True)

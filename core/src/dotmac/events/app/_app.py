@@ -539,7 +539,9 @@ class App:
             try:
                 result = await chain(event)
             except asyncio.CancelledError:
-                binding.cancelled += 1
+                # Cut off by the grace limit (a handler_timeout cancels too, and is a failure).
+                if self._state == "stopping":
+                    binding.cancelled += 1
                 raise
             finally:
                 current.reset(token)

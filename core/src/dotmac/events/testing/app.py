@@ -47,7 +47,9 @@ class TestApp:
             assert client.published("orders.billed")[0].payload == {"order": 7}
 
     What the app publishes through ``@app.publisher`` and what its subscribers
-    dead-letter is recorded; ``capture`` adds more topics to record.
+    dead-letter is recorded; ``capture`` adds more topics to record. Waits give up
+    after ``timeout`` seconds; at the end, handlers still running get ``grace``
+    seconds (``timeout`` by default) before they are cancelled.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -60,10 +62,13 @@ class TestApp:
         capture: Iterable[str] = (),
         fast_retries: bool = True,
         timeout: float = 5.0,
+        grace: float | None = None,
     ) -> None:
         self.app = app
         self.url = url or f"memory://testapp-{uuid.uuid4().hex[:12]}"
         self.timeout = timeout
+        # A handler still running when the test ends holds the stop this long at most.
+        self.grace = timeout if grace is None else grace
         self._fast = fast_retries
         self._saved_testing: bool | None = None
         self._capture = list(dict.fromkeys(capture))
@@ -99,7 +104,7 @@ class TestApp:
 
     async def stop(self) -> None:
         try:
-            await self.app.stop()
+            await self.app.stop(self.grace)
         finally:
             self._capture_subs.clear()
             if self._saved_testing is not None:

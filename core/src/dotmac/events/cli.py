@@ -454,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--url", help=f"event bus URL (default: the app's own, then ${ENV_URL}, then memory://)")
     r.add_argument("--workers", type=int, default=1, help="worker processes, restarted when they die")
     r.add_argument(
-        "--grace", type=float, help="seconds in-flight handlers get to finish after a signal (default 30)"
+        "--grace",
+        type=float,
+        help="seconds in-flight handlers get to finish after a signal (default: the app's grace, 30 s)",
     )
     r.add_argument("--app-dir", default=".", help="directory put on sys.path first (default: .)")
     r.add_argument("-q", "--quiet", action="store_true", help="no lifecycle log lines")

@@ -519,3 +519,32 @@ async def test_only_the_grace_limit_counts_as_cancelled() -> None:
     report = app.last_report
     assert report is not None
     assert (report.in_flight, report.cancelled, report.drained, report.grace_expired) == (1, 1, 0, True)
+
+
+async def test_the_structure_hook_is_looked_up_once_not_per_event() -> None:
+    from dotmac.events.app import make_converter
+
+    lookups: list[object] = []
+    converter = make_converter()
+    get_hook = converter.get_structure_hook
+
+    def counting(tp: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(tp)
+        return get_hook(tp, *args, **kwargs)
+
+    converter.get_structure_hook = counting  # type: ignore[method-assign]
+    app = App(converter=converter)
+    seen: list[OrderCreated] = []
+
+    @app.subscriber("orders.created")
+    async def bill(order: OrderCreated) -> None:
+        seen.append(order)
+
+    assert lookups[0] is OrderCreated  # at registration (cattrs then asks for the field types)
+    at_registration = list(lookups)
+    async with TestApp(app) as client:
+        for n in range(5):
+            await client.publish("orders.created", {"id": n, "total_cents": n})
+        await client.wait_handled("orders.created", 5)
+    assert [o.id for o in seen] == [0, 1, 2, 3, 4]
+    assert lookups == at_registration  # nothing more per event

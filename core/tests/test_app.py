@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
@@ -548,3 +549,26 @@ async def test_the_structure_hook_is_looked_up_once_not_per_event() -> None:
         await client.wait_handled("orders.created", 5)
     assert [o.id for o in seen] == [0, 1, 2, 3, 4]
     assert lookups == at_registration  # nothing more per event
+
+
+async def test_rate_limit_delays_each_key_to_its_rate_and_drops_nothing() -> None:
+    from dotmac.events.app import rate_limit
+
+    app = App()
+    times: dict[str, list[float]] = {"a": [], "b": []}
+
+    @app.subscriber("t", options=ConsumerOptions(concurrency=4), middlewares=[rate_limit(20, burst=2)])
+    async def handle(event: Event) -> None:
+        times[event.key or ""].append(time.monotonic())
+
+    async with TestApp(app) as client:
+        for _ in range(5):
+            await client.publish("t", {}, key="a")
+        await client.publish("t", {}, key="b")
+        await client.wait_handled("t", 6)
+    a = times["a"]
+    assert len(a) == 5 and len(times["b"]) == 1  # delayed, never dropped
+    # Two at once (the burst), then one every 1/20 s: 3 more take at least 0.15 s.
+    assert a[-1] - a[0] >= 0.15 - 0.01
+    with pytest.raises(ConfigurationError):
+        rate_limit(0)

@@ -22,7 +22,7 @@ from ._app import (
     current_event,
 )
 from ._params import make_converter
-from .middleware import CorrelationIdFilter, HandlerTimeoutError, correlation_id, timeout
+from .middleware import CorrelationIdFilter, HandlerTimeoutError, correlation_id, rate_limit, timeout
 
 __all__ = [
     "App",
@@ -37,5 +37,6 @@ __all__ = [
     "correlation_id",
     "current_event",
     "make_converter",
+    "rate_limit",
     "timeout",
 ]

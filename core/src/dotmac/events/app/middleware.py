@@ -1,4 +1,5 @@
-"""Middleware shipped with the app layer: a correlation-id logging context and a timeout.
+"""Middleware shipped with the app layer: a correlation-id logging context, a timeout
+and a per-key rate limit.
 
 A middleware is ``async def mw(event, call_next)``. It may wrap the call, return
 without calling ``call_next`` (the event is then acked as handled), pass a changed
@@ -10,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigurationError, EventBusTimeoutError
@@ -21,6 +25,7 @@ __all__ = [
     "HandlerTimeoutError",
     "correlation_id",
     "current_correlation_id",
+    "rate_limit",
     "timeout",
 ]
 
@@ -88,3 +93,47 @@ def timeout(seconds: float) -> Middleware:
 
     timeout_middleware.__qualname__ = f"timeout({limit})"
     return timeout_middleware
+
+
+def rate_limit(
+    per_second: float,
+    *,
+    burst: int = 1,
+    key: Callable[[Event], str | None] | None = None,
+    max_keys: int = 10_000,
+) -> Middleware:
+    """Hold each key's events to ``per_second`` on average, ``burst`` at once.
+
+    ``key`` picks the key (the event's ``key`` by default; ``None`` shares one
+    bucket). An event over the limit waits for its turn: it is delayed, never dropped
+    or failed, and it keeps its place in the subscription's concurrency window, so a
+    limit below the arrival rate slows intake instead of piling events up. Buckets of
+    the ``max_keys`` least recently seen keys are kept.
+    """
+    for name, value in (("per_second", per_second), ("burst", burst), ("max_keys", max_keys)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigurationError(f"rate_limit {name} must be a number > 0, got {value!r}")
+    rate = float(per_second)
+    capacity = float(burst)
+    pick = key or (lambda event: event.key)
+    # key -> (tokens, time of the last refill); least recently used first.
+    buckets: OrderedDict[str | None, tuple[float, float]] = OrderedDict()
+
+    async def rate_limit_middleware(event: Event, call_next: CallNext) -> Any:
+        name = pick(event)
+        while True:
+            now = time.monotonic()
+            tokens, last = buckets.pop(name, (capacity, now))
+            tokens = min(capacity, tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                buckets[name] = (tokens - 1.0, now)
+                break
+            buckets[name] = (tokens, now)
+            # The wait is computed, not guessed: exactly until one token has accrued.
+            await asyncio.sleep((1.0 - tokens) / rate)
+        while len(buckets) > max_keys:
+            buckets.popitem(last=False)
+        return await call_next(event)
+
+    rate_limit_middleware.__qualname__ = f"rate_limit({rate})"
+    return rate_limit_middleware

@@ -70,8 +70,8 @@ def _done(svc: Service) -> dict[str, set[int]]:
 def test_sigterm_during_in_flight_work_loses_nothing(
     service: Callable[..., Service], url: str, report: Callable[..., None]
 ) -> None:
-    total = 40
-    env = {"SVC_SECONDS": 0.4, "SVC_CONCURRENCY": 4}
+    total = 24
+    env = {"SVC_SECONDS": 0.25, "SVC_CONCURRENCY": 4}
     first = service("worker:app", "--url", url, "--grace", "10", **env)
     first.wait_log("running 1 app")
     asyncio.run(_publish(url, "work", total))
@@ -113,9 +113,9 @@ def test_sigterm_during_in_flight_work_loses_nothing(
 def test_two_workers_one_killed_its_events_go_to_the_other(
     service: Callable[..., Service], url: str, report: Callable[..., None]
 ) -> None:
-    total = 40
+    total = 24
     sup = service(
-        "worker:app", "--url", url, "--workers", "2", "--grace", "10", SVC_SECONDS=0.3, SVC_CONCURRENCY=2
+        "worker:app", "--url", url, "--workers", "2", "--grace", "10", SVC_SECONDS=0.25, SVC_CONCURRENCY=2
     )
     sup.wait_until(lambda: sum(r[0] == "up" for r in sup.records()) >= 2, 30, "two workers up")
     sup.wait_until(lambda: len(re.findall("running 1 app", sup.log())) >= 2, 30, "two workers subscribed")

@@ -203,6 +203,10 @@ def test_declaration_errors_are_precise_and_early() -> None:
         app.subscriber("a", options={"max_retries": 1})  # type: ignore[arg-type]
     with pytest.raises(BusStateError, match="not running"):
         _ = app.bus
+    with pytest.raises(ConfigurationError, match="unknown bus option"):
+        App(bus_options={"drain_timeot": 1})
+    with pytest.raises(ConfigurationError, match="grace"):
+        App(grace=-1)
 
 
 # -- publishers ------------------------------------------------------------------------
@@ -572,3 +576,9 @@ async def test_rate_limit_delays_each_key_to_its_rate_and_drops_nothing() -> Non
     assert a[-1] - a[0] >= 0.15 - 0.01
     with pytest.raises(ConfigurationError):
         rate_limit(0)
+
+
+async def test_bus_options_reach_the_bus() -> None:
+    app = App(bus_options={"drain_timeout": 3.5, "source": "billing-svc"})
+    async with TestApp(app) as client:
+        assert (client.bus.drain_timeout, client.bus.source) == (3.5, "billing-svc")

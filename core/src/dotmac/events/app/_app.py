@@ -44,6 +44,18 @@ Hook = Callable[[], Union[Awaitable[None], None]]
 Lifespan = Callable[["App"], contextlib.AbstractAsyncContextManager[Any]]
 """``lifespan(app)`` returns an async context manager entered at start, exited at stop."""
 
+_BUS_OPTIONS = frozenset(
+    {
+        "codec",
+        "codec_options",
+        "topic_codecs",
+        "source",
+        "drain_timeout",
+        "max_message_bytes",
+        "observers",
+        "validators",
+    }
+)
 _current: contextvars.ContextVar[Event | None] = contextvars.ContextVar("dotmac_events_event", default=None)
 _ID_NAMESPACE = uuid.UUID("6f1d0b8e-3c44-5a55-9a0e-0d0c0a7e5e11")
 
@@ -142,9 +154,16 @@ class App:
         grace: float = 30.0,
         bus_options: Mapping[str, Any] | None = None,
     ) -> None:
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+            raise ConfigurationError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        unknown = set(bus_options or {}) - _BUS_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown bus option(s) {sorted(unknown)}; create_bus takes {sorted(_BUS_OPTIONS)}"
+            )
         self.target = target
         self.name = name or "app"
-        self.grace = grace
+        self.grace = float(grace)
         self.converter = converter or make_converter()
         self.bus_options = dict(bus_options or {})
         self._lifespan = lifespan

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .. import errors as _errors
 from ..errors import ConfigurationError, EventBusTimeoutError
 from ..event import Event
 from ._app import CallNext, Middleware
@@ -69,8 +70,20 @@ class CorrelationIdFilter(logging.Filter):
         return True
 
 
-class HandlerTimeoutError(EventBusTimeoutError):
-    """A handler (with the middleware after the timeout) ran longer than allowed."""
+def _handler_timeout_error() -> type[EventBusTimeoutError]:
+    # One error for a handler that ran too long, whether the runner's handler_timeout
+    # or this middleware cut it off: the core's class where the core defines one.
+    core = getattr(_errors, "HandlerTimeoutError", None)
+    if isinstance(core, type) and issubclass(core, EventBusTimeoutError):
+        return core
+
+    class HandlerTimeoutError(EventBusTimeoutError):
+        """A handler (with the middleware after the timeout) ran longer than allowed."""
+
+    return HandlerTimeoutError
+
+
+HandlerTimeoutError = _handler_timeout_error()
 
 
 def timeout(seconds: float) -> Middleware:

@@ -24,6 +24,7 @@ from dotmac.events import (
     NonRetryableError,
     PayloadValidationError,
 )
+from dotmac.events import runner as runner_module
 from dotmac.events.app import CorrelationIdFilter, correlation_id, current_event, timeout
 from dotmac.events.app.middleware import HandlerTimeoutError, current_correlation_id
 from dotmac.events.testing import TestApp
@@ -149,10 +150,17 @@ async def test_a_payload_that_does_not_structure_is_dead_lettered_with_its_field
     assert "OrderCreated" in message
 
 
+# The runner change that dead-letters a handler's PayloadValidationError at once with
+# reason "schema" (runner._SCHEMA_ERRORS) is on main; this branch predates it. Remove
+# the marker once both are merged.
+_RUNNER_DEAD_LETTERS_SCHEMA = hasattr(runner_module, "_SCHEMA_ERRORS")
+
+
 @pytest.mark.xfail(
+    not _RUNNER_DEAD_LETTERS_SCHEMA,
     strict=True,
     reason="needs the runner change that dead-letters PayloadValidationError at once with reason "
-    "'schema' (runner.py, in progress); until then it is retried and dead-lettered as max_retries",
+    "'schema'; before it the event is retried and dead-lettered as max_retries",
 )
 async def test_a_bad_payload_is_dead_lettered_at_once_with_reason_schema() -> None:
     app = App()

@@ -219,7 +219,7 @@ class App:
                     f"app {self.name!r} is {self._state}: declare subscribers before it starts"
                 )
             try:
-                plan: ParamPlan | None = plan_parameters(fn, self.converter)
+                plan: ParamPlan | None = plan_parameters(fn, self.converter, App)
             except ConfigurationError as exc:
                 # A payload class defined after the handler: resolved when the app starts.
                 if not isinstance(exc.__cause__, NameError):
@@ -541,7 +541,7 @@ class App:
     # -- the per-event path --------------------------------------------------------------
     def _build_call(self, binding: _Binding) -> Callable[[Event], Awaitable[Any]]:
         spec = binding.spec
-        plan = spec.plan if spec.plan is not None else plan_parameters(spec.handler, self.converter)
+        plan = spec.plan if spec.plan is not None else plan_parameters(spec.handler, self.converter, App)
         handler = _invoker(spec.handler, plan, self)
         publishers = tuple(self._publishers.get(spec.handler, ()))
         if publishers:

@@ -150,17 +150,17 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def plan_parameters(fn: Callable[..., Any], converter: cattrs.Converter) -> ParamPlan:
+def plan_parameters(
+    fn: Callable[..., Any], converter: cattrs.Converter, app_type: type | None = None
+) -> ParamPlan:
     """Decide, once, how to call ``fn`` for an event.
 
     The first parameter receives the payload: structured into an attrs class, a
     dataclass, a ``TypedDict`` or a pydantic model, passed as the raw ``dict``
     (annotated ``dict``), or the :class:`Event` itself (annotated ``Event`` or not
     annotated). Later parameters are filled by annotation: ``Event``, ``EventBus``
-    or ``App``; a parameter with a default is left to it.
+    or ``App`` (``app_type``); a parameter with a default is left to it.
     """
-    from ._app import App
-
     where = f"handler {_name(fn)}"
     try:
         signature = inspect.signature(fn)
@@ -193,7 +193,7 @@ def plan_parameters(fn: Callable[..., Any], converter: cattrs.Converter) -> Para
             sources.append(EVENT)
         elif isinstance(origin, type) and issubclass(origin, EventBus):
             sources.append(BUS)
-        elif isinstance(origin, type) and issubclass(origin, App):
+        elif app_type is not None and isinstance(origin, type) and issubclass(origin, app_type):
             sources.append(APP)
         elif index == 0:
             sources.append(PAYLOAD)

@@ -1,4 +1,4 @@
-"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench, run."""
+"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench."""
 
 from __future__ import annotations
 
@@ -375,6 +375,28 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         root.setLevel(saved)
 
 
+def _add_run_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dotmac-events run MODULE:APP ...``: the service runner."""
+    r = sub.add_parser(
+        "run",
+        help="run service apps as a long-lived worker",
+        description="Run one or more apps (MODULE:APP) until SIGTERM/SIGINT, then drain. Exit codes: "
+        "0 clean; 1 grace period expired (unfinished events released for redelivery); 2 usage error; "
+        "3 startup failed; 4 forced by a second signal.",
+    )
+    r.add_argument("apps", nargs="+", metavar="MODULE:APP", help="e.g. shop.billing:app")
+    r.add_argument("--url", help=f"event bus URL (default: the app's own, then ${ENV_URL}, then memory://)")
+    r.add_argument("--workers", type=int, default=1, help="worker processes, restarted when they die")
+    r.add_argument(
+        "--grace",
+        type=float,
+        help="seconds in-flight handlers get to finish after a signal (default: the app's grace, 30 s)",
+    )
+    r.add_argument("--app-dir", default=".", help="directory put on sys.path first (default: .)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no lifecycle log lines")
+    r.set_defaults(func=_run)
+
+
 # -- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dotmac-events", description="dotmac-events command line")
@@ -403,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=10.0, help="stop after this many seconds")
     c.add_argument("--from-beginning", action="store_true", help="a new group starts at the backlog")
     c.set_defaults(func=_consume)
+    _add_run_command(sub)
 
     d = sub.add_parser("dlq", help="inspect and replay dead letters")
     dsub = d.add_subparsers(dest="dlq_command", required=True)
@@ -442,25 +465,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop latency run")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=_bench)
-
-    r = sub.add_parser(
-        "run",
-        help="run service apps as a long-lived worker",
-        description="Run one or more apps (MODULE:APP) until SIGTERM/SIGINT, then drain. Exit codes: "
-        "0 clean; 1 grace period expired (unfinished events released for redelivery); 2 usage error; "
-        "3 startup failed; 4 forced by a second signal.",
-    )
-    r.add_argument("apps", nargs="+", metavar="MODULE:APP", help="e.g. shop.billing:app")
-    r.add_argument("--url", help=f"event bus URL (default: the app's own, then ${ENV_URL}, then memory://)")
-    r.add_argument("--workers", type=int, default=1, help="worker processes, restarted when they die")
-    r.add_argument(
-        "--grace",
-        type=float,
-        help="seconds in-flight handlers get to finish after a signal (default: the app's grace, 30 s)",
-    )
-    r.add_argument("--app-dir", default=".", help="directory put on sys.path first (default: .)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no lifecycle log lines")
-    r.set_defaults(func=_run)
     return parser
 
 

@@ -11,21 +11,21 @@ from typing import TYPE_CHECKING, Any
 from ..dlq import DeadLetter
 from ..event import Event, validate_topic
 from ..retry import is_testing, set_testing
-from ..runner import (
-    DLQ_ATTEMPTS,
-    DLQ_CONSUMER_GROUP,
-    DLQ_ERROR_MESSAGE,
-    DLQ_ERROR_TYPE,
-    DLQ_ORIGINAL_TOPIC,
-    DLQ_REASON,
-    Subscription,
-)
+from ..runner import Subscription
 
 if TYPE_CHECKING:
     from ..app import App
     from ..bus import EventBus
 
 __all__ = ["TestApp"]
+
+# The documented x-dlq-* headers (docs/delivery.md) a dead letter carries.
+DLQ_ORIGINAL_TOPIC = "x-dlq-original-topic"
+DLQ_CONSUMER_GROUP = "x-dlq-consumer-group"
+DLQ_ERROR_TYPE = "x-dlq-error-type"
+DLQ_ERROR_MESSAGE = "x-dlq-error-message"
+DLQ_ATTEMPTS = "x-dlq-attempts"
+DLQ_REASON = "x-dlq-reason"
 
 
 def _int(value: str | None) -> int | None:

@@ -28,9 +28,9 @@ def service(tmp_path: Path) -> Iterator[Services]:
     services.cleanup()
 
 
-def test_sigterm_drains_in_flight_handlers_and_exits_0(service: Callable[..., Service]) -> None:
+def test_sigterm_drains_in_flight_handlers_and_exits_0(service: Services) -> None:
     svc = service("worker:app", "worker:feeder", *MEMORY, SVC_FEED=6, SVC_SECONDS=0.5, SVC_CONCURRENCY=2)
-    svc.wait_until(lambda: sum(r[0] == "start" for r in svc.records()) >= 2, 20, "two handlers running")
+    svc.wait_until(lambda: sum(r[0] == "start" for r in svc.records()) >= 2, 60, "two handlers running")
     svc.signal(signal.SIGTERM)
     assert svc.wait(20) == 0
     log = svc.log()
@@ -52,7 +52,7 @@ def test_grace_expiry_exits_1_and_a_second_signal_forces_exit_4(service: Callabl
     expired = service("worker:app", "worker:feeder", *MEMORY, "--grace", "0.3", **slow)
     forced = service("worker:app", "worker:feeder", *MEMORY, "--grace", "60", **slow)
     for svc in (expired, forced):
-        svc.wait_until(lambda s=svc: sum(r[0] == "start" for r in s.records()) >= 2, 20, "handlers running")
+        svc.wait_until(lambda s=svc: sum(r[0] == "start" for r in s.records()) >= 2, 60, "handlers running")
 
     expired.signal(signal.SIGTERM)
     assert expired.wait(20) == 1
@@ -133,3 +133,20 @@ def test_workers_get_the_url_through_the_environment_not_argv(monkeypatch: pytes
     assert not any("s3cret" in arg for arg in seen["argv"])  # the process list shows argv
     assert seen["env"] == {serve.ENV_RUN_URL: url}
     assert seen["argv"][:3] == ["run", "worker:app", "--workers"]
+
+
+def test_a_restarted_worker_stopped_before_it_is_ready_counts_as_clean(service: Services) -> None:
+    import os
+
+    sup = service("worker:app", *MEMORY, "--workers", "2", "--grace", "5")
+    match = sup.wait_log(r"worker 1 started \(pid (\d+)\)")
+    sup.wait_until(lambda: len(re.findall("running 1 app", sup.log())) >= 2, 60, "two workers running")
+    os.kill(int(match.group(1)), signal.SIGKILL)
+    sup.wait_log(r"worker 1 \(pid \d+\) died with signal SIGKILL; restarting")
+    first = match.group(1)
+    sup.wait_log(rf"worker 1 started \(pid (?!{first}\))\d+\)")
+    # The new worker is still importing: the SIGTERM passed on to it kills it before
+    # its handlers exist. It had subscribed to nothing, so that is a clean stop.
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0, sup.log()
+    assert "all workers stopped (1 restart(s)); exit code 0" in sup.log()

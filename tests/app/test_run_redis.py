@@ -75,7 +75,7 @@ def test_sigterm_during_in_flight_work_loses_nothing(
     first = service("worker:app", "--url", url, "--grace", "10", **env)
     first.wait_log("running 1 app")
     asyncio.run(_publish(url, "work", total))
-    first.wait_until(lambda: sum(r[0] == "start" for r in first.records()) >= 6, 30, "work in flight")
+    first.wait_until(lambda: sum(r[0] == "start" for r in first.records()) >= 6, 60, "work in flight")
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
     rows = first.records()
@@ -117,15 +117,15 @@ def test_two_workers_one_killed_its_events_go_to_the_other(
     sup = service(
         "worker:app", "--url", url, "--workers", "2", "--grace", "10", SVC_SECONDS=0.25, SVC_CONCURRENCY=2
     )
-    sup.wait_until(lambda: sum(r[0] == "up" for r in sup.records()) >= 2, 30, "two workers up")
-    sup.wait_until(lambda: len(re.findall("running 1 app", sup.log())) >= 2, 30, "two workers subscribed")
+    sup.wait_until(lambda: sum(r[0] == "up" for r in sup.records()) >= 2, 60, "two workers up")
+    sup.wait_until(lambda: len(re.findall("running 1 app", sup.log())) >= 2, 60, "two workers subscribed")
     asyncio.run(_publish(url, "work", total))
 
     def in_flight_by_two() -> bool:
         pids = {pid for step, _, pid in sup.records() if step == "start"}
         return len(pids) >= 2
 
-    sup.wait_until(in_flight_by_two, 30, "both workers handling")
+    sup.wait_until(in_flight_by_two, 60, "both workers handling")
     rows = sup.records()
     victim = (
         rows[-1][2]

@@ -38,7 +38,7 @@ def _stop(*running: object) -> None:
 def test_shop_in_one_process_on_memory(services: Services) -> None:
     pytest.importorskip("dotmac_events_memory")
     shop = services("shop.billing:app", "shop.orders:app", "--url", "memory://shop", SHOP_ORDERS=ORDERS)
-    shop.wait_log(SETTLED, timeout=30)
+    shop.wait_log(SETTLED, timeout=60)
     _stop(shop)
     assert "billing: drained" in shop.log()
 

@@ -67,7 +67,7 @@ class Service:
                 )
             time.sleep(0.02)  # polling a file another process writes
 
-    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    def wait_log(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         found: list[re.Match[str]] = []
 
         def seen() -> bool:

@@ -275,6 +275,10 @@ class _Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
             code = await proc.wait()
+            if code == -signal.SIGTERM and self.stopping.is_set():
+                # Killed by our SIGTERM before it installed its handlers: it had not
+                # subscribed yet, so nothing was in flight.
+                code = EXIT_OK
             self.codes[index] = code
             if self.stopping.is_set():
                 log.info(

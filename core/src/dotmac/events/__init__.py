@@ -114,6 +114,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "create_redis_bus": ("dotmac_events_redis", "redis"),
     "KafkaConfig": ("dotmac_events_kafka", "kafka"),
     "create_kafka_bus": ("dotmac_events_kafka", "kafka"),
+    "RabbitMQConfig": ("dotmac_events_rabbitmq", "rabbitmq"),
+    "create_rabbitmq_bus": ("dotmac_events_rabbitmq", "rabbitmq"),
     "AvroCodec": ("dotmac_events_avro", "avro"),
 }
 

@@ -24,6 +24,9 @@ KNOWN_EXTRAS: Mapping[str, str] = {
     "redis": "redis",
     "rediss": "redis",
     "kafka": "kafka",
+    "amqp": "rabbitmq",
+    "amqps": "rabbitmq",
+    "rabbitmq": "rabbitmq",
     "avro": "avro",
     "otel": "otel",
 }

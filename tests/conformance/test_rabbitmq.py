@@ -7,10 +7,6 @@ Skipped when no broker is reachable.
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
-
 import pytest
 
 from dotmac.events import EventBus, create_bus
@@ -18,25 +14,9 @@ from dotmac.events.testing import TransportConformance
 
 pytest.importorskip("dotmac_events_rabbitmq")
 
-from dotmac_events_rabbitmq.testing import TemporaryVhost, broker_reachable  # noqa: E402
+from dotmac_events_rabbitmq.testing import url_fixture  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def rabbitmq_url() -> Iterator[str]:
-    url = os.environ.get("RABBITMQ_URL")
-    if url:
-        yield url
-        return
-    if not broker_reachable("127.0.0.1", 5672):
-        pytest.skip("no RabbitMQ at 127.0.0.1:5672 and RABBITMQ_URL is not set")
-    try:
-        vhost = TemporaryVhost().__enter__()
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot create a vhost with rabbitmqctl ({type(exc).__name__}); set RABBITMQ_URL")
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost.quoted}"
-    finally:
-        vhost.__exit__(None, None, None)
+rabbitmq_url = url_fixture("module")
 
 
 class TestRabbitMQConformance(TransportConformance):

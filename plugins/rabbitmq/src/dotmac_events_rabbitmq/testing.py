@@ -10,6 +10,7 @@ Only the standard library is used, so other packages' test suites can reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,11 +19,24 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Literal
 from urllib.parse import quote
 
-__all__ = ["RabbitMQNode", "TemporaryVhost", "broker_reachable", "free_port", "rabbitmq_server_available"]
+__all__ = [
+    "BrokerUnusable",
+    "RabbitMQNode",
+    "TemporaryVhost",
+    "broker_reachable",
+    "free_port",
+    "rabbitmq_server_available",
+    "scratch_broker_url",
+    "url_fixture",
+]
+
+ENV_URL = "RABBITMQ_URL"
 
 _SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 _CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -80,6 +94,49 @@ class TemporaryVhost:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._run("delete_vhost", self.name)
+
+
+class BrokerUnusable(Exception):
+    """No broker to test against; the message says why (tests skip with it)."""
+
+
+@contextlib.contextmanager
+def scratch_broker_url(host: str = "127.0.0.1", port: int = 5672) -> Iterator[str]:
+    """``$RABBITMQ_URL`` as it is, or a fresh vhost on the broker at ``host:port``
+    (deleted on exit). Raises :class:`BrokerUnusable` when neither is possible."""
+    url = os.environ.get(ENV_URL)
+    if url:
+        yield url
+        return
+    if not broker_reachable(host, port):
+        raise BrokerUnusable(f"no RabbitMQ at {host}:{port} and ${ENV_URL} is not set")
+    vhost = TemporaryVhost()
+    try:
+        vhost.__enter__()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BrokerUnusable(
+            f"cannot create a vhost with rabbitmqctl ({type(exc).__name__}); set ${ENV_URL}"
+        ) from exc
+    try:
+        yield f"amqp://guest:guest@{host}:{port}/{vhost.quoted}"
+    finally:
+        vhost.__exit__(None, None, None)
+
+
+def url_fixture(scope: Literal["session", "module"] = "session") -> Any:
+    """A pytest fixture ``rabbitmq_url`` over :func:`scratch_broker_url` that skips
+    the test when there is no broker: ``rabbitmq_url = url_fixture("module")``."""
+    import pytest
+
+    @pytest.fixture(scope=scope, name="rabbitmq_url")
+    def rabbitmq_url() -> Iterator[str]:
+        try:
+            with scratch_broker_url() as url:
+                yield url
+        except BrokerUnusable as exc:
+            pytest.skip(str(exc))
+
+    return rabbitmq_url
 
 
 class RabbitMQNode:

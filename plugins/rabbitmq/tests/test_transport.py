@@ -194,8 +194,10 @@ async def test_group_members_share_and_stopped_member_gives_back(transport: Rabb
     await transport.publish([Message(topic=name, value=str(i).encode()) for i in range(5)])
     await held.wait(5)
     await sub.stop()
+    assert sub in transport._subscriptions, "the channel must stay open for the held deliveries"
     for delivery in held.items:
         await delivery.release()
+    await wait_for(lambda: sub not in transport._subscriptions, 5, what="the stopped channel closing")
     await transport.subscribe(spec(name, "g"), other)
     await other.wait(5)
     assert sorted(d.message.value for d in other.items) == [str(i).encode() for i in range(5)]

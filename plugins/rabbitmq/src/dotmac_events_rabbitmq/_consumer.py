@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -82,13 +82,20 @@ def delivery_count(incoming: AbstractIncomingMessage) -> int:
 
 
 class RabbitMQDelivery(Delivery):
-    __slots__ = ("_incoming", "_settled", "delivery_count", "message", "ordering_key")
+    __slots__ = ("_incoming", "_on_settle", "_settled", "delivery_count", "message", "ordering_key")
 
-    def __init__(self, message: Message, count: int, incoming: AbstractIncomingMessage) -> None:
+    def __init__(
+        self,
+        message: Message,
+        count: int,
+        incoming: AbstractIncomingMessage,
+        on_settle: Callable[[], None] | None = None,
+    ) -> None:
         self.message = message
         self.delivery_count = count
         self.ordering_key: Hashable | None = message.key
         self._incoming = incoming
+        self._on_settle = on_settle
         self._settled = False
 
     async def ack(self) -> None:
@@ -105,6 +112,8 @@ class RabbitMQDelivery(Delivery):
                 self.message.topic,
                 type(exc).__name__,
             )
+        finally:
+            self._done()
 
     async def release(self) -> None:
         if self._settled:
@@ -116,6 +125,13 @@ class RabbitMQDelivery(Delivery):
             log.debug(
                 "release of an event of %s: its channel is gone, the broker requeued it", self.message.topic
             )
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        # Only after the ack or nack went out: the subscription may close the channel next.
+        if self._on_settle is not None:
+            self._on_settle()
 
 
 class RabbitMQSubscription(TransportSubscription):
@@ -134,6 +150,8 @@ class RabbitMQSubscription(TransportSubscription):
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._pump: asyncio.Task[None] | None = None
         self._stopped = False
+        self._outstanding = 0  # handed to the core, not yet acked or released
+        self._closer: asyncio.Task[None] | None = None
         self.queues: list[str] = []
 
     async def open(self) -> None:
@@ -184,9 +202,32 @@ class RabbitMQSubscription(TransportSubscription):
     async def _run(self) -> None:
         while True:
             incoming = await self._buffer.get()
+            try:
+                incoming.channel  # noqa: B018 - raises once the channel is closed
+            except aiormq.exceptions.ChannelInvalidStateError:
+                # Buffered before the connection dropped: the broker has requeued it and
+                # delivers it again on the restored channel, so skip this stale copy.
+                continue
             topic = incoming.routing_key or ""
             message = decode_message(topic, incoming.body, incoming.headers)
-            await self._sink(RabbitMQDelivery(message, delivery_count(incoming), incoming))
+            delivery = RabbitMQDelivery(message, delivery_count(incoming), incoming, self._settled_one)
+            self._outstanding += 1
+            try:
+                await self._sink(delivery)
+            except asyncio.CancelledError:
+                # The core never took it (stop while it was full): give it back.
+                await delivery.release()
+                raise
+
+    def _settled_one(self) -> None:
+        self._outstanding -= 1
+        if self._stopped and self._outstanding == 0 and self._closer is None:
+            # The last delivery of a stopped subscription settled: its channel can go.
+            self._closer = asyncio.get_running_loop().create_task(self._finish())
+
+    async def _finish(self) -> None:
+        await self._close_channel()
+        self._transport.forget(self)
 
     @staticmethod
     async def _give_back(incoming: AbstractIncomingMessage) -> None:
@@ -209,10 +250,17 @@ class RabbitMQSubscription(TransportSubscription):
         # Fetched but never handed to the core: back to the queue at once.
         while not self._buffer.empty():
             await self._give_back(self._buffer.get_nowait())
+        # Deliveries the core still holds are acked or released on this channel later;
+        # it closes with the last of them (or with the transport).
+        if self._outstanding == 0 and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self._finish())
+            await self._closer
 
     async def close(self) -> None:
         """Stop, then close the channel (the core has settled what it could by now)."""
         await self.stop()
+        if self._closer is not None:
+            await self._closer
         await self._close_channel()
 
     async def _close_channel(self) -> None:

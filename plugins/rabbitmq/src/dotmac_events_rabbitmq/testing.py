@@ -206,6 +206,7 @@ class RabbitMQNode:
         except subprocess.TimeoutExpired:
             self.kill()
         self._process = None
+        self._wait_port_closed()
 
     def kill(self) -> None:
         """SIGKILL the whole process group of the node, like a crash of its machine."""
@@ -217,6 +218,15 @@ class RabbitMQNode:
             pass
         self._process.wait(timeout=30)
         self._process = None
+        self._wait_port_closed()
+
+    def _wait_port_closed(self) -> None:
+        # The Erlang VM lets go of its listener a moment after the signal.
+        deadline = time.monotonic() + 30
+        while broker_reachable("127.0.0.1", self.port, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ node {self.node} still listens after it was stopped")
+            time.sleep(0.05)
 
     def restart(self) -> None:
         self.stop()

@@ -82,6 +82,7 @@ class RabbitMQTransport(Transport):
         self._retained_lock = asyncio.Lock()
         self._subscriptions: set[RabbitMQSubscription] = set()
         self._start_lock = asyncio.Lock()
+        self._lost: asyncio.Future[None] | None = None  # resolved when the connection drops
         self._closed = False
 
     def __repr__(self) -> str:
@@ -147,6 +148,8 @@ class RabbitMQTransport(Transport):
                         f"exchange {c.exchange!r} exists and is not a durable topic exchange"
                     ) from exc
                 raise
+            self._lost = asyncio.get_running_loop().create_future()
+            connection.close_callbacks.add(self._on_connection_lost)
             self._connection, self._channel, self._exchange = connection, channel, exchange
             log.info("connected to RabbitMQ %s", self.describe())
 
@@ -174,6 +177,9 @@ class RabbitMQTransport(Transport):
             raise TransportError("the RabbitMQ transport is not started", retriable=False)
         return self._connection
 
+    def forget(self, sub: RabbitMQSubscription) -> None:
+        self._subscriptions.discard(sub)
+
     async def open_channel(self) -> AbstractRobustChannel:
         channel: AbstractRobustChannel = await self._live_connection().channel()
         return channel
@@ -186,11 +192,11 @@ class RabbitMQTransport(Transport):
         if any(_is_retained_topic(m) for m in messages):
             await self._ensure_retained({m.topic for m in messages if _is_retained_topic(m)})
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.publish_timeout
+        deadline: float | None = None  # set by the first failure: how long to keep trying
         pending = list(messages)
         attempt = 0
         while True:
-            results = await asyncio.gather(*(self._publish_one(m) for m in pending), return_exceptions=True)
+            results = await self._attempt(pending)
             failed: list[Message] = []
             for message, result in zip(pending, results, strict=True):
                 if isinstance(result, aiormq.exceptions.DeliveryError):
@@ -207,12 +213,11 @@ class RabbitMQTransport(Transport):
                 return
             # The connection dropped before these were confirmed: send them again once
             # it is back (an event confirmed but not reported may arrive twice, never not at all).
+            if deadline is None:
+                deadline = loop.time() + self.config.publish_timeout
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closed:
-                raise TransportUnavailableError(
-                    f"RabbitMQ at {self.config.host}:{self.config.effective_port} did not confirm "
-                    f"{len(failed)} event(s) within publish_timeout={self.config.publish_timeout}s"
-                )
+                raise TransportUnavailableError(self._not_confirmed(len(failed)))
             attempt += 1
             log.debug("re-publishing %d unconfirmed event(s), attempt %d", len(failed), attempt)
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0, remaining))
@@ -222,6 +227,45 @@ class RabbitMQTransport(Transport):
             except asyncio.TimeoutError:
                 pass
             pending = failed
+
+    async def _attempt(self, pending: list[Message]) -> list[bool | BaseException]:
+        """Publish ``pending`` once: per message ``True`` (confirmed), ``False`` (returned
+        unroutable) or the error; a connection error for those whose confirm the
+        connection took with it when it dropped."""
+        loop = asyncio.get_running_loop()
+        lost = self._lost
+        assert lost is not None
+        tasks = [loop.create_task(self._publish_one(m)) for m in pending]
+        everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+        # Wait for every confirm, or for the connection to drop (its confirms vanish with
+        # it). No deadline on a live connection: thousands of concurrent publishes queue
+        # behind each other here, and a broker that blocks publishers (memory or disk
+        # alarm) holds confirms back until it recovers; heartbeats notice a dead peer.
+        waiting: set[asyncio.Future[Any]] = {everything, lost}
+        await asyncio.wait(waiting, return_when="FIRST_COMPLETED")
+        if not everything.done():
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait({everything})
+        results: list[bool | BaseException] = []
+        for task in tasks:
+            if task.cancelled():
+                results.append(ConnectionError("the connection dropped before the confirm"))
+            else:
+                results.append(task.exception() or task.result())
+        return results
+
+    def _on_connection_lost(self, *_args: Any) -> None:
+        lost, self._lost = self._lost, asyncio.get_running_loop().create_future()
+        if lost is not None and not lost.done():
+            lost.set_result(None)
+
+    def _not_confirmed(self, count: int) -> str:
+        c = self.config
+        return (
+            f"RabbitMQ at {c.host}:{c.effective_port} did not confirm {count} event(s) "
+            f"within publish_timeout={c.publish_timeout}s"
+        )
 
     async def _publish_one(self, message: Message) -> bool:
         """``True`` when confirmed and routed, ``False`` when the broker returned it."""

@@ -201,3 +201,74 @@ async def test_group_members_share_and_stopped_member_gives_back(transport: Rabb
     await transport.subscribe(spec(name, "g"), other)
     await other.wait(5)
     assert sorted(d.message.value for d in other.items) == [str(i).encode() for i in range(5)]
+
+
+async def test_plain_amqp_clients_interoperate(rabbitmq_url: str) -> None:
+    """An event published by a plain AMQP client is consumed; one published by the bus
+    reads as body plus ``ce_*`` headers, with the key in ``ce_partitionkey``."""
+    import aio_pika
+
+    name = topic("interop")
+    async with create_bus(rabbitmq_url) as bus:
+        seen = Collector()
+        await bus.subscribe(name, seen, group="g")
+        config = bus.transport.config  # type: ignore[attr-defined]
+        plain_queue = f"plain-{uuid.uuid4().hex[:8]}"
+        connection = await aio_pika.connect(rabbitmq_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(config.exchange)
+            queue = await channel.declare_queue(plain_queue, exclusive=True)
+            await queue.bind(exchange, routing_key=name)
+            await exchange.publish(
+                aio_pika.Message(
+                    b'{"i": 5}',
+                    headers={
+                        "ce_id": "plain-1",
+                        "ce_type": "t",
+                        "ce_source": "plain",
+                        "ce_specversion": "1.0",
+                        "content-type": "application/json",
+                        KEY_HEADER: "k5",
+                    },
+                ),
+                routing_key=name,
+            )
+            await seen.wait_count(1, 10)
+            assert seen.events[0].event_id == "plain-1"
+            assert seen.events[0].key == "k5"
+            assert seen.events[0].payload == {"i": 5}
+            sent = Event(topic=name, payload={"i": 6}, key="k6")
+            await bus.publish(sent)
+            got = [m async for m in _take(queue, 2)]
+            mine = got[1]
+            assert mine.headers["ce_id"] == sent.event_id
+            assert mine.headers[KEY_HEADER] == "k6"
+            assert mine.content_type == "application/json"
+            assert mine.body == b'{"i":6}'
+
+
+async def _take(queue: Any, n: int) -> AsyncIterator[Any]:
+    async with queue.iterator() as messages:
+        async for message in messages:
+            await message.ack()
+            yield message
+            n -= 1
+            if n == 0:
+                return
+
+
+async def test_config_prefetch_caps_the_subscription(rabbitmq_url: str) -> None:
+    t = create_bus(f"{rabbitmq_url}?prefetch_count=2").transport
+    assert isinstance(t, RabbitMQTransport)
+    await t.start()
+    try:
+        name = topic("cap")
+        inbox = Inbox()
+        await t.subscribe(spec(name, "g", prefetch=50), inbox)
+        await t.publish([Message(topic=name, value=b"x") for _ in range(5)])
+        await inbox.wait(2)
+        await asyncio.sleep(0.5)
+        assert len(inbox.items) == 2, f"{len(inbox.items)} un-acked with prefetch_count=2"
+    finally:
+        await t.close()

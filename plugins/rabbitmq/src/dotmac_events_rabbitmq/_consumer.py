@@ -153,13 +153,16 @@ class RabbitMQSubscription(TransportSubscription):
         self._outstanding = 0  # handed to the core, not yet acked or released
         self._closer: asyncio.Task[None] | None = None
         self.queues: list[str] = []
+        cap = transport.config.prefetch_count
+        # basic.qos takes a 16-bit count.
+        self.prefetch = min(spec.prefetch if cap is None else min(spec.prefetch, cap), 65535)
 
     async def open(self) -> None:
         transport, spec, config = self._transport, self._spec, self._transport.config
         channel = await transport.open_channel()
         self._channel = channel
         try:
-            await channel.set_qos(prefetch_count=spec.prefetch)
+            await channel.set_qos(prefetch_count=self.prefetch)
             for topic in spec.topics:
                 queue = await self._declare(channel, topic)
                 await queue.bind(config.exchange, routing_key=topic)

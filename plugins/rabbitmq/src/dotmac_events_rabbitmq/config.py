@@ -120,8 +120,9 @@ class RabbitMQConfig:
         replicated, counts redeliveries) or ``"classic"``.
 
     Consuming
-        ``prefetch_count`` (optional) is the default ``basic.qos`` of every consumer
-        (``ConsumerOptions.prefetch_count`` sets it per subscription).
+        ``prefetch_count`` (optional) caps the ``basic.qos`` of every consumer on this
+        bus (``ConsumerOptions.prefetch_count`` sets it per subscription; each topic
+        of a subscription is a consumer of its own).
         ``max_deliveries`` (default 10) is the dead-letter threshold when
         ``ConsumerOptions.max_deliveries`` is not set: quorum queues count every
         delivery (``x-delivery-count``); classic queues only know "redelivered", so

@@ -4,6 +4,7 @@ unroutable events, prefetch. Each test uses its own topics in the session's vhos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,13 +23,21 @@ def topic(name: str) -> str:
     return f"rmq.{name}.{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
-async def transport(rabbitmq_url: str) -> AsyncIterator[RabbitMQTransport]:
-    t = create_bus(rabbitmq_url).transport
+@contextlib.asynccontextmanager
+async def started(url: str) -> AsyncIterator[RabbitMQTransport]:
+    t = create_bus(url).transport
     assert isinstance(t, RabbitMQTransport)
     await t.start()
-    yield t
-    await t.close()
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+@pytest.fixture
+async def transport(rabbitmq_url: str) -> AsyncIterator[RabbitMQTransport]:
+    async with started(rabbitmq_url) as t:
+        yield t
 
 
 def spec(t: str, group: str | None, prefetch: int = 10) -> SubscriptionSpec:
@@ -60,10 +69,7 @@ HEADERS = {
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_headers_key_and_redelivery_count(rabbitmq_url: str, queue_type: str) -> None:
-    t = create_bus(f"{rabbitmq_url}?queue_type={queue_type}").transport
-    assert isinstance(t, RabbitMQTransport)
-    await t.start()
-    try:
+    async with started(f"{rabbitmq_url}?queue_type={queue_type}") as t:
         name = topic("headers")
         inbox = Inbox()
         sub = await t.subscribe(spec(name, "g"), inbox)
@@ -85,8 +91,6 @@ async def test_headers_key_and_redelivery_count(rabbitmq_url: str, queue_type: s
             assert inbox.items[2].delivery_count == 3
         await inbox.items[-1].ack()
         await sub.stop()
-    finally:
-        await t.close()
 
 
 async def test_max_deliveries_dead_letters_an_event_that_keeps_coming_back(rabbitmq_url: str) -> None:
@@ -162,13 +166,9 @@ async def test_unroutable_events_are_counted_or_refused(
 ) -> None:
     await transport.publish([Message(topic=topic("nobody"), value=b"x")])
     assert transport.unroutable == 1
-    strict = create_bus(f"{rabbitmq_url}?unroutable=error").transport
-    await strict.start()
-    try:
+    async with started(f"{rabbitmq_url}?unroutable=error") as strict:
         with pytest.raises(PublishError, match="no queue is bound"):
             await strict.publish([Message(topic=topic("nobody"), value=b"x")])
-    finally:
-        await strict.close()
 
 
 async def test_prefetch_bounds_unacked_deliveries(transport: RabbitMQTransport) -> None:
@@ -259,10 +259,7 @@ async def _take(queue: Any, n: int) -> AsyncIterator[Any]:
 
 
 async def test_config_prefetch_caps_the_subscription(rabbitmq_url: str) -> None:
-    t = create_bus(f"{rabbitmq_url}?prefetch_count=2").transport
-    assert isinstance(t, RabbitMQTransport)
-    await t.start()
-    try:
+    async with started(f"{rabbitmq_url}?prefetch_count=2") as t:
         name = topic("cap")
         inbox = Inbox()
         await t.subscribe(spec(name, "g", prefetch=50), inbox)
@@ -270,5 +267,3 @@ async def test_config_prefetch_caps_the_subscription(rabbitmq_url: str) -> None:
         await inbox.wait(2)
         await asyncio.sleep(0.5)
         assert len(inbox.items) == 2, f"{len(inbox.items)} un-acked with prefetch_count=2"
-    finally:
-        await t.close()

@@ -15,6 +15,7 @@ from dotmac.events import ConsumerOptions, Event, PublishError, create_bus
 from dotmac.events.testing.collect import Collector, wait_for
 from dotmac.events.transport import Delivery, Message, SubscriptionSpec
 from dotmac_events_rabbitmq import KEY_HEADER, RabbitMQTransport
+from dotmac_events_rabbitmq.transport import RETAINED_SUFFIX
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -144,6 +145,17 @@ async def test_dead_letters_are_retained_under_any_name_and_read_leaves_them(
     assert [m.value for m in first] == [b"0", b"1", b"2"]
     assert [m.value for m in again] == [b"0", b"1", b"2", b"3", b"4"], "read() must not consume"
     assert await transport.read(topic("never-used")) == []
+
+
+async def test_a_deleted_retained_queue_is_declared_again(transport: RabbitMQTransport) -> None:
+    name = topic("deleted") + ".dlq"
+    await transport.publish([Message(topic=name, value=b"1")])
+    channel = await transport.open_channel()
+    await channel.queue_delete(transport.config.queue_name(name, RETAINED_SUFFIX))
+    await channel.close()
+    await transport.publish([Message(topic=name, value=b"2")])
+    assert [m.value for m in await transport.read(name)] == [b"2"]
+    assert transport.unroutable == 0
 
 
 async def test_dlq_topic_of_a_group_keeps_letters_nobody_listens_to(rabbitmq_url: str) -> None:

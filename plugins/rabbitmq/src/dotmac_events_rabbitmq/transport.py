@@ -194,10 +194,12 @@ class RabbitMQTransport(Transport):
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # set by the first failure: how long to keep trying
         pending = list(messages)
+        redeclared: set[str] = set()
         attempt = 0
         while True:
             results = await self._attempt(pending)
             failed: list[Message] = []
+            lost_letters: list[Message] = []
             for message, result in zip(pending, results, strict=True):
                 if isinstance(result, aiormq.exceptions.DeliveryError):
                     raise PublishError(
@@ -208,7 +210,24 @@ class RabbitMQTransport(Transport):
                 elif isinstance(result, BaseException):
                     raise result
                 elif result is False:
-                    self._unroutable(message)
+                    if not _is_retained_topic(message):
+                        self._unroutable(message)
+                    elif message.topic not in redeclared:
+                        lost_letters.append(message)
+                    else:
+                        raise PublishError(
+                            f"no queue takes the dead letters of {message.topic!r}, even after "
+                            "declaring its retained queue again",
+                            retriable=True,
+                        )
+            if lost_letters:
+                # Someone deleted a retained queue under us: declare it again and re-send,
+                # so that a dead letter is never dropped as unroutable.
+                topics = {m.topic for m in lost_letters}
+                redeclared |= topics
+                self._retained -= topics
+                await self._ensure_retained(topics)
+                failed.extend(lost_letters)
             if not failed:
                 return
             # The connection dropped before these were confirmed: send them again once

@@ -279,3 +279,19 @@ async def test_config_prefetch_caps_the_subscription(rabbitmq_url: str) -> None:
         await inbox.wait(2)
         await asyncio.sleep(0.5)
         assert len(inbox.items) == 2, f"{len(inbox.items)} un-acked with prefetch_count=2"
+
+
+async def test_a_failing_sink_does_not_stop_the_consumer(transport: RabbitMQTransport) -> None:
+    name = topic("failing-sink")
+    calls: list[bytes] = []
+
+    async def sink(delivery: Delivery) -> None:
+        calls.append(delivery.message.value)
+        if len(calls) == 1:
+            raise RuntimeError("the core fell over")
+        await delivery.ack()
+
+    await transport.subscribe(spec(name, "g"), sink)
+    await transport.publish([Message(topic=name, value=b"a"), Message(topic=name, value=b"b")])
+    await wait_for(lambda: len(calls) >= 3, 10, what="the failed message redelivered")
+    assert sorted(calls) == [b"a", b"a", b"b"]

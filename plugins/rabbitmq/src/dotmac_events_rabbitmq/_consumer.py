@@ -221,6 +221,10 @@ class RabbitMQSubscription(TransportSubscription):
                 # The core never took it (stop while it was full): give it back.
                 await delivery.release()
                 raise
+            except Exception:
+                # Never let one message stop the consumer: give it back and go on.
+                log.exception("handing a message of %s to the bus failed; it is requeued", topic)
+                await delivery.release()
 
     def _settled_one(self) -> None:
         self._outstanding -= 1

@@ -43,6 +43,12 @@ FIRST_PARTY: tuple[FirstPartyPlugin, ...] = (
     FirstPartyPlugin("avro", "dotmac_events_avro", ("avro",), ("AvroCodec",)),
     FirstPartyPlugin("otel", "dotmac_events_otel", ("otel",)),
     FirstPartyPlugin("outbox", "dotmac_events_outbox"),
+    FirstPartyPlugin(
+        "rabbitmq",
+        "dotmac_events_rabbitmq",
+        ("amqp", "amqps", "rabbitmq"),
+        ("RabbitMQConfig", "create_rabbitmq_bus"),
+    ),
 )
 
 KNOWN_EXTRAS: Mapping[str, str] = {name: plugin.extra for plugin in FIRST_PARTY for name in plugin.provides}

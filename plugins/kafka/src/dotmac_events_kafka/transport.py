@@ -366,6 +366,9 @@ class _KafkaSubscription(TransportSubscription):
         self._idle = asyncio.Event()
         self._idle.set()
         self._outstanding = 0
+        # Set while fewer than ``prefetch`` deliveries are outstanding.
+        self._room = asyncio.Event()
+        self._room.set()
         self._commit_lock = asyncio.Lock()
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
@@ -601,6 +604,9 @@ class _KafkaSubscription(TransportSubscription):
             backoff = 0.1
             for tp, records in batch.items():
                 for record in records:
+                    while self._outstanding >= self._spec.prefetch:
+                        self._room.clear()
+                        await self._room.wait()
                     tracker = self._trackers.get(tp)
                     if tracker is None or not tracker.accepts(record.offset):
                         # Revoked, not positioned yet, or about to seek back: the records
@@ -639,6 +645,8 @@ class _KafkaSubscription(TransportSubscription):
             return
         entry.state = _ACKED if acked else _RELEASED
         self._outstanding -= 1
+        if self._outstanding < self._spec.prefetch:
+            self._room.set()
         if self._outstanding <= 0:
             self._outstanding = 0
             self._idle.set()

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+from attrs import evolve
 
 from dotmac.events import ConfigurationError, ConsumerOptions, Event, QueueFullError, create_bus
 from dotmac.events.testing import Collector, wait_for
-from dotmac_events_memory import MemoryConfig, create_memory_bus, read_persistence_log
+from dotmac_events_memory import (
+    MemoryConfig,
+    create_memory_bus,
+    default_persistence_dir,
+    read_persistence_log,
+)
 
 
 @pytest.fixture
@@ -210,3 +219,47 @@ def test_config_validation(kwargs: dict[str, object], fragment: str) -> None:
 def test_url_names_the_broker() -> None:
     assert create_bus("memory://orders-test").transport.config.name == "orders-test"  # type: ignore[attr-defined]
     assert create_bus("memory://").transport.config.name == "default"  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def temp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private system temp directory, and a working directory that must stay empty."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return root
+
+
+async def test_persistence_log_defaults_to_a_private_temp_dir(name: str, temp_root: Path) -> None:
+    sent = [Event(topic="audit", payload={"i": i}) for i in range(2)]
+    async with create_memory_bus(MemoryConfig(name=f"{name}/x", enable_persistence=True)) as bus:
+        await bus.publish_many(sent)
+    assert list(Path.cwd().iterdir()) == []
+    directory = default_persistence_dir()
+    assert directory.parent == temp_root
+    assert directory.name == (f"dotmac-events-{os.getuid()}" if hasattr(os, "getuid") else "dotmac-events")
+    # The name's slash cannot leave the directory.
+    log_file = directory / f"{name}_x.jsonl"
+    assert [m.headers["ce_id"] for m in read_persistence_log(log_file)] == [e.event_id for e in sent]
+    if hasattr(os, "getuid"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+async def test_persistence_refuses_a_default_dir_it_does_not_own(name: str, temp_root: Path) -> None:
+    elsewhere = temp_root / "elsewhere"
+    elsewhere.mkdir()
+    default_persistence_dir().symlink_to(elsewhere)
+    config = MemoryConfig(name=name, enable_persistence=True)
+    with pytest.raises(ConfigurationError, match="set persistence_path"):
+        async with create_memory_bus(config):
+            pass
+    assert list(elsewhere.iterdir()) == []
+    # An explicit path still works.
+    explicit = temp_root / "mine.jsonl"
+    async with create_memory_bus(evolve(config, persistence_path=str(explicit))) as bus:
+        await bus.publish(Event(topic="audit"))
+    assert len(list(read_persistence_log(explicit))) == 1

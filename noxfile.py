@@ -6,6 +6,13 @@ distributions (which are not on PyPI) names them in its pyproject.toml::
     [tool.dotmac-events]
     test-requires = ["memory"]
 
+Each ``tests`` session measures the coverage of the distribution it tests and fails
+below a floor: 90 % for the core, 85 % for a plugin, unless the pyproject declares its
+own (visibly, next to the reason)::
+
+    [tool.dotmac-events]
+    coverage-floor = 80
+
 Only interpreters that exist on the machine are used; none is ever downloaded.
 """
 
@@ -16,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -49,6 +57,11 @@ PYTHONS = [v for v in ALL_PYTHONS if _usable(v)]
 DEFAULT_PYTHON = "3.11" if "3.11" in PYTHONS else (PYTHONS[-1] if PYTHONS else None)
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
+COVERAGE = "coverage==7.17.3"
+# Test-support code shipped in the core (the conformance kit, hostile producers): it is
+# exercised by the conformance session and the plugins' suites, not by the core's own
+# tests, so it stays out of the core's figure.
+CORE_TEST_KIT = ROOT / "core" / "src" / "dotmac" / "events" / "testing"
 # Distributions tested on every interpreter; the others on the default one. The Redis
 # plugin builds on redis-py's asyncio connection and the event loop's socket writes,
 # whose behaviour differs between Python releases.
@@ -66,11 +79,18 @@ def _plugins() -> list[str]:
 PLUGINS = _plugins()
 
 
+def _home(package: str) -> Path:
+    return ROOT / "core" if package == "core" else ROOT / "plugins" / package
+
+
+def _settings(package: str) -> dict[str, Any]:
+    """The ``[tool.dotmac-events]`` table of a distribution's pyproject.toml."""
+    data = tomllib.loads((_home(package) / "pyproject.toml").read_text())
+    return dict(data.get("tool", {}).get("dotmac-events", {}))
+
+
 def _test_requires(package: str) -> list[str]:
-    if package == "core":
-        return []
-    data = tomllib.loads((ROOT / "plugins" / package / "pyproject.toml").read_text())
-    return list(data.get("tool", {}).get("dotmac-events", {}).get("test-requires", []))
+    return list(_settings(package).get("test-requires", []))
 
 
 def _install(session: nox.Session, *packages: str, test: bool = True) -> None:
@@ -109,11 +129,44 @@ def tests(session: nox.Session, package: str) -> None:
     paths = (
         [str(ROOT / "core" / "tests")] if package == "core" else [str(ROOT / "plugins" / package / "tests")]
     )
+    measured = [package]
     if package == "memory":
-        # The core's bus tests need a transport: they run here, with the memory plugin.
+        # The core's bus tests need a transport: they run here, with the memory plugin,
+        # so this is where the core's whole suite runs and its coverage is measured.
         paths.append(str(ROOT / "core" / "tests"))
+        measured.append("core")
+    elif package == "core":
+        measured = []
     env = {"DOTMAC_EVENTS_LOAD_PLUGINS": ",".join(n for n in wanted if n != "core")}
-    session.run("pytest", *paths, *session.posargs, env=env)
+    if not measured:
+        session.run("pytest", *paths, *session.posargs, env=env)
+        return
+    session.install(COVERAGE)
+    env["COVERAGE_FILE"] = str(Path(session.create_tmp()) / ".coverage")
+    sources = ",".join(str(_home(p) / "src") for p in measured)
+    session.run("coverage", "run", f"--source={sources}", "-m", "pytest", *paths, *session.posargs, env=env)
+    _check_coverage(session, measured, env)
+
+
+def _coverage_floor(package: str) -> float:
+    return float(_settings(package).get("coverage-floor", 90 if package == "core" else 85))
+
+
+def _check_coverage(session: nox.Session, measured: list[str], env: dict[str, str]) -> None:
+    """A coverage table per distribution; one below its floor fails the session.
+
+    With pytest arguments after ``--`` (a subset of the tests) the figures are shown
+    but not checked.
+    """
+    for package in measured:
+        floor = _coverage_floor(package)
+        session.log(f"coverage of {package} (floor {floor:g} %):")
+        args = ["--skip-covered", "--precision=1", f"--include={_home(package) / 'src'}/*"]
+        if package == "core":
+            args.append(f"--omit={CORE_TEST_KIT}/*")
+        if not session.posargs:
+            args.append(f"--fail-under={floor}")
+        session.run("coverage", "report", *args, env=env)
 
 
 @nox.session(python=DEFAULT_PYTHON)

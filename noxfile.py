@@ -18,7 +18,10 @@ Only interpreters that exist on the machine are used; none is ever downloaded.
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +42,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 nox.options.sessions = ["tests", "conformance", "lint", "typecheck"]
+nox.options.sessions += ["wheels", "audit"]
 if (ROOT / "benchmarks" / "run.py").exists():
     nox.options.sessions.append("bench_smoke")
 
@@ -217,3 +221,188 @@ def bench_smoke(session: nox.Session) -> None:
     _install(session, *PLUGINS, test=False)
     session.install("-r", str(ROOT / "benchmarks" / "requirements.txt"))
     session.run("python", str(ROOT / "benchmarks" / "run.py"), "--smoke")
+
+
+# --- packages a user installs: wheels and the dependency audit -------------------------
+
+TWINE = "twine==7.0.0"
+PIP_AUDIT = "pip-audit==2.10.1"
+# Pinned input, looked up one by one in PyPI's per-release data (what pypi.org serves).
+AUDIT_OPTIONS = ("--no-deps", "--disable-pip", "--vulnerability-service", "pypi", "--progress-spinner", "off")
+DIST = ROOT / "dist"
+
+
+def _uv() -> str:
+    # The uv that runs nox's venvs (.tools/bin/uv next to nox's interpreter).
+    return shutil.which("uv") or str(Path(sys.executable).with_name("uv"))
+
+
+def _project(package: str) -> dict[str, Any]:
+    data: dict[str, Any] = tomllib.loads((_home(package) / "pyproject.toml").read_text())["project"]
+    return data
+
+
+def _wheel(package: str) -> Path:
+    project = _project(package)
+    stem = f"{project['name'].replace('-', '_')}-{project['version']}-"
+    (wheel,) = (p for p in DIST.glob("*.whl") if p.name.startswith(stem))
+    return wheel
+
+
+def _clean_venv(session: nox.Session, path: Path, *, pip: bool = False) -> Path:
+    """A new venv at ``path`` (with pip when asked); its scripts directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    seed = ["--seed"] if pip else []
+    session.run(_uv(), "venv", "-q", *seed, "-p", str(session.python), str(path), external=True)
+    return path / ("Scripts" if sys.platform == "win32" else "bin")
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def wheels(session: nox.Session) -> None:
+    """sdist and wheel of every distribution into dist/, checked and installed as a user would.
+
+    Each wheel goes into a venv of its own with only its declared dependencies (ours
+    from dist/) and is imported; then ``pip install --find-links dist
+    "dotmac-events[redis]"`` must install exactly the core, the Redis plugin and what
+    they need.
+    """
+    session.install(TWINE)
+    packages = ["core", *PLUGINS]
+    shutil.rmtree(DIST, ignore_errors=True)
+    # uv builds the sdist, then the wheel from the sdist: a file missing from the sdist
+    # fails here rather than for a user. The builds run side by side (each is mostly
+    # the start of a build backend).
+    builds = [[_uv(), "build", "-q", "--out-dir", str(DIST), str(_home(p))] for p in packages]
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        done = list(pool.map(lambda cmd: subprocess.run(cmd, capture_output=True, text=True), builds))
+    for result in done:
+        session.log(" ".join(result.args))
+        if result.returncode != 0:
+            session.error(f"build failed:\n{result.stdout}{result.stderr}")
+    built = sorted(str(p) for p in [*DIST.glob("*.whl"), *DIST.glob("*.tar.gz")])
+    session.run("twine", "check", "--strict", *built)
+    check = str(ROOT / "scripts" / "check_install.py")
+    tmp = Path(session.create_tmp())
+    for package in packages:
+        python = str(_clean_venv(session, tmp / f"venv-{package}") / "python")
+        uv_install = [_uv(), "pip", "install", "-q", "-p", python, "--find-links", str(DIST)]
+        session.run(*uv_install, str(_wheel(package)), external=True)
+        session.run(python, check, "imports", _project(package)["name"], external=True)
+    # What the README tells a user to run, with pip itself.
+    bin_dir = _clean_venv(session, tmp / "venv-redis-extra", pip=True)
+    python, wanted = str(bin_dir / "python"), "dotmac-events[redis]"
+    pip_install = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    session.run(*pip_install, "--find-links", str(DIST), wanted, external=True)
+    session.run(python, check, "closure", wanted, "dotmac-events", "dotmac-events-redis", external=True)
+    session.run(str(bin_dir / "dotmac-events"), "plugins", external=True)
+
+
+# A release with advisories that will never be withdrawn (CVE-2018-18074): PyPI's answer
+# for it shows both that pip-audit's source is reachable and that it carries the data.
+ADVISORY_CANARY = "https://pypi.org/pypi/requests/2.19.0/json"
+
+
+def _advisories_unreachable(session: nox.Session) -> str | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(ADVISORY_CANARY, timeout=15) as response:
+            data = json.loads(response.read())
+    except (OSError, ValueError) as exc:
+        return f"{ADVISORY_CANARY}: {type(exc).__name__}: {exc}"
+    if not data.get("vulnerabilities"):
+        session.error(
+            f"{ADVISORY_CANARY} answered without its known vulnerabilities: the audit would prove nothing"
+        )
+    return None
+
+
+def _req_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9._-]+", requirement.strip())
+    return match.group(0).lower().replace("_", "-") if match else requirement
+
+
+def _audit_input(package: str, ours: set[str]) -> list[str]:
+    """What a user installs: the distribution with its extras that pull in others' code."""
+    project = _project(package)
+    extras = [
+        name
+        for name, reqs in project.get("optional-dependencies", {}).items()
+        if name not in ("test", "dev") and any(_req_name(r) not in ours for r in reqs)
+    ]
+    lines = [f"{_home(package)}[{','.join(extras)}]" if extras else str(_home(package))]
+    if package != "core":
+        # Plugins need the core, which no index has: resolve it from the checkout.
+        lines.append(str(_home("core")))
+    return lines
+
+
+def _advisories(package: str, found: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """One line per advisory in a pip-audit JSON report, and whether a fixed release exists."""
+    lines = []
+    for dep in found:
+        for vuln in dep.get("vulns", []):
+            fixes = vuln.get("fix_versions") or []
+            fixed_in = ", ".join(fixes) or "no release yet"
+            lines.append(
+                (
+                    f"{package}: {dep['name']} {dep['version']} {vuln['id']} (fixed in: {fixed_in})",
+                    bool(fixes),
+                )
+            )
+    return lines
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def audit(session: nox.Session) -> None:
+    """pip-audit of what each distribution resolves to today, against PyPI's advisory data.
+
+    Fails on a known vulnerability that has a fixed release; one without a fix is
+    listed. When PyPI cannot be reached the session is skipped and says so.
+    """
+    unreachable = _advisories_unreachable(session)
+    if unreachable is not None:
+        session.skip(f"dependency audit NOT run: PyPI's advisory data cannot be reached ({unreachable})")
+    session.install(PIP_AUDIT)
+    ours = {_project(p)["name"] for p in ["core", *PLUGINS]}
+    tmp = Path(session.create_tmp())
+    fixable: list[str] = []
+    for package in ["core", *PLUGINS]:
+        wanted, pinned, report = (tmp / f"{package}.{ext}" for ext in ("in", "txt", "json"))
+        wanted.write_text("\n".join(_audit_input(package, ours)) + "\n")
+        compile_ = [_uv(), "pip", "compile", "-q", "--no-header", "-p", str(session.python)]
+        session.run(*compile_, str(wanted), "-o", str(pinned), external=True)
+        # Ours are not on PyPI (nothing to look up); everything else is pinned, so
+        # pip-audit needs no resolver of its own.
+        third_party = [
+            line
+            for line in pinned.read_text().splitlines()
+            if "==" in line and not line.startswith((" ", "#")) and _req_name(line) not in ours
+        ]
+        pinned.write_text("\n".join(third_party) + "\n")
+        report.unlink(missing_ok=True)
+        session.run(
+            "pip-audit",
+            "-r",
+            str(pinned),
+            *AUDIT_OPTIONS,
+            "-f",
+            "json",
+            "-o",
+            str(report),
+            success_codes=[0, 1],
+        )
+        if not report.exists():
+            session.error(f"{package}: pip-audit wrote no report (its error is above)")
+        found = json.loads(report.read_text())["dependencies"]
+        skipped = [(d["name"], d["skip_reason"]) for d in found if d.get("skip_reason")]
+        if skipped:
+            session.error(f"{package}: not audited: {skipped}")
+        advisories = _advisories(package, found)
+        session.log(f"{package}: {len(found)} dependencies audited, {len(advisories)} advisories")
+        for line, fixed in advisories:
+            session.log(line)
+            if fixed:
+                fixable.append(line)
+    if fixable:
+        session.error(f"{len(fixable)} known vulnerabilities with a fixed release:\n" + "\n".join(fixable))

@@ -263,3 +263,27 @@ async def test_persistence_refuses_a_default_dir_it_does_not_own(name: str, temp
     async with create_memory_bus(evolve(config, persistence_path=str(explicit))) as bus:
         await bus.publish(Event(topic="audit"))
     assert len(list(read_persistence_log(explicit))) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners")
+async def test_persistence_refuses_a_default_dir_another_user_made(
+    name: str, temp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)  # as if this process ran as another user
+    other = default_persistence_dir()
+    other.mkdir()  # the directory for that user exists, but the real user owns it
+    with pytest.raises(ConfigurationError, match="not a directory owned by this user"):
+        async with create_memory_bus(MemoryConfig(name=name, enable_persistence=True)):
+            pass
+    assert list(other.iterdir()) == []
+
+
+async def test_persistence_dir_that_cannot_be_made_is_a_configuration_error(
+    name: str, temp_root: Path
+) -> None:
+    blocker = default_persistence_dir()
+    blocker.write_text("a file where the directory should be")
+    with pytest.raises(ConfigurationError, match="cannot be created"):
+        async with create_memory_bus(MemoryConfig(name=name, enable_persistence=True)):
+            pass

@@ -85,7 +85,13 @@ def default_persistence_dir() -> Path:
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"MemoryConfig.persistence_path is unset and {str(path)!r} cannot be created ({exc.strerror});"
+            " set persistence_path to where the log should go"
+        ) from exc
     getuid = getattr(os, "getuid", None)
     if getuid is None:  # pragma: no cover - Windows: the temp directory is per user already
         return path

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+from attrs import evolve
 
 from dotmac.events import ConfigurationError, ConsumerOptions, Event, QueueFullError, create_bus
 from dotmac.events.testing import Collector, wait_for
-from dotmac_events_memory import MemoryConfig, create_memory_bus, read_persistence_log
+from dotmac_events_memory import (
+    MemoryConfig,
+    create_memory_bus,
+    default_persistence_dir,
+    read_persistence_log,
+)
 
 
 @pytest.fixture
@@ -235,3 +244,71 @@ async def test_groups_report_members_pending_and_lag(name: str) -> None:
         await sub.stop()
         (info,) = await bus.groups("orders")
         assert info.members == ()
+
+
+@pytest.fixture
+def temp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private system temp directory, and a working directory that must stay empty."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return root
+
+
+async def test_persistence_log_defaults_to_a_private_temp_dir(name: str, temp_root: Path) -> None:
+    sent = [Event(topic="audit", payload={"i": i}) for i in range(2)]
+    async with create_memory_bus(MemoryConfig(name=f"{name}/x", enable_persistence=True)) as bus:
+        await bus.publish_many(sent)
+    assert list(Path.cwd().iterdir()) == []
+    directory = default_persistence_dir()
+    assert directory.parent == temp_root
+    assert directory.name == (f"dotmac-events-{os.getuid()}" if hasattr(os, "getuid") else "dotmac-events")
+    # The name's slash cannot leave the directory.
+    log_file = directory / f"{name}_x.jsonl"
+    assert [m.headers["ce_id"] for m in read_persistence_log(log_file)] == [e.event_id for e in sent]
+    if hasattr(os, "getuid"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+async def test_persistence_refuses_a_default_dir_it_does_not_own(name: str, temp_root: Path) -> None:
+    elsewhere = temp_root / "elsewhere"
+    elsewhere.mkdir()
+    default_persistence_dir().symlink_to(elsewhere)
+    config = MemoryConfig(name=name, enable_persistence=True)
+    with pytest.raises(ConfigurationError, match="set persistence_path"):
+        async with create_memory_bus(config):
+            pass
+    assert list(elsewhere.iterdir()) == []
+    # An explicit path still works.
+    explicit = temp_root / "mine.jsonl"
+    async with create_memory_bus(evolve(config, persistence_path=str(explicit))) as bus:
+        await bus.publish(Event(topic="audit"))
+    assert len(list(read_persistence_log(explicit))) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX owners")
+async def test_persistence_refuses_a_default_dir_another_user_made(
+    name: str, temp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: me + 1)  # as if this process ran as another user
+    other = default_persistence_dir()
+    other.mkdir()  # the directory for that user exists, but the real user owns it
+    with pytest.raises(ConfigurationError, match="not a directory owned by this user"):
+        async with create_memory_bus(MemoryConfig(name=name, enable_persistence=True)):
+            pass
+    assert list(other.iterdir()) == []
+
+
+async def test_persistence_dir_that_cannot_be_made_is_a_configuration_error(
+    name: str, temp_root: Path
+) -> None:
+    blocker = default_persistence_dir()
+    blocker.write_text("a file where the directory should be")
+    with pytest.raises(ConfigurationError, match="cannot be created"):
+        async with create_memory_bus(MemoryConfig(name=name, enable_persistence=True)):
+            pass

@@ -36,7 +36,7 @@ from dotmac.events import (
 from dotmac.events.errors import BusStateError
 from dotmac.events.transport import DeliverySink
 
-from .config import MemoryConfig
+from .config import MemoryConfig, persistence_file
 
 __all__ = ["CAPABILITIES", "MemoryTransport", "read_persistence_log"]
 
@@ -122,8 +122,7 @@ class _Broker:
         self.refs = 0
         self.log_file: IO[str] | None = None
         if config.enable_persistence:
-            path = Path(config.persistence_path or f"dotmac-events-{config.name}.jsonl")
-            self.log_file = path.open("a", encoding="utf-8")
+            self.log_file = persistence_file(config).open("a", encoding="utf-8")
 
     def topic(self, name: str) -> _Topic:
         topic = self.topics.get(name)

@@ -62,7 +62,7 @@ DEFAULT_PYTHON = "3.11" if "3.11" in PYTHONS else (PYTHONS[-1] if PYTHONS else N
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 # A range, not a pin: recent releases need Python 3.11, and the matrix runs 3.10 too.
-COVERAGE = "coverage>=7.6,<8"
+COVERAGE = "coverage>=7.10,<8"  # 7.10: [run] patch = subprocess
 # Test-support code shipped in the core (the conformance kit, hostile producers): it is
 # exercised by the conformance session and the plugins' suites, not by the core's own
 # tests, so it stays out of the core's figure.
@@ -147,9 +147,17 @@ def tests(session: nox.Session, package: str) -> None:
         session.run("pytest", *paths, *session.posargs, env=env)
         return
     session.install(COVERAGE)
-    env["COVERAGE_FILE"] = str(Path(session.create_tmp()) / ".coverage")
-    sources = ",".join(str(_home(p) / "src") for p in measured)
-    session.run("coverage", "run", f"--source={sources}", "-m", "pytest", *paths, *session.posargs, env=env)
+    tmp = Path(session.create_tmp())
+    # Processes the tests start (the worker runner, the relay) are measured too.
+    rcfile = tmp / "coveragerc"
+    sources = "\n    ".join(str(_home(p) / "src") for p in measured)
+    rcfile.write_text(f"[run]\nparallel = true\npatch = subprocess\nsource =\n    {sources}\n")
+    env["COVERAGE_FILE"] = str(tmp / ".coverage")
+    env["COVERAGE_RCFILE"] = str(rcfile)
+    for stale in tmp.glob(".coverage*"):
+        stale.unlink()
+    session.run("coverage", "run", "-m", "pytest", *paths, *session.posargs, env=env)
+    session.run("coverage", "combine", "--quiet", env=env)
     _check_coverage(session, measured, env)
 
 

@@ -18,6 +18,7 @@ from .codec import Codec, JsonCodec
 from .config import create_bus, load_toml_config
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
+    AuthenticationError,
     BusStateError,
     CodecError,
     ConfigurationError,
@@ -51,6 +52,7 @@ from .runner import Subscription
 from .transport import Capabilities, Delivery, Message, SubscriptionSpec, Transport, TransportSubscription
 
 __all__ = [
+    "AuthenticationError",
     "BusStateError",
     "Capabilities",
     "Codec",

@@ -49,8 +49,9 @@ def transport_sub(sub: Any) -> Any:
     return sub._transport_sub
 
 
+@pytest.mark.usefixtures("rebalancing_broker")
 async def test_kill_9_consumer_mid_batch(
-    make_bus: MakeBus, kafka_servers: str, topic: str, group: str, report: Report
+    make_bus: MakeBus, kafka_servers: str, kafka_kind: str, topic: str, group: str, report: Report
 ) -> None:
     """lost = 0, every duplicate lies in the killed member's uncommitted window, and the
     survivor takes the killed member's partitions over."""
@@ -71,6 +72,7 @@ async def test_kill_9_consumer_mid_batch(
             topic,
             group,
             "0.003",
+            kafka_kind,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -124,6 +126,7 @@ async def test_kill_9_consumer_mid_batch(
     )
 
 
+@pytest.mark.usefixtures("rebalancing_broker")
 async def test_members_join_and_leave_ten_times_during_10000_events(
     make_bus: MakeBus, topic: str, group: str, report: Report, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .doctor import DoctorCheck
     from .event import Event
     from .observe import ConsumeInfo, PublishInfo
     from .registry import Registry
-    from .transport import Message
+    from .transport import Message, Transport
 
 PROJECT_NAME = "dotmac_events"
 
@@ -158,3 +161,25 @@ def dotmac_events_on_dead_letter(
 def dotmac_events_on_error(where: str, error: BaseException, info: Mapping[str, Any]) -> None:
     """An error outside a handler: ``where`` is ``"decode"``, ``"ack"``, ``"dead_letter"``,
     ``"transport"`` or ``"reply"``. ``info`` holds topic, group and transport when known."""
+
+
+@hookspec
+def dotmac_events_doctor_checks(transport: Transport) -> Sequence[DoctorCheck] | None:
+    """Contribute checks to ``dotmac-events doctor`` for a transport of this plugin.
+
+    Called once per ``doctor`` run, after the core connected ``transport`` (started)
+    and ran its generic checks (connect, group join, publish -> consume -> ack round
+    trip, dead-letter write). Return ``None`` unless ``transport`` is one of yours
+    (``isinstance(transport, MyTransport)``); otherwise return a sequence of async
+    callables ``check(transport, ctx) -> Sequence[CheckResult]``, run in order.
+    ``ctx`` is a :class:`~dotmac.events.doctor.DoctorContext`: ``ctx.topic`` and
+    ``ctx.group`` are the topic and group the round trip used, and ``ctx.scratch``
+    is ``True`` when the core made them up, in which case a check of yours should
+    delete them (and the ``<topic>.dlq`` topic) from the broker. A
+    :class:`~dotmac.events.doctor.CheckResult` has a ``name``, ``ok`` (``True``,
+    ``False``, or ``None`` for a plain fact such as a broker limit), a ``detail``
+    and, when ``ok`` is ``False``, a ``fix`` telling the user what to change. Report
+    limits the bus depends on (record size, session timeout bounds, retention,
+    trimming) and permissions. Never put credentials in a result. An exception a
+    check raises becomes one failed result named after the check.
+    """

@@ -109,7 +109,7 @@ def transport_error(what: str, exc: BaseException, *, username: str | None = Non
             f"{what}: the server's TLS certificate was rejected ({detail})", retriable=False
         )
     if _is_auth(exc):
-        who = f"user {username!r}" if username else "the default user"
+        who = f"user {username!r}" if username else "the connecting user"
         if text.startswith("NOPERM") or isinstance(exc, rexc.NoPermissionError):
             permission = _permission(text)
             return AuthenticationError(

@@ -52,10 +52,13 @@ def kafka_kind(kafka_servers: str) -> str:
 
 @pytest.fixture
 def rebalancing_broker(kafka_kind: str) -> None:
-    """Skip on noida-db 0.2.3: a second member joining a live group loops on
-    IllegalGeneration/UnknownMemberId and is never assigned (docs/transports/kafka.md)."""
-    if kafka_kind == "noida":
-        pytest.skip("noida-db 0.2.3 does not complete a rebalance when a member joins a live group")
+    """Skip on noida-db 0.2.3: when a member joins a group whose member is committing,
+    noida-db answers the commit with IllegalGeneration, drops that member, and elects
+    its stale member id leader of the next generation, so nobody gets an assignment
+    (docs/transports/kafka.md)."""
+    if kafka_kind == "noida" and not os.environ.get("DOTMAC_EVENTS_KAFKA_NOIDA_REBALANCE"):
+        # Set that variable to run them anyway (to re-check a newer noida-db).
+        pytest.skip("noida-db 0.2.3 elects a removed member as group leader when one joins a busy group")
 
 
 @pytest.fixture

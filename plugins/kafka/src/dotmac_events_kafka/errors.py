@@ -61,7 +61,7 @@ def is_fatal(exc: BaseException) -> bool:
 
 def _range(low: object, high: object) -> str:
     if low is None and high is None:
-        return ""
+        return " (the broker does not report its bounds; Apache Kafka's defaults are 6000..1800000 ms)"
     return f" (the broker allows {low if low is not None else '?'}..{high if high is not None else '?'} ms)"
 
 

@@ -303,7 +303,8 @@ class TansuBroker(_Broker):
     ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (default, lost
     on stop) or ``s3://BUCKET/`` together with ``env`` from
     :meth:`MotoS3Server.tansu_env`. The port stays the same across
-    :meth:`restart`, so clients reconnect to the same address.
+    :meth:`restart`, so clients reconnect to the same address. ``extra_args`` go to
+    ``tansu broker`` (``["--authentication"]`` requires SASL from every client).
     """
 
     kind = "tansu"
@@ -316,10 +317,12 @@ class TansuBroker(_Broker):
         env: Mapping[str, str] | None = None,
         binary: str | None = None,
         start_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__(port=port, binary=binary, start_timeout=start_timeout)
         self.storage = storage
         self.env = dict(env or {})
+        self.extra_args = tuple(extra_args)
 
     def _argv(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
@@ -332,6 +335,7 @@ class TansuBroker(_Broker):
             url,
             "--storage-engine",
             self.storage,
+            *self.extra_args,
         ]
 
     def _env(self) -> dict[str, str]:

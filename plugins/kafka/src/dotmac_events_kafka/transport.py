@@ -140,6 +140,22 @@ def _publish_error(what: str, exc: BaseException, fatal: EventBusError | None = 
     return PublishError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
 
 
+async def _accepts_connections(servers: str, timeout: float = 2.0) -> bool:
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host or server, int(port or 9092)), timeout
+            )
+        except (OSError, ValueError, asyncio.TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
 class _StaticTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
     """OAUTHBEARER with a fixed token (from config or the environment)."""
 
@@ -846,6 +862,9 @@ class KafkaTransport(Transport):
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await admin.close()
+            refused = await self._sasl_refused(exc)
+            if refused is not None:
+                raise refused from exc
             if isinstance(exc, _UNREACHABLE):
                 raise _unavailable(f"cannot connect to {self.config.bootstrap_servers}", exc) from exc
             if isinstance(exc, KafkaError):
@@ -864,6 +883,29 @@ class KafkaTransport(Transport):
         what = f"cannot connect to {self.config.bootstrap_servers}"
         fatal = _errors.classify(exc, what=what, username=self.config.resolved_username())
         return fatal if fatal is not None else TransportError(f"{what}: {exc!r}")
+
+    async def _sasl_refused(self, exc: BaseException) -> AuthenticationError | None:
+        """A SASL login that failed, told apart from an unreachable broker.
+
+        aiokafka reports a broker that closes the connection during SASL as "Unable to
+        bootstrap" (as if nothing listened), and a SCRAM server answer carrying an
+        error as a ``KeyError`` of its parser. When SASL is on and the port accepts
+        connections, the login is what failed."""
+        mechanism = self.config.mechanism
+        if mechanism is None or not isinstance(exc, (KafkaConnectionError, KeyError, ValueError)):
+            return None
+        if isinstance(exc, KafkaConnectionError) and not await _accepts_connections(
+            self.config.bootstrap_servers
+        ):
+            return None
+        user = self.config.resolved_username()
+        who = f" of user {user!r}" if user else ""
+        return AuthenticationError(
+            f"cannot connect to {self.config.bootstrap_servers}: the broker accepts connections but "
+            f"the SASL {mechanism} login{who} failed; check sasl_username, sasl_password and "
+            "sasl_mechanism (and that the listener speaks SASL)",
+            permission="authenticate",
+        )
 
     async def broker_limits(self) -> dict[str, str]:
         """Broker settings that bound what a client may ask for (session timeouts,

@@ -1,0 +1,84 @@
+"""Checks of the Kafka transport for ``dotmac-events doctor``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiokafka.errors import KafkaError
+
+from dotmac.events.doctor import CheckResult, DoctorCheck, DoctorContext
+from dotmac.events.transport import Transport
+
+from .transport import KafkaTransport
+
+__all__ = ["checks"]
+
+
+async def kafka_limits(transport: Transport, ctx: DoctorContext) -> Sequence[CheckResult]:
+    """Broker limits the bus depends on, the topic's, and cleanup of the scratch topics."""
+    assert isinstance(transport, KafkaTransport)
+    config = transport.config
+    results: list[CheckResult] = []
+    limits = await transport.broker_limits()
+    low = limits.get("group.min.session.timeout.ms")
+    high = limits.get("group.max.session.timeout.ms")
+    if low is not None or high is not None:
+        inside = (low is None or int(low) <= config.session_timeout_ms) and (
+            high is None or config.session_timeout_ms <= int(high)
+        )
+        results.append(
+            CheckResult(
+                "session timeout bounds",
+                inside,
+                f"broker allows {low or '?'}..{high or '?'} ms; "
+                f"session_timeout_ms={config.session_timeout_ms}",
+                None if inside else "set session_timeout_ms within the broker's bounds",
+            )
+        )
+    else:
+        results.append(
+            CheckResult(
+                "session timeout bounds",
+                None,
+                f"not reported by the broker; session_timeout_ms={config.session_timeout_ms} "
+                "(Apache Kafka's defaults allow 6000..1800000)",
+            )
+        )
+    topic_limits = await transport._topic_limits(ctx.topic)
+    broker_max = topic_limits.get("max.message.bytes") or limits.get("message.max.bytes")
+    if broker_max is not None:
+        fits = config.max_request_size <= int(broker_max) + 1024  # batch overhead
+        results.append(
+            CheckResult(
+                "max message size",
+                fits,
+                f"topic max.message.bytes={broker_max}; max_request_size={config.max_request_size}",
+                None
+                if fits
+                else f"lower max_request_size to {broker_max} or raise the topic's max.message.bytes",
+            )
+        )
+    retention = topic_limits.get("retention.ms") or limits.get("log.retention.ms")
+    if retention is not None:
+        results.append(CheckResult("retention", None, f"retention.ms={retention}"))
+    results.append(
+        CheckResult(
+            "idempotent producer", None, "on" if transport.idempotent else "off (the broker refused it)"
+        )
+    )
+    if ctx.scratch and transport._admin is not None:
+        topics = [ctx.topic, f"{ctx.topic}.dlq"]
+        try:
+            await transport._admin.delete_topics(topics)
+            results.append(CheckResult("cleanup", True, f"deleted {len(topics)} scratch topic(s)"))
+        except KafkaError as exc:
+            results.append(
+                CheckResult(
+                    "cleanup", False, f"{type(exc).__name__}", f"delete topics {topics} (needs DELETE)"
+                )
+            )
+    return results
+
+
+def checks(transport: Transport) -> Sequence[DoctorCheck] | None:
+    return [kafka_limits] if isinstance(transport, KafkaTransport) else None

@@ -12,16 +12,16 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from attrs import define, frozen
+from attrs import Factory, define, frozen
 
 from .bus import EventBus
 from .config import create_bus, redact_url
 from .errors import AuthenticationError, ConfigurationError, EventBusError, TransportUnavailableError
 from .event import Event
-from .plugins import get_plugin_manager
+from .plugins import get_plugin_manager, hookimpl
 from .transport import Transport
 
 __all__ = ["CheckResult", "DoctorCheck", "DoctorContext", "run_doctor"]
@@ -42,14 +42,18 @@ class CheckResult:
 
 @define
 class DoctorContext:
-    """What the checks share: the started bus, the scratch topic and group (which a
-    transport's checks should delete), and the ones the user named."""
+    """What the checks share: the started bus, the topic and group of the round trip
+    (``scratch`` when the core made them up: a transport's checks should delete
+    them), whether its event was acked, and errors of failed acks."""
 
     bus: EventBus
     topic: str
     group: str
     scratch: bool
     timeout: float
+    ack_errors: list[BaseException] = Factory(list)
+    acked: bool = False
+    """The round trip's event was handled and acked (a check may confirm it on the broker)."""
 
 
 DoctorCheck = Callable[[Transport, DoctorContext], Awaitable[Sequence[CheckResult]]]
@@ -72,6 +76,18 @@ def _fix_for(exc: BaseException) -> str:
 def _failed(name: str, exc: BaseException) -> CheckResult:
     detail = str(exc) if isinstance(exc, EventBusError) else f"{type(exc).__name__}: {exc}"
     return CheckResult(name, False, detail, _fix_for(exc))
+
+
+class _AckErrors:
+    """A bus observer keeping the errors of failed acks, to name their cause."""
+
+    def __init__(self, into: list[BaseException]) -> None:
+        self._into = into
+
+    @hookimpl
+    def dotmac_events_on_error(self, where: str, error: BaseException, info: Mapping[str, Any]) -> None:
+        if where == "ack":
+            self._into.append(error)
 
 
 async def _round_trip(ctx: DoctorContext) -> list[CheckResult]:
@@ -103,8 +119,28 @@ async def _round_trip(ctx: DoctorContext) -> list[CheckResult]:
         sent = time.perf_counter()
         await bus.publish(Event(topic=ctx.topic, payload={"doctor": marker}))
         await asyncio.wait_for(got.wait(), ctx.timeout)
+        # ``handled`` counts settled acks (failed ones too, which also count in ``errors``
+        # and reach the observer).
+        deadline = time.monotonic() + ctx.timeout
+        while sub.handled == 0:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.005)  # no event marks a settled ack: poll with a deadline
         rtt = (time.perf_counter() - sent) * 1000
-        results.append(CheckResult("round trip", True, f"publish -> consume -> ack in {rtt:.1f} ms"))
+        if sub.handled and not ctx.ack_errors:
+            ctx.acked = True
+            results.append(CheckResult("round trip", True, f"publish -> consume -> ack in {rtt:.1f} ms"))
+        else:
+            cause = ctx.ack_errors[-1] if ctx.ack_errors else None
+            detail = f"consumed, but the ack failed: {cause}" if cause else "consumed, but not acked in time"
+            results.append(
+                CheckResult(
+                    "round trip",
+                    False,
+                    detail,
+                    _fix_for(cause) if cause is not None else "check the consumer's permissions (ack/commit)",
+                )
+            )
     except asyncio.TimeoutError:
         results.append(
             CheckResult(
@@ -131,8 +167,9 @@ async def run_doctor(
 ) -> list[CheckResult]:
     """Run every check against ``url``; never raises for what it diagnoses."""
     results: list[CheckResult] = []
+    ack_errors: list[BaseException] = []
     try:
-        bus = create_bus(url)
+        bus = create_bus(url, observers=(_AckErrors(ack_errors),))
     except EventBusError as exc:
         return [_failed("configuration", exc)]
     started = time.perf_counter()
@@ -155,6 +192,7 @@ async def run_doctor(
         group=group or f"dotmac-doctor-{run}",
         scratch=topic is None,
         timeout=timeout,
+        ack_errors=ack_errors,
     )
     try:
         results += await _round_trip(ctx)

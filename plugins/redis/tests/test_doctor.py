@@ -54,6 +54,22 @@ async def test_acl_user_without_stream_commands_fails_with_the_grant(private_ser
     assert join["fix"].startswith("grant +"), join
 
 
+async def test_acl_user_without_xack_fails_the_round_trip_naming_it(private_server: Any) -> None:
+    server: RedisServer = private_server()
+    admin = aioredis.Redis(host=server.host, port=server.port)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "noack", "on", ">noack-pw", "~*", "&*", "+@all", "-xack"
+        )
+    finally:
+        await admin.aclose()
+    code, report = main_in_thread(f"redis://noack:noack-pw@127.0.0.1:{server.port}/0")
+    by_name = checks(report)
+    assert code == 1
+    assert by_name["group join"]["ok"] is True
+    assert by_name["round trip"]["ok"] is False and by_name["round trip"]["fix"] == "grant +xack"
+
+
 def main_in_thread(url: str) -> tuple[int, dict[str, Any]]:
     # main() runs its own event loop; an async test must not nest it in its loop.
     import concurrent.futures

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from dotmac.events.doctor import CheckResult, DoctorCheck, DoctorContext
 from dotmac.events.transport import Transport
@@ -66,6 +67,8 @@ async def kafka_limits(transport: Transport, ctx: DoctorContext) -> Sequence[Che
             "idempotent producer", None, "on" if transport.idempotent else "off (the broker refused it)"
         )
     )
+    if ctx.acked and transport._admin is not None:
+        results.append(await _committed(transport, ctx))
     if ctx.scratch and transport._admin is not None:
         topics = [ctx.topic, f"{ctx.topic}.dlq"]
         try:
@@ -78,6 +81,36 @@ async def kafka_limits(transport: Transport, ctx: DoctorContext) -> Sequence[Che
                 )
             )
     return results
+
+
+async def _committed(transport: KafkaTransport, ctx: DoctorContext) -> CheckResult:
+    # The subscription committed on stop: the group's offsets show the broker took it.
+    assert transport._admin is not None
+    try:
+        offsets = await transport._admin.list_consumer_group_offsets(ctx.group)
+    except (GroupAuthorizationFailedError, TopicAuthorizationFailedError) as exc:
+        return CheckResult(
+            "commit",
+            False,
+            f"cannot read the group's offsets ({type(exc).__name__})",
+            "grant DESCRIBE on the group",
+        )
+    except (KafkaError, asyncio.TimeoutError) as exc:
+        # Not every Kafka-protocol broker answers the admin client's OffsetFetch.
+        return CheckResult(
+            "commit", None, f"not checked: the broker did not list the offsets ({type(exc).__name__})"
+        )
+    partitions = [tp.partition for tp, meta in offsets.items() if tp.topic == ctx.topic and meta.offset > 0]
+    if partitions:
+        return CheckResult(
+            "commit", True, f"group {ctx.group!r} committed on partition(s) {sorted(partitions)}"
+        )
+    return CheckResult(
+        "commit",
+        False,
+        f"group {ctx.group!r} has no committed offset",
+        "grant READ on the group (offset commits)",
+    )
 
 
 def checks(transport: Transport) -> Sequence[DoctorCheck] | None:

@@ -432,6 +432,7 @@ class _KafkaSubscription(TransportSubscription):
         self._consumer_started = False
         self.commits = 0
         self.commit_failures = 0
+        self._last_error: BaseException | None = None
 
     def __repr__(self) -> str:
         spec = self._spec
@@ -485,8 +486,10 @@ class _KafkaSubscription(TransportSubscription):
             if isinstance(cause, EventBusError):
                 raise cause
             raise TransportError(f"subscription to {list(self._spec.topics)} failed") from cause
+        last = f"; retried fetching, last error: {self._last_error!r}" if self._last_error is not None else ""
         raise TransportUnavailableError(
-            f"subscription to {list(self._spec.topics)} was not assigned and positioned within {timeout}s"
+            f"subscription to {list(self._spec.topics)} was not assigned and positioned "
+            f"within {timeout}s{last}"
         )
 
     async def stop(self) -> None:
@@ -678,6 +681,7 @@ class _KafkaSubscription(TransportSubscription):
                     continue
                 if any(not tr.positioned for tr in self._trackers.values()):
                     self._needs_positioning = True
+                self._last_error = exc
                 log.warning(
                     "fetching %s for %s failed, retrying in %.1fs: %r",
                     list(self._spec.topics),

@@ -93,6 +93,21 @@ async def test_transactional_publish_many_is_all_or_nothing(
     assert sorted(got) == [0, 1, 2, 3, 4, 6], got
 
 
+async def test_a_second_producer_with_the_same_transactional_id_fences_the_first(
+    make_bus: MakeBus, kafka_kind: str, topic: str
+) -> None:
+    if kafka_kind != "noida":
+        pytest.skip("needs a broker with transactions")
+    tx = f"tx-{uuid.uuid4().hex[:8]}"
+    async with make_bus(transactional_id=tx) as first:
+        await first.publish(Event(topic=topic, payload={"i": 0}))
+        async with make_bus(transactional_id=tx) as second:
+            await second.publish(Event(topic=topic, payload={"i": 1}))
+            with pytest.raises(ConfigurationError) as info:
+                await first.publish(Event(topic=topic, payload={"i": 2}))
+    assert info.value.setting == "transactional_id", info.value
+
+
 async def test_idempotent_producer_is_on_where_the_broker_allows_it(
     make_bus: MakeBus, kafka_kind: str
 ) -> None:
@@ -123,6 +138,7 @@ async def test_transactional_id_on_tansu_is_a_configuration_error(make_bus: Make
         (kerr.InvalidSessionTimeoutError(), ConfigurationError, "6000..300000 ms"),
         (kerr.MessageSizeTooLargeError(), ConfigurationError, "at most 1000 bytes"),
         (kerr.InvalidTransactionTimeout(), ConfigurationError, "transaction.max.timeout.ms"),
+        (kerr.ProducerFenced(), ConfigurationError, "same transactional_id"),
     ],
 )
 def test_classification(exc: BaseException, kind: type[Exception], needle: str) -> None:

@@ -51,6 +51,7 @@ FATAL_CONFIGURATION: tuple[type[BaseException], ...] = (
     kerr.UnsupportedForMessageFormatError,
     kerr.PolicyViolationError,
     kerr.InvalidTransactionTimeout,
+    kerr.ProducerFenced,
 )
 
 
@@ -143,6 +144,13 @@ def classify(
     if isinstance(exc, (kerr.InvalidGroupIdError, kerr.InconsistentGroupProtocolError)):
         return ConfigurationError(
             f"{what}: the broker refused consumer group {group!r} ({name})", setting="group"
+        )
+    if isinstance(exc, kerr.ProducerFenced):
+        return ConfigurationError(
+            f"{what}: the broker fenced this transactional producer ({name}): another one started "
+            "with the same transactional_id, or a transaction outlived transaction_timeout_ms; give "
+            "each running process its own transactional_id",
+            setting="transactional_id",
         )
     if isinstance(exc, kerr.InvalidTransactionTimeout):
         return ConfigurationError(

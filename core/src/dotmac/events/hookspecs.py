@@ -173,7 +173,9 @@ def dotmac_events_doctor_checks(transport: Transport) -> Sequence[DoctorCheck] |
     (``isinstance(transport, MyTransport)``); otherwise return a sequence of async
     callables ``check(transport, ctx) -> Sequence[CheckResult]``, run in order.
     ``ctx`` is a :class:`~dotmac.events.doctor.DoctorContext`: ``ctx.topic`` and
-    ``ctx.group`` are the topic and group the round trip used, and ``ctx.scratch``
+    ``ctx.group`` are the topic and group the round trip used, ``ctx.acked`` tells
+    whether its event was handled and acked (a check may confirm that on the
+    broker, e.g. the group's committed offsets), and ``ctx.scratch``
     is ``True`` when the core made them up, in which case a check of yours should
     delete them (and the ``<topic>.dlq`` topic) from the broker. A
     :class:`~dotmac.events.doctor.CheckResult` has a ``name``, ``ok`` (``True``,

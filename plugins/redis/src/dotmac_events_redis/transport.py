@@ -1107,7 +1107,10 @@ class _AckWriter(_Coalescer[_AckItem]):
                     log.debug("ack write failed, retrying: %r", exc)
                     await asyncio.sleep(backoff.next())
                     continue
-                error = _transport_error("acknowledgement not written", exc)
+                what = "acknowledgement not written"
+                if _retriable(exc):
+                    what += f" (retried for {transport.config.ack_timeout}s)"
+                error = _transport_error(what, exc)
                 break
             for result in results:
                 if isinstance(result, ResponseError) and "NOGROUP" in str(result):

@@ -904,9 +904,10 @@ class KafkaTransport(Transport):
             return None
         user = self.config.resolved_username()
         who = f" of user {user!r}" if user else ""
+        tls = " or the TLS handshake" if self.config.security_protocol == "SASL_SSL" else ""
         return AuthenticationError(
             f"cannot connect to {self.config.bootstrap_servers}: the broker accepts connections but "
-            f"the SASL {mechanism} login{who} failed; check sasl_username, sasl_password and "
+            f"the SASL {mechanism} login{who}{tls} failed; check sasl_username, sasl_password and "
             "sasl_mechanism (and that the listener speaks SASL)",
             permission="authenticate",
         )

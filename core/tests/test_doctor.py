@@ -99,3 +99,12 @@ def test_table_layout() -> None:
     lines: list[Any] = text.splitlines()
     assert lines[0].split() == ["check", "verdict", "detail"]
     assert lines[1].split()[:2] == ["connect", "ok"] and lines[2].split()[:2] == ["limit", "info"]
+
+
+def test_group_and_topic_options(memory_url: str) -> None:
+    code, text = run("--url", memory_url, "--topic", "orders.created", "--group", "billing", "--json")
+    by_name = {c["name"]: c for c in json.loads(text)["checks"]}
+    assert code == 0
+    assert "'orders.created'" in by_name["group join"]["detail"]
+    assert by_name["group join (billing)"]["ok"] is True
+    assert by_name["dead-letter write"]["ok"] is None

@@ -3,6 +3,7 @@ timeout the broker refuses, a refused connection, and a missing ACL grant."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 from typing import Any
@@ -10,10 +11,13 @@ from typing import Any
 import pytest
 from aiokafka import errors as kerr
 
+from dotmac.events import Event
 from dotmac.events.cli import main
-from dotmac.events.doctor import CheckResult, _failed
+from dotmac.events.doctor import PROBE_TYPE, CheckResult, _failed
+from dotmac.events.testing import wait_for
+from dotmac_events_kafka import create_kafka_bus
 from dotmac_events_kafka.errors import classify
-from dotmac_events_kafka.testing import TansuBroker, fast_url, free_port
+from dotmac_events_kafka.testing import TansuBroker, fast_config, fast_url, free_port
 
 
 def doctor(url: str, *args: str) -> tuple[int, dict[str, Any]]:
@@ -67,3 +71,29 @@ def test_missing_group_grant_names_it() -> None:
     assert error is not None
     result = _failed("group join", error)
     assert result == CheckResult("group join", False, str(error), "grant READ on group 'billing'")
+
+
+async def test_with_topic_and_group_the_application_group_loses_nothing(
+    kafka_servers: str, topic: str, group: str
+) -> None:
+    """doctor --topic T --group G joins G only on a scratch topic: events waiting for G
+    on T are all delivered to G afterwards, with the one probe doctor published."""
+    config = fast_config(kafka_servers)
+    async with create_kafka_bus(config) as app:
+        first = await app.subscribe(topic, lambda event: None, group=group)
+        await first.stop()
+        await app.publish_many([Event(topic=topic, payload={"i": i}, key=str(i)) for i in range(20)])
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        code, report = pool.submit(
+            doctor, fast_url(kafka_servers), "--topic", topic, "--group", group
+        ).result()
+    by_name = checks(report)
+    assert code == 0, report
+    assert by_name[f"group join ({group})"]["ok"] is True
+    assert by_name["dead-letter write"]["ok"] is None
+    seen: list[Event] = []
+    async with create_kafka_bus(config) as app:
+        await app.subscribe(topic, seen.append, group=group)
+        await wait_for(lambda: len(seen) >= 21, 30, what="every waiting event and the probe")
+    assert sorted(e.payload["i"] for e in seen if "i" in e.payload) == list(range(20))
+    assert [e.event_type for e in seen if "doctor" in e.payload] == [PROBE_TYPE]

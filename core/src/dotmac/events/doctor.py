@@ -20,13 +20,16 @@ from attrs import Factory, define, frozen
 from .bus import EventBus
 from .config import create_bus, redact_url
 from .errors import AuthenticationError, ConfigurationError, EventBusError, TransportUnavailableError
-from .event import Event
+from .event import Event, EventMetadata
 from .plugins import get_plugin_manager, hookimpl
 from .transport import Transport
 
-__all__ = ["CheckResult", "DoctorCheck", "DoctorContext", "run_doctor"]
+__all__ = ["PROBE_TYPE", "CheckResult", "DoctorCheck", "DoctorContext", "run_doctor"]
 
 log = logging.getLogger(__name__)
+
+PROBE_TYPE = "dotmac.doctor.probe"
+"""``metadata.event_type`` of the events doctor publishes."""
 
 
 @frozen
@@ -42,9 +45,17 @@ class CheckResult:
 
 @define
 class DoctorContext:
-    """What the checks share: the started bus, the topic and group of the round trip
-    (``scratch`` when the core made them up: a transport's checks should delete
-    them), whether its event was acked, and errors of failed acks."""
+    """What the checks share.
+
+    ``topic`` and ``group`` are those of the round trip: ``topic`` is the user's
+    ``--topic`` or a scratch topic, ``group`` always a scratch group, so that doctor
+    never takes (and acks) events from a group an application consumes with.
+    ``scratch_topics`` lists topics the core made up (a transport's checks should
+    delete them and their ``.dlq`` topics); ``scratch`` is ``True`` when ``topic`` is
+    one of them (otherwise the scratch group sits on the user's topic and should be
+    removed from it where the broker allows). ``acked`` tells whether the round
+    trip's event was handled and acked; ``ack_errors`` holds errors of failed acks.
+    """
 
     bus: EventBus
     topic: str
@@ -53,7 +64,8 @@ class DoctorContext:
     timeout: float
     ack_errors: list[BaseException] = Factory(list)
     acked: bool = False
-    """The round trip's event was handled and acked (a check may confirm it on the broker)."""
+    scratch_topics: list[str] = Factory(list)
+    user_group: str | None = None
 
 
 DoctorCheck = Callable[[Transport, DoctorContext], Awaitable[Sequence[CheckResult]]]
@@ -99,6 +111,12 @@ async def _round_trip(ctx: DoctorContext) -> list[CheckResult]:
         if event.payload.get("doctor") == marker:
             got.set()
 
+    def probe() -> Event:
+        # A type of its own, so consumers of a user's --topic can recognise and skip it.
+        return Event(
+            topic=ctx.topic, payload={"doctor": marker}, metadata=EventMetadata(event_type=PROBE_TYPE)
+        )
+
     results: list[CheckResult] = []
     group = ctx.group if bus.capabilities.consumer_groups else None
     started = time.perf_counter()
@@ -108,7 +126,7 @@ async def _round_trip(ctx: DoctorContext) -> list[CheckResult]:
         results.append(_failed("group join", exc))
         # Writing may still work: tell the two permissions apart.
         try:
-            await bus.publish(Event(topic=ctx.topic, payload={"doctor": marker}))
+            await bus.publish(probe())
             results.append(CheckResult("publish", True, f"wrote to {ctx.topic!r}"))
         except Exception as publish_exc:
             results.append(_failed("publish", publish_exc))
@@ -117,7 +135,7 @@ async def _round_trip(ctx: DoctorContext) -> list[CheckResult]:
     results.append(CheckResult("group join", True, f"subscribed to {ctx.topic!r} in {joined - started:.2f}s"))
     try:
         sent = time.perf_counter()
-        await bus.publish(Event(topic=ctx.topic, payload={"doctor": marker}))
+        await bus.publish(probe())
         await asyncio.wait_for(got.wait(), ctx.timeout)
         # ``handled`` counts settled acks (failed ones too, which also count in ``errors``
         # and reach the observer).
@@ -154,12 +172,36 @@ async def _round_trip(ctx: DoctorContext) -> list[CheckResult]:
         results.append(_failed("round trip", exc))
     finally:
         await sub.stop(timeout=2.0)
+    dlq = f"{ctx.topic}.dlq"
+    if not ctx.scratch:
+        # A probe in a real dead-letter topic would be listed, and replayed, with the rest.
+        results.append(CheckResult("dead-letter write", None, f"not tried on {dlq} (run without --topic)"))
+        return results
     try:
-        await bus.publish(Event(topic=f"{ctx.topic}.dlq", payload={"doctor": marker}))
-        results.append(CheckResult("dead-letter write", True, f"wrote to {ctx.topic}.dlq"))
+        await bus.publish(
+            Event(topic=dlq, payload={"doctor": marker}, metadata=EventMetadata(event_type=PROBE_TYPE))
+        )
+        results.append(CheckResult("dead-letter write", True, f"wrote to {dlq}"))
     except Exception as exc:
         results.append(_failed("dead-letter write", exc))
     return results
+
+
+async def _join_user_group(ctx: DoctorContext, topic: str) -> CheckResult:
+    """Join the user's group on a scratch topic: proves the group permission without
+    being assigned (and acking) anything of the application's topics."""
+    bus = ctx.bus
+    assert ctx.user_group is not None
+    name = f"group join ({ctx.user_group})"
+    started = time.perf_counter()
+    try:
+        sub = await bus.subscribe(topic, lambda event: None, group=ctx.user_group)
+    except Exception as exc:
+        return _failed(name, exc)
+    await sub.stop(timeout=2.0)
+    return CheckResult(
+        name, True, f"joined on the scratch topic {topic!r} in {time.perf_counter() - started:.2f}s"
+    )
 
 
 async def run_doctor(
@@ -186,16 +228,24 @@ async def run_doctor(
         )
     )
     run = uuid.uuid4().hex[:10]
+    scratch_topic = f"dotmac-doctor.{run}"
     ctx = DoctorContext(
         bus=bus,
-        topic=topic or f"dotmac-doctor.{run}",
-        group=group or f"dotmac-doctor-{run}",
+        topic=topic or scratch_topic,
+        group=f"dotmac-doctor-{run}",
         scratch=topic is None,
         timeout=timeout,
         ack_errors=ack_errors,
+        user_group=group if bus.capabilities.consumer_groups else None,
     )
     try:
         results += await _round_trip(ctx)
+        if topic is None:
+            ctx.scratch_topics.append(scratch_topic)
+        if ctx.user_group is not None:
+            results.append(await _join_user_group(ctx, scratch_topic))
+            if scratch_topic not in ctx.scratch_topics:
+                ctx.scratch_topics.append(scratch_topic)
         hook = get_plugin_manager().hook
         for checks in hook.dotmac_events_doctor_checks(transport=bus.transport):
             for check in checks or ():

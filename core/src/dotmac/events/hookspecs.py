@@ -173,11 +173,14 @@ def dotmac_events_doctor_checks(transport: Transport) -> Sequence[DoctorCheck] |
     (``isinstance(transport, MyTransport)``); otherwise return a sequence of async
     callables ``check(transport, ctx) -> Sequence[CheckResult]``, run in order.
     ``ctx`` is a :class:`~dotmac.events.doctor.DoctorContext`: ``ctx.topic`` and
-    ``ctx.group`` are the topic and group the round trip used, ``ctx.acked`` tells
-    whether its event was handled and acked (a check may confirm that on the
-    broker, e.g. the group's committed offsets), and ``ctx.scratch``
-    is ``True`` when the core made them up, in which case a check of yours should
-    delete them (and the ``<topic>.dlq`` topic) from the broker. A
+    ``ctx.group`` are the topic and group the round trip used (the group is always
+    a scratch group, so an application's group never loses events to doctor),
+    ``ctx.acked`` tells whether its event was handled and acked (a check may
+    confirm that on the broker, e.g. the group's committed offsets), and
+    ``ctx.scratch_topics`` lists the topics the core made up, which a check of
+    yours should delete (with their ``<topic>.dlq``) from the broker; when
+    ``ctx.scratch`` is ``False`` the round trip ran on the user's topic and the
+    scratch group should be removed from it where the broker allows. A
     :class:`~dotmac.events.doctor.CheckResult` has a ``name``, ``ok`` (``True``,
     ``False``, or ``None`` for a plain fact such as a broker limit), a ``detail``
     and, when ``ok`` is ``False``, a ``fix`` telling the user what to change. Report

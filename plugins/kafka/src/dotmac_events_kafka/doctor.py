@@ -69,8 +69,8 @@ async def kafka_limits(transport: Transport, ctx: DoctorContext) -> Sequence[Che
     )
     if ctx.acked and transport._admin is not None:
         results.append(await _committed(transport, ctx))
-    if ctx.scratch and transport._admin is not None:
-        topics = [ctx.topic, f"{ctx.topic}.dlq"]
+    if ctx.scratch_topics and transport._admin is not None:
+        topics = [t for topic in ctx.scratch_topics for t in (topic, f"{topic}.dlq")]
         try:
             await transport._admin.delete_topics(topics)
             results.append(CheckResult("cleanup", True, f"deleted {len(topics)} scratch topic(s)"))
@@ -80,6 +80,15 @@ async def kafka_limits(transport: Transport, ctx: DoctorContext) -> Sequence[Che
                     "cleanup", False, f"{type(exc).__name__}", f"delete topics {topics} (needs DELETE)"
                 )
             )
+    if not ctx.scratch:
+        results.append(
+            CheckResult(
+                "scratch group",
+                None,
+                f"{ctx.group!r} keeps its offsets of {ctx.topic!r} until the broker expires them "
+                "(offsets.retention.minutes)",
+            )
+        )
     return results
 
 

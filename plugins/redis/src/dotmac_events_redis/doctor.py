@@ -43,15 +43,27 @@ async def redis_limits(transport: Transport, ctx: DoctorContext) -> Sequence[Che
         else "streams are not trimmed"
     )
     results.append(CheckResult("stream trimming", None, trim))
-    if ctx.scratch:
-        keys = [config.stream_key(ctx.topic), config.stream_key(f"{ctx.topic}.dlq")]
-        try:
-            await client.delete(*keys)
-            results.append(CheckResult("cleanup", True, f"deleted {len(keys)} scratch stream(s)"))
-        except RedisError as exc:
-            error = transport_error("DEL", exc, username=config.username)
-            results.append(CheckResult("cleanup", False, str(error), "grant +del on the key prefix"))
+    results.append(await _cleanup(transport, ctx))
     return results
+
+
+async def _cleanup(transport: RedisTransport, ctx: DoctorContext) -> CheckResult:
+    client = transport._redis()
+    config = transport.config
+    keys = [config.stream_key(t) for topic in ctx.scratch_topics for t in (topic, f"{topic}.dlq")]
+    try:
+        if keys:
+            await client.delete(*keys)
+        if not ctx.scratch:
+            # The round trip's scratch group sits on the user's stream.
+            await client.xgroup_destroy(config.stream_key(ctx.topic), ctx.group)
+    except RedisError as exc:
+        error = transport_error("cleanup", exc, username=config.username)
+        return CheckResult("cleanup", False, str(error), "grant +del and +xgroup|destroy on the key prefix")
+    done = f"deleted {len(keys)} scratch stream(s)"
+    if not ctx.scratch:
+        done += f" and group {ctx.group!r} of {ctx.topic!r}"
+    return CheckResult("cleanup", True, done)
 
 
 def checks(transport: Transport) -> Sequence[DoctorCheck] | None:

@@ -283,6 +283,7 @@ class _Broker:
     def close(self) -> None:
         """Stop the broker and remove its files."""
         self._process.cleanup()
+        _kinds.pop(self.bootstrap_servers, None)  # the port may serve another broker later
 
     def __enter__(self: _B) -> _B:
         try:

@@ -82,6 +82,8 @@ async def test_readonly_replica_fails_publish_naming_the_url(
         with pytest.raises(ConfigurationError) as info:
             await bus.publish(Event(topic=topic(), payload={}))
         assert time.monotonic() - started < 5
+        with pytest.raises(ConfigurationError, match="read-only replica"):
+            await bus.subscribe(topic(), Collector(), group="g")
     assert info.value.setting == "url"
     assert "replica" in str(info.value)
 

@@ -1164,6 +1164,9 @@ class KafkaTransport(Transport):
                 f"{len(messages) - confirmed} of {len(messages)} record(s) to {messages[0].topic!r} "
                 "not confirmed"
             )
+            if isinstance(failure, (*_UNREACHABLE, asyncio.TimeoutError)):
+                # aiokafka retried the send until the request timeout before giving up.
+                what += f" (retried for up to request_timeout_ms={self.config.request_timeout_ms})"
             raise _publish_error(
                 what, failure, await self._publish_fatal(what, failure, messages)
             ) from failure

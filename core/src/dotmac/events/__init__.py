@@ -18,6 +18,7 @@ from .codec import Codec, JsonCodec
 from .config import create_bus, load_toml_config
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
+    AuthenticationError,
     BusStateError,
     CodecError,
     ConfigurationError,
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "App",
+    "AuthenticationError",
     "BusStateError",
     "Capabilities",
     "Codec",

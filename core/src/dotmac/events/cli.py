@@ -1,5 +1,5 @@
-"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench, and the
-commands plugins add through ``dotmac_events_register_commands``."""
+"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench, run, doctor,
+and the commands plugins add through ``dotmac_events_register_commands``."""
 
 from __future__ import annotations
 
@@ -398,6 +398,38 @@ def _add_run_command(sub: argparse._SubParsersAction[Any]) -> None:
     r.set_defaults(func=_run)
 
 
+# -- doctor ------------------------------------------------------------------------------
+async def _doctor(args: argparse.Namespace, out: TextIO) -> int:
+    from .doctor import as_json, format_table, run_doctor
+
+    # The checks report what the client libraries would log as errors; -v shows the logs.
+    root = logging.getLogger()
+    saved = root.level
+    if not args.verbose:
+        root.setLevel(logging.CRITICAL)
+        logging.getLogger("dotmac.events").setLevel(logging.CRITICAL)
+    try:
+        results = await run_doctor(args.url, group=args.group, topic=args.topic, timeout=args.timeout)
+    finally:
+        root.setLevel(saved)
+    report = as_json(results)
+    if args.json:
+        out.write(json.dumps(report) + "\n")
+    else:
+        out.write(format_table(results))
+    return 0 if report["ok"] else 1
+
+
+def _add_doctor(sub: Any, url_help: str) -> None:
+    d = sub.add_parser("doctor", help="check a bus URL: connection, permissions, round trip, limits")
+    d.add_argument("--url", default=_default_url(), help=url_help)
+    d.add_argument("--group", help="consumer group to check (default: a scratch group)")
+    d.add_argument("--topic", help="topic to check (default: a scratch topic, deleted afterwards)")
+    d.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the round trip")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.set_defaults(func=_doctor)
+
+
 # -- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dotmac-events", description="dotmac-events command line")
@@ -467,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=_bench)
     _add_plugin_commands(sub)
+    _add_doctor(sub, url_help)
     return parser
 
 

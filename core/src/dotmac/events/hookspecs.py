@@ -34,9 +34,8 @@ from attrs import frozen
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
-    from .doctor import DoctorCheck
     from .event import Event
     from .registry import Registry
     from .transport import Message, Transport
@@ -221,7 +220,9 @@ def dotmac_events_on_error(where: ErrorPlace, error: BaseException, info: Mappin
 
 
 @hookspec
-def dotmac_events_doctor_checks(transport: Transport) -> Sequence[DoctorCheck] | None:
+def dotmac_events_doctor_checks(
+    transport: Transport,
+) -> Sequence[Callable[[Transport, Any], Awaitable[Sequence[Any]]]] | None:
     """Contribute checks to ``dotmac-events doctor`` for a transport of this plugin.
 
     Called once per ``doctor`` run, after the core connected ``transport`` (started)

@@ -31,7 +31,7 @@ from dotmac.events import (
 )
 from dotmac.events import transport as transport_module
 from dotmac.events.codec import Codec
-from dotmac.events.event import MAX_PAYLOAD_DEPTH, FrozenDict, FrozenList
+from dotmac.events.event import MAX_PAYLOAD_DEPTH, FrozenDict, FrozenList, thaw
 from dotmac.events.testing import Collector, wait_for
 from dotmac.events.wire import WireHeaders, decode_message, headers_from_pairs, parse_time, split_headers
 
@@ -418,3 +418,15 @@ def test_the_attrs_fields_carry_no_second_set_of_defaults() -> None:
         assert all(f.default is attrs.NOTHING for f in attrs.fields(cls)), cls
     assert Event(topic="t").payload == {}
     assert Event(topic="t").headers == {}
+
+
+def test_thaw_gives_plain_mutable_containers_all_the_way_down() -> None:
+    event = Event(topic="t", payload={"a": [{"b": [1]}], "t": (1, [2])})
+    plain = thaw(event.payload)
+    assert plain == event.payload
+    assert type(plain) is dict
+    assert type(plain["a"]) is list
+    assert type(plain["a"][0]) is dict
+    assert type(plain["t"][1]) is list
+    plain["a"][0]["b"].append(2)
+    assert event.payload["a"][0]["b"] == [1]

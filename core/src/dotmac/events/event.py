@@ -38,6 +38,7 @@ __all__ = [
     "EventMetadata",
     "FrozenDict",
     "FrozenList",
+    "thaw",
     "validate_header_name",
     "validate_header_value",
     "validate_tenant_id",
@@ -156,6 +157,29 @@ def _frozen(value: Any, depth: int) -> Any:
     # Other objects (datetimes, Decimals, UUIDs, enums, dataclasses, ...) are kept as
     # they are: the codec reads them, and the caller owns whether they can change.
     return value
+
+
+def thaw(value: Any) -> Any:
+    """A mutable copy of a frozen payload: plain ``dict`` and ``list`` all the way down.
+
+    For code that needs exact types (a C extension that refuses subclasses of
+    ``dict``) or wants to edit a copy. Other values are returned as they are.
+    """
+    cls = value.__class__
+    if cls is FrozenDict or cls is dict:
+        return {k: v if v.__class__ in _LEAVES_PLAIN else thaw(v) for k, v in value.items()}
+    if cls is FrozenList or cls is list:
+        return [v if v.__class__ in _LEAVES_PLAIN else thaw(v) for v in value]
+    if cls is tuple:
+        return tuple(v if v.__class__ in _LEAVES_PLAIN else thaw(v) for v in value)
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+_LEAVES_PLAIN = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def _freeze_values(target: dict[Any, Any], depth: int) -> None:

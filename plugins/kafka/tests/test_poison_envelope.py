@@ -36,6 +36,19 @@ POISON: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {
 }
 
 
+Record = tuple[bytes, bytes | None, list[tuple[str, bytes]]]  # value, key, headers
+
+
+async def produce(servers: str, topic: str, records: list[Record]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    try:
+        for value, key, headers in records:
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
 async def _read_until(bus: EventBus, topic: str, count: int, timeout: float) -> list[Message]:
     deadline = time.monotonic() + timeout
     while True:
@@ -51,22 +64,16 @@ async def test_ambiguous_and_invalid_envelopes_are_dead_lettered(
     async with make_bus() as bus:
         seen = Collector()
         await bus.subscribe(topic, seen, group=group)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
-        await producer.start()
-        try:
-            sent: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
-            for i, (name, (key, extra)) in enumerate([("healthy-1", (b"k", [])), *POISON.items()]):
-                names = {n.lower() for n, _ in extra}
-                headers = [h for h in BASE if h[0] not in names] + [("ce_id", name.encode()), *extra]
-                body = json.dumps({"i": i}).encode()
-                await producer.send_and_wait(topic, value=body, key=key, headers=headers)
-                sent[name] = (key, headers)
-            # A healthy event after all the poison: the consumer must still be live.
-            await producer.send_and_wait(
-                topic, value=b'{"i": -1}', key=b"k", headers=[*BASE, ("ce_id", b"healthy-2")]
-            )
-        finally:
-            await producer.stop()
+        sent: dict[str, tuple[bytes, list[tuple[str, bytes]]]] = {}
+        records: list[Record] = []
+        for i, (name, (key, extra)) in enumerate([("healthy-1", (b"k", [])), *POISON.items()]):
+            names = {n.lower() for n, _ in extra}
+            headers = [h for h in BASE if h[0] not in names] + [("ce_id", name.encode()), *extra]
+            records.append((json.dumps({"i": i}).encode(), key, headers))
+            sent[name] = (key, headers)
+        # A healthy event after all the poison: the consumer must still be live.
+        records.append((b'{"i": -1}', b"k", [*BASE, ("ce_id", b"healthy-2")]))
+        await produce(kafka_servers, topic, records)
         await seen.wait_count(2, 20)
         letters = await _read_until(bus, f"{topic}.dlq", len(POISON), 20)
 
@@ -101,15 +108,7 @@ async def test_the_same_header_twice_with_one_value_is_one_header(
     async with make_bus() as bus:
         seen = Collector()
         await bus.subscribe(topic, seen)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                topic,
-                value=b"{}",
-                headers=[*BASE, ("ce_id", b"e-1"), ("ce_tenantid", b"acme"), ("ce_tenantid", b"acme")],
-            )
-        finally:
-            await producer.stop()
+        twice = [*BASE, ("ce_id", b"e-1"), ("ce_tenantid", b"acme"), ("ce_tenantid", b"acme")]
+        await produce(kafka_servers, topic, [(b"{}", None, twice)])
         await seen.wait_count(1, 10)
     assert seen.events[0].tenant_id == "acme"

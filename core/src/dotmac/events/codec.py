@@ -18,6 +18,7 @@ import attrs
 import orjson
 
 from .errors import DecodeError, EncodeError
+from .event import FrozenDict, FrozenList
 
 if TYPE_CHECKING:
     from .event import Event
@@ -58,6 +59,37 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, bytes):
         raise TypeError("bytes are not JSON; encode them (base64) before publishing")
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+_LISTS = frozenset({list, tuple, FrozenList})
+_DICTS = frozenset({dict, FrozenDict})
+_isfinite = math.isfinite
+
+
+def _has_non_finite(payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` holds a NaN or an infinity (the fast check; no paths)."""
+    stack: list[Any] = list(payload.values())
+    pop, extend = stack.pop, stack.extend
+    budget = 1_000_000  # a payload that contains itself stops here; the encoder refused it anyway
+    while stack and budget:
+        budget -= 1
+        value = pop()
+        cls = value.__class__
+        if cls in _PLAIN:
+            continue
+        if cls is float:
+            if not _isfinite(value):
+                return True
+        elif cls in _DICTS:
+            extend(value.values())
+        elif cls in _LISTS:
+            extend(value)
+        else:
+            # Anything else (sets, enums, dataclasses, numpy values, float subclasses):
+            # the thorough walk, which also names the place.
+            return _non_finite_path({"": value}) is not None
+    return False
 
 
 def _non_finite_path(payload: Mapping[str, Any]) -> str | None:
@@ -114,7 +146,7 @@ class JsonCodec(Codec):
             raise EncodeError(f"payload of {event.topic!r} is not JSON-serialisable: {exc}") from exc
         # orjson writes NaN and infinities as null. A body without null cannot hold one,
         # so only payloads that hold a null pay for the walk.
-        if b"null" in body:
+        if b"null" in body and _has_non_finite(event.payload):
             where = _non_finite_path(event.payload)
             if where is not None:
                 raise EncodeError(

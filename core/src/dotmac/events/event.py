@@ -123,6 +123,8 @@ class FrozenList(list[_V]):
 # Classes whose instances are immutable and hold nothing mutable: the walk stops there.
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes, FrozenDict, FrozenList})
 _set_dict_item = dict.__setitem__
+_new_dict = dict.__new__
+_init_dict = dict.__init__
 _set_list_item = list.__setitem__
 
 
@@ -141,10 +143,7 @@ def _frozen(value: Any, depth: int) -> Any:
             field="payload",
         )
     if isinstance(value, dict):
-        frozen_dict: FrozenDict[Any, Any] = FrozenDict.__new__(FrozenDict)
-        dict.__init__(frozen_dict, value)
-        _freeze_values(frozen_dict, depth + 1)
-        return frozen_dict
+        return _frozen_dict(value, depth)
     if isinstance(value, list):
         frozen_list: FrozenList[Any] = FrozenList.__new__(FrozenList)
         list.__init__(frozen_list, value)
@@ -157,6 +156,22 @@ def _frozen(value: Any, depth: int) -> Any:
     # Other objects (datetimes, Decimals, UUIDs, enums, dataclasses, ...) are kept as
     # they are: the codec reads them, and the caller owns whether they can change.
     return value
+
+
+def _frozen_dict(value: dict[Any, Any], depth: int) -> FrozenDict[Any, Any]:
+    # _frozen and _freeze_values in one frame: this runs for every event built.
+    result: FrozenDict[Any, Any] = _new_dict(FrozenDict)
+    _init_dict(result, value)
+    leaves = _LEAVES
+    if not leaves.issuperset(map(type, value.values())):
+        if depth >= MAX_PAYLOAD_DEPTH:
+            _frozen(value, depth)  # raises
+        for name, item in value.items():
+            if item.__class__ not in leaves:
+                frozen_item = _frozen(item, depth + 1)
+                if frozen_item is not item:
+                    _set_dict_item(result, name, frozen_item)
+    return result
 
 
 def thaw(value: Any) -> Any:
@@ -348,6 +363,7 @@ def _headers_field(value: Any) -> Mapping[str, str]:
 
 
 _EMPTY_PAYLOAD: FrozenDict[str, Any] = FrozenDict()
+_STR_ONLY = frozenset({str})
 
 
 def _payload_field(payload: Any) -> dict[str, Any]:
@@ -358,13 +374,13 @@ def _payload_field(payload: Any) -> dict[str, Any]:
         return payload
     if not isinstance(payload, dict):
         raise PayloadValidationError(f"must be a dict, got {type(payload).__name__}", field="payload")
-    for key in payload:
-        if key.__class__ is not str and not isinstance(key, str):
-            raise PayloadValidationError(
-                f"keys must be str, got {type(key).__name__} key {key!r}", field="payload"
-            )
-    frozen_payload: FrozenDict[str, Any] = _frozen(payload, 0)
-    return frozen_payload
+    if not _STR_ONLY.issuperset(map(type, payload)):
+        for key in payload:
+            if not isinstance(key, str):
+                raise PayloadValidationError(
+                    f"keys must be str, got {type(key).__name__} key {key!r}", field="payload"
+                )
+    return _frozen_dict(payload, 0)
 
 
 def _key_field(value: Any) -> None:

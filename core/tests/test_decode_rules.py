@@ -430,3 +430,12 @@ def test_thaw_gives_plain_mutable_containers_all_the_way_down() -> None:
     assert type(plain["t"][1]) is list
     plain["a"][0]["b"].append(2)
     assert event.payload["a"][0]["b"] == [1]
+
+
+def test_a_whole_event_copies_and_pickles() -> None:
+    event = Event(topic="t", payload={"a": [{"b": 1}]}, headers={"x-a": "1"}, tenant_id="acme")
+    for clone in (copy.copy(event), copy.deepcopy(event), pickle.loads(pickle.dumps(event))):
+        assert clone == event
+        assert type(clone.payload["a"]) is FrozenList
+    assert FrozenDict.fromkeys(["a", "b"], 0) == {"a": 0, "b": 0}
+    assert type(FrozenDict.fromkeys(["a"])) is FrozenDict

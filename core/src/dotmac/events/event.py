@@ -102,6 +102,11 @@ class FrozenDict(dict[_K, _V]):
         __setitem__ = __delitem__ = __ior__ = _read_only
         clear = pop = popitem = setdefault = update = _read_only
 
+        @classmethod
+        def fromkeys(cls, iterable: Iterable[Any], value: Any = None, /) -> FrozenDict[Any, Any]:
+            # dict.fromkeys would fill the new instance through __setitem__.
+            return cls(dict.fromkeys(iterable, value))
+
 
 class FrozenList(list[_V]):
     """A read-only ``list`` inside an event's payload (see :class:`FrozenDict`)."""

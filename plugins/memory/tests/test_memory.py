@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from attrs import evolve
 
-from dotmac.events import ConfigurationError, ConsumerOptions, Event, QueueFullError, create_bus
+from dotmac.events import (
+    ConfigurationError,
+    ConsumerOptions,
+    Event,
+    EventBus,
+    Message,
+    QueueFullError,
+    create_bus,
+)
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_memory import (
     MemoryConfig,
@@ -312,3 +320,44 @@ async def test_persistence_dir_that_cannot_be_made_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="cannot be created"):
         async with create_memory_bus(MemoryConfig(name=name, enable_persistence=True)):
             pass
+
+
+async def test_invalid_utf8_in_a_persistence_log_is_dead_lettered(name: str, tmp_path: Path) -> None:
+    log_path = tmp_path / "events.jsonl"
+    config = MemoryConfig(
+        name=name, max_queue_size=1000, enable_persistence=True, persistence_path=str(log_path)
+    )
+    sent = [Event(topic="audit", payload={"i": i}, headers={"x-origin": "shop"}) for i in range(3)]
+    async with create_memory_bus(config) as bus:
+        await bus.publish_many(sent)
+    # Someone edits the log with a tool that writes Latin-1: the middle entry's header
+    # value is no longer UTF-8.
+    lines = log_path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"x-origin":"shop"', b'"x-origin":"caf\xe9"')
+    log_path.write_bytes(b"".join(lines))
+    messages = list(read_persistence_log(log_path))
+    assert messages[1].headers["x-origin"] == "caf\udce9"
+    async with create_bus(f"memory://{name}-replay") as bus:
+        seen = Collector()
+        await bus.subscribe("audit", seen)
+        await bus.transport.publish(messages)
+        await seen.wait_count(2, 5)
+        dead = await wait_for_letters(bus, 1)
+    assert seen.ids == [sent[0].event_id, sent[2].event_id]
+    assert dead[0].headers["ce_id"] == sent[1].event_id
+    assert dead[0].headers["x-dlq-reason"] == "decode"
+    assert dead[0].headers["x-origin"] == "caf\udce9"  # kept as it arrived, not replaced by U+FFFD
+
+
+async def wait_for_letters(bus: EventBus, count: int) -> list[Message]:
+    letters: list[Message] = []
+
+    async def enough() -> bool:
+        letters[:] = await bus.transport.read("audit.dlq", limit=10)
+        return len(letters) >= count
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await enough():
+        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} dead letters"
+        await asyncio.sleep(0.01)
+    return letters

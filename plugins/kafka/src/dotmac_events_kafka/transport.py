@@ -52,6 +52,7 @@ from dotmac.events import (
 )
 from dotmac.events.errors import AuthenticationError, BusStateError, ConfigurationError, EventBusError
 from dotmac.events.transport import DeliverySink
+from dotmac.events.wire import headers_from_pairs
 
 from . import errors as _errors
 from .config import KafkaConfig
@@ -236,10 +237,13 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
 
 def record_to_message(record: Any) -> Message:
     """A consumed aiokafka record as a :class:`Message` (position ``partition:offset``)."""
-    headers: dict[str, str] = {}
-    for name, value in record.headers or ():
-        headers[name] = value.decode("utf-8", "replace") if value is not None else ""
-    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    # surrogateescape keeps invalid UTF-8 visible to the core, which dead-letters it;
+    # headers_from_pairs records a name repeated with different values (ambiguous).
+    headers = headers_from_pairs(
+        (name, value.decode("utf-8", "surrogateescape") if value is not None else "")
+        for name, value in record.headers or ()
+    )
+    key = record.key.decode("utf-8", "surrogateescape") if record.key is not None else None
     return Message(
         topic=record.topic,
         value=record.value if record.value is not None else b"",
@@ -1153,8 +1157,13 @@ class KafkaTransport(Transport):
                 future = await producer.send(
                     message.topic,
                     value=message.value,
-                    key=message.key.encode("utf-8") if message.key is not None else None,
-                    headers=[(name, value.encode("utf-8")) for name, value in message.headers.items()],
+                    # surrogateescape writes back the exact bytes of a received message
+                    # that was not UTF-8, so its dead letter carries what arrived.
+                    key=message.key.encode("utf-8", "surrogateescape") if message.key is not None else None,
+                    headers=[
+                        (name, value.encode("utf-8", "surrogateescape"))
+                        for name, value in message.headers.items()
+                    ],
                     partition=partition,
                 )
             except Exception as exc:

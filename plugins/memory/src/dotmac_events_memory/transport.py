@@ -449,7 +449,9 @@ def read_persistence_log(path: str | Path) -> Iterator[Message]:
 
     Replay them with ``await bus.transport.publish(list(read_persistence_log(path)))``.
     """
-    with Path(path).open(encoding="utf-8") as handle:
+    # Text that is not UTF-8 is kept as lone surrogates (the transports' rule for
+    # received headers), so the core dead-letters such a message when it is replayed.
+    with Path(path).open(encoding="utf-8", errors="surrogateescape") as handle:
         for line in handle:
             if not line.strip():
                 continue

@@ -86,3 +86,38 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_publish_to_memory_says_no_one_receives_it(capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    assert main(["publish", "orders", "--url", "memory://cli-note"], out=out) == 0
+    assert json.loads(out.getvalue())["topic"] == "orders"  # stdout stays JSON lines
+    err = capsys.readouterr().err
+    assert "in-process transport" in err and "no other process receives" in err
+
+
+def test_consume_with_a_group_says_it_takes_the_groups_events(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["consume", "orders", "--group", "billing", "--max", "1", "--timeout", "0.2", "--url", "memory://c"],
+        out=io.StringIO(),
+    )
+    err = capsys.readouterr().err
+    assert "joining consumer group 'billing'" in err and "acknowledged" in err
+    assert "in-process transport" in err
+    # --max 1 was not reached before --timeout: a script can tell from the exit code.
+    assert code == 1
+    assert "with 0 of 1 event(s)" in err
+
+
+def test_consume_without_max_ends_cleanly_at_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["consume", "orders", "--timeout", "0.2", "--url", "memory://c2"], out=io.StringIO()) == 0
+    assert "joining consumer group" not in capsys.readouterr().err
+
+
+def test_demo_table_fits_a_long_url() -> None:
+    out = io.StringIO()
+    url = "memory://" + "a-rather-long-bus-name-" * 3
+    assert main(["demo", "--orders", "20", "--url", url], out=out) == 0
+    table = [line for line in out.getvalue().splitlines() if line.startswith(("|", "+"))]
+    assert url in out.getvalue()
+    assert len({len(line) for line in table}) == 1, table

@@ -87,9 +87,22 @@ async def _publish(args: argparse.Namespace, out: TextIO) -> int:
     ]
     async with create_bus(args.url) as bus:
         await bus.publish_many(events)
+        in_process = not bus.capabilities.persistent
     for event in events:
         out.write(json.dumps({"published": event.event_id, "topic": event.topic}) + "\n")
+    if in_process:
+        # The bus lived and died in this command: nobody else can have received it.
+        _note(
+            f"{bus.transport.name} is an in-process transport: no other process receives what this "
+            "command published, and it has gone with the command. Publish to a broker "
+            "(--url redis://..., kafka://..., amqp://...) to reach a consumer."
+        )
     return 0
+
+
+def _note(text: str) -> None:
+    # Notes go to stderr: stdout carries the JSON lines that scripts read.
+    print(f"dotmac-events: {text}", file=sys.stderr)
 
 
 async def _consume(args: argparse.Namespace, out: TextIO) -> int:
@@ -113,11 +126,32 @@ async def _consume(args: argparse.Namespace, out: TextIO) -> int:
     options = ConsumerOptions(start_from="earliest" if args.from_beginning else "latest")
     with signal_handlers(first, lambda _sig: force_exit(EXIT_FORCED)):
         async with create_bus(args.url) as bus:
+            if args.group:
+                _note(
+                    f"joining consumer group {args.group!r}: every event printed here is acknowledged "
+                    "for the whole group, so its other members will not get it. Leave out --group "
+                    "to watch without taking events."
+                )
+            if not bus.capabilities.persistent:
+                _note(
+                    f"{bus.transport.name} is an in-process transport: events published by other "
+                    "commands or processes never arrive here. Consume from a broker URL instead."
+                )
+            elif not args.from_beginning:
+                what = "a new group" if args.group else "this subscription"
+                _note(
+                    f"{what} starts at events published from now on; add --from-beginning to read "
+                    "what the topic already holds first."
+                )
             await bus.subscribe(args.topics, handler, group=args.group, options=options)
             try:
                 await asyncio.wait_for(done.wait(), args.timeout)
             except asyncio.TimeoutError:
                 pass
+    if args.max and count < args.max:
+        # Asked for N events and got fewer: a script must be able to tell.
+        _note(f"stopped after {args.timeout:g} s with {count} of {args.max} event(s)")
+        return 1
     return 0
 
 
@@ -315,8 +349,10 @@ def _table(summary: dict[str, Any]) -> str:
         ("throughput", f"{summary['throughput_per_s']} events/s"),
     ]
     width = max(len(name) for name, _ in rows)
-    line = "+" + "-" * (width + 2) + "+" + "-" * 42 + "+\n"
-    body = "".join(f"| {name:<{width}} | {value!s:<40} |\n" for name, value in rows)
+    # A long URL widens the table instead of breaking its right edge.
+    values = max(40, *(len(str(value)) for _, value in rows))
+    line = "+" + "-" * (width + 2) + "+" + "-" * (values + 2) + "+\n"
+    body = "".join(f"| {name:<{width}} | {value!s:<{values}} |\n" for name, value in rows)
     return "dotmac-events demo: order processing\n" + line + body + line
 
 
@@ -450,13 +486,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1)
     p.set_defaults(func=_publish)
 
-    c = sub.add_parser("consume", help="print events as JSON lines")
+    c = sub.add_parser(
+        "consume",
+        help="print events as JSON lines",
+        description="Print events as JSON lines. Only events published after consume started are "
+        "printed unless --from-beginning is given; with --group it takes its events from that group.",
+    )
     c.add_argument("topics", nargs="+")
     c.add_argument("--url", default=_default_url(), help=url_help)
-    c.add_argument("--group")
-    c.add_argument("--max", type=int, default=0, help="stop after this many events")
+    c.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="read what the topic already holds (a new group starts at its backlog); without it, "
+        "only events published after consume started are printed",
+    )
+    c.add_argument(
+        "--group",
+        help="join this consumer group: events printed are acknowledged for the group, and its "
+        "other members do not get them (default: no group, watch every event)",
+    )
+    c.add_argument(
+        "--max", type=int, default=0, help="stop after this many events (exit 1 if --timeout comes first)"
+    )
     c.add_argument("--timeout", type=float, default=10.0, help="stop after this many seconds")
-    c.add_argument("--from-beginning", action="store_true", help="a new group starts at the backlog")
     c.set_defaults(func=_consume)
     _add_run_command(sub)
 

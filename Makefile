@@ -11,7 +11,7 @@ export PYENV_VERSION
 endif
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test dev lint typecheck conformance bench clean wheels audit
+.PHONY: demo test dev lint typecheck conformance bench clean wheels audit docs
 
 $(NOX): requirements-tools.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -22,7 +22,7 @@ demo: $(NOX)
 	$(NOX) -s demo
 
 test: $(NOX)
-	$(NOX) -s tests conformance lint typecheck wheels audit $(if $(wildcard benchmarks/run.py),bench_smoke)
+	$(NOX) -s tests conformance lint typecheck wheels audit docs $(if $(wildcard benchmarks/run.py),bench_smoke)
 
 conformance lint typecheck bench: $(NOX)
 	$(NOX) -s $@
@@ -43,3 +43,7 @@ dev: $(NOX)
 
 clean:
 	rm -rf $(TOOLS) .nox dist
+
+# Every code block of the docs runs, then the site builds with mkdocs --strict.
+docs: $(NOX)
+	$(NOX) -s docs

@@ -45,6 +45,7 @@ nox.options.sessions = ["tests", "conformance", "lint", "typecheck"]
 nox.options.sessions += ["wheels", "audit"]
 if (ROOT / "benchmarks" / "run.py").exists():
     nox.options.sessions.append("bench_smoke")
+nox.options.sessions.append("docs")
 
 ALL_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
@@ -186,7 +187,8 @@ def _check_coverage(session: nox.Session, measured: list[str], env: dict[str, st
 def conformance(session: nox.Session) -> None:
     """The conformance kit against every transport plugin, plus cross-package tests."""
     _install(session, *PLUGINS)
-    session.run("pytest", str(ROOT / "tests"), *session.posargs)
+    # The docs' code blocks have a session of their own (docs).
+    session.run("pytest", str(ROOT / "tests"), f"--ignore={ROOT / 'tests' / 'docs'}", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON)
@@ -415,3 +417,22 @@ def audit(session: nox.Session) -> None:
                 fixable.append(line)
     if fixable:
         session.error(f"{len(fixable)} known vulnerabilities with a fixed release:\n" + "\n".join(fixable))
+
+
+# --- the docs: every code block runs, and the site builds ------------------------------
+
+
+@nox.session(python=DEFAULT_PYTHON)
+def docs(session: nox.Session) -> None:
+    """Every code block of the README, docs/, plugin READMEs and examples runs; then
+    ``mkdocs build --strict`` (a broken link or reference fails) into a scratch directory.
+
+    The blocks run with every plugin and its test extra installed (the Kafka test
+    broker runs the quick start on Kafka). Pass pytest arguments after ``--``.
+    """
+    _install(session, *PLUGINS)
+    session.install("-r", str(ROOT / "requirements-docs.txt"))
+    session.run("pytest", str(ROOT / "tests" / "docs"), *session.posargs)
+    site = Path(session.create_tmp()) / "site"
+    env = {"NO_MKDOCS_2_WARNING": "1"}
+    session.run("mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site), env=env)

@@ -114,6 +114,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "create_redis_bus": ("dotmac_events_redis", "redis"),
     "KafkaConfig": ("dotmac_events_kafka", "kafka"),
     "create_kafka_bus": ("dotmac_events_kafka", "kafka"),
+    "NatsConfig": ("dotmac_events_nats", "nats"),
+    "create_nats_bus": ("dotmac_events_nats", "nats"),
     "AvroCodec": ("dotmac_events_avro", "avro"),
 }
 

@@ -24,6 +24,7 @@ KNOWN_EXTRAS: Mapping[str, str] = {
     "redis": "redis",
     "rediss": "redis",
     "kafka": "kafka",
+    "nats": "nats",
     "avro": "avro",
     "otel": "otel",
 }

@@ -1,0 +1,62 @@
+"""The conformance kit against the NATS JetStream transport.
+
+Runs against ``$NATS_URL`` when set, otherwise against a private ``nats-server -js``
+started on a free port for this module. Each test uses a stream and subject prefix
+of its own, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from dotmac.events import EventBus, create_bus
+from dotmac.events.testing import TransportConformance
+
+pytest.importorskip("dotmac_events_nats")
+
+from dotmac_events_nats.testing import NatsServer, nats_server_available  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    url = os.environ.get("NATS_URL")
+    if url:
+        yield url
+        return
+    if not nats_server_available():
+        pytest.skip("nats-server is not installed and NATS_URL is not set")
+    with NatsServer() as server:
+        yield server.url
+
+
+async def _delete_stream(url: str, stream: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    except Exception:  # noqa: S110 - the test may never have created it
+        pass
+    finally:
+        await nc.close()
+
+
+class TestNatsConformance(TransportConformance):
+    timeout = 20.0
+
+    @pytest.fixture(autouse=True)
+    def _target(self, nats_url: str) -> Iterator[None]:
+        # One stream per test: buses of a test share it, tests never do.
+        tag = uuid.uuid4().hex[:10]
+        self.stream = f"conformance_{tag}"
+        self.url = f"{nats_url}?stream={self.stream}&subject_prefix=conf{tag}&storage=memory&pull_expires=0.5"
+        yield
+        asyncio.run(_delete_stream(nats_url, self.stream))
+
+    def create_bus(self) -> EventBus:
+        return create_bus(self.url)

@@ -77,6 +77,7 @@ class NatsTransport(Transport):
         self._subs: set[NatsSubscription] = set()
         self._lock = asyncio.Lock()
         self._closed = False
+        self._start_errors: list[Exception] = []
 
     def __repr__(self) -> str:
         return f"NatsTransport(servers={self.config.servers!r}, stream={self.config.stream!r})"
@@ -154,21 +155,33 @@ class NatsTransport(Transport):
         if config.creds_file is not None:
             options["user_credentials"] = config.creds_file
         hosts = config.servers
+        nc = Client()
+        # The client retries forever once connected; the first connection gets a
+        # deadline of its own, so an unreachable server fails start() instead.
+        budget = config.connect_timeout * (len(config.server_list) + 1) + config.reconnect_wait
+        self._start_errors = []
         try:
-            return await nats.connect(**options)
-        except nats.errors.Error as exc:
-            if "authorization" in str(exc).lower():
+            await asyncio.wait_for(nc.connect(**options), budget)
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            await nc.close()
+            # The client retries a refused login like a lost connection; what the
+            # server said is in the errors it reported on the way.
+            said = " ".join(str(e).lower() for e in [*self._start_errors, exc])
+            if "authorization" in said or "authentication" in said:
                 raise TransportError(f"NATS at {hosts} refused the credentials", retriable=False) from None
             raise TransportUnavailableError(
                 f"cannot connect to NATS at {hosts}: {type(exc).__name__}"
             ) from None
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise TransportUnavailableError(
-                f"cannot connect to NATS at {hosts}: {type(exc).__name__}"
-            ) from None
+        finally:
+            self._start_errors = []
+        return nc
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS connection error: %s", type(exc).__name__)
+        # While starting, start() reports the failure itself.
+        if self._nc is None:
+            self._start_errors.append(exc)
+        level = logging.DEBUG if self._nc is None else logging.WARNING
+        log.log(level, "NATS connection error: %s", type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         if not self._closed:

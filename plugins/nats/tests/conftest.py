@@ -1,0 +1,100 @@
+"""Fixtures: a private nats-server (or ``$NATS_URL``), per-test streams, fault figures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import nats
+import pytest
+
+from dotmac_events_nats.testing import NatsServer, nats_server_available
+
+# Figures of the fault tests, printed at the end of the run (visible with -q).
+FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("nats fault-test figures")
+    for name, figures in FIGURES:
+        line = ", ".join(f"{k}={v}" for k, v in figures.items())
+        terminalreporter.write_line(f"{name}: {line}")
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> Any:
+    """``report(**figures)``: record a fault test's figures for the summary."""
+
+    def add(**figures: Any) -> None:
+        FIGURES.append((request.node.name, figures))
+        for key, value in figures.items():
+            record_property(key, value)
+        print(f"\n[{request.node.name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+    return add
+
+
+def needs_nats_server() -> None:
+    if not nats_server_available():
+        pytest.skip("nats-server is not installed")
+
+
+def _listening(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """``$NATS_URL``, or a private nats-server with JetStream on a free port for the session.
+
+    Skips when neither is available; a server that listens but misbehaves fails the tests.
+    """
+    url = os.environ.get("NATS_URL")
+    if url:
+        if not _listening(url):
+            pytest.skip(f"nothing listens at NATS_URL ({urlsplit(url).hostname}:{urlsplit(url).port})")
+        yield url
+        return
+    needs_nats_server()
+    with NatsServer() as server:
+        yield server.url
+
+
+async def delete_stream(url: str, stream: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    except Exception:  # noqa: S110 - the test may never have created it
+        pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def bus_url(nats_url: str) -> Iterator[Callable[..., str]]:
+    """``bus_url(**query)``: a URL on a stream and subject prefix of this test's own.
+
+    The stream is deleted after the test. Extra query parameters are appended.
+    """
+    tag = uuid.uuid4().hex[:10]
+    stream = f"test_{tag}"
+
+    def make(**query: Any) -> str:
+        params = {"stream": stream, "subject_prefix": f"t{tag}", "pull_expires": "0.5", **query}
+        return nats_url + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+    make.stream = stream  # type: ignore[attr-defined]
+    yield make
+    asyncio.run(delete_stream(nats_url, stream))

@@ -214,6 +214,10 @@ class _Puller:
         while self.requests:
             self._drop(self.requests.popleft())
 
+    def forget_requests(self) -> None:
+        self._drop_all()
+        self.wake.set()
+
     def _expire_requests(self, now: float) -> None:
         # A request the server never answered (it restarted, or the connection
         # dropped) stops counting after its deadline; anything it still brings is kept.

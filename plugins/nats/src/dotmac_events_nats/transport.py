@@ -189,10 +189,11 @@ class NatsTransport(Transport):
 
     async def _on_reconnected(self) -> None:
         log.info("reconnected to NATS")
-        # Pull requests do not survive a server restart; let every puller ask again.
+        # Pull requests do not survive a server restart; let every puller ask again
+        # (what an old request still brings is kept all the same).
         for sub in list(self._subs):
             for puller in sub.pullers:
-                puller.wake.set()
+                puller.forget_requests()
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         config = self.config

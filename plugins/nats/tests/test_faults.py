@@ -69,7 +69,9 @@ def handled_ids(record: Path) -> list[str]:
     return [line.split(" ", 1)[1] for line in record.read_text().splitlines() if line.startswith("ok ")]
 
 
-async def test_kill_9_consumer_mid_stream_loses_nothing(server: NatsServer, tmp_path: Path, report: Any) -> None:
+async def test_kill_9_consumer_mid_stream_loses_nothing(
+    server: NatsServer, tmp_path: Path, report: Any
+) -> None:
     """A member dies with SIGKILL while handling a stream of events; its un-acked events
     go to the surviving member after ack_wait, and every event is handled."""
     n = 600
@@ -82,8 +84,10 @@ async def test_kill_9_consumer_mid_stream_loses_nothing(server: NatsServer, tmp_
         async with ConsumerProcess(
             "--url", url, "--topic", name, "--group", "g", "--record", str(record), "--delay", "0.01"
         ) as victim:
-            # The survivor handles slowly at first, so the victim holds a full window when it dies.
-            await survivor.subscribe(name, survivor_seen, group="g", options=ConsumerOptions(prefetch_count=5))
+            # A small window for the survivor leaves most events to the victim, which
+            # holds a full window of un-acked events when it dies.
+            small = ConsumerOptions(prefetch_count=5)
+            await survivor.subscribe(name, survivor_seen, group="g", options=small)
             sent = [Event(topic=name, payload={"i": i}) for i in range(n)]
             for start in range(0, n, 100):
                 await producer.publish_many(sent[start : start + 100])
@@ -154,7 +158,7 @@ async def test_broker_restart_while_publishing_and_consuming(
         await asyncio.sleep(1.0)  # publishes fail meanwhile
         await asyncio.to_thread(server.start)
         downtime = time.monotonic() - down_at
-        await wait_for(lambda: len(confirmed) >= before + 300, T, what="300 more confirmed events after restart")
+        await wait_for(lambda: len(confirmed) >= before + 300, T, what="300 more confirmed events")
         stop.set()
         await task
         expected = set(confirmed)

@@ -42,9 +42,12 @@ def _check_servers(_inst: Any, _attr: Any, value: str) -> None:
     for server in value.split(","):
         try:
             parts = urlsplit(server)
-            port = parts.port
         except ValueError:
             raise ConfigurationError("NatsConfig.servers: an entry is not a valid address") from None
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError(f"NatsConfig.servers: bad port for host {parts.hostname!r}") from None
         if parts.scheme not in ("nats", "tls") or not parts.hostname or parts.path not in ("", "/"):
             # Only the host part is echoed: the entry may carry credentials.
             raise ConfigurationError(

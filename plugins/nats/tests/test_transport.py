@@ -413,3 +413,22 @@ async def test_events_released_by_a_stopping_member_reach_another_at_once(bus_ur
     assert set(seen.ids) == {e.event_id for e in sent}
     assert took < 3, f"released events took {took:.1f}s to reach the other member (ack_wait is 60s)"
     assert stop_took < 1 + 2.5, f"stop took {stop_took:.1f}s with pull_expires=1"
+
+
+@pytest.mark.parametrize("group", ["g", None], ids=["group", "broadcast"])
+async def test_a_consumer_deleted_under_a_live_subscription_is_created_again(
+    bus_url: BusUrl, group: str | None
+) -> None:
+    name = topic()
+    seen = Collector()
+    async with create_bus(bus_url()) as bus:
+        await bus.subscribe(name, seen, group=group)
+        await bus.publish(Event(topic=name, payload={"i": 0}))
+        await seen.wait_count(1, T)
+        js = bus.transport.jetstream
+        stream = bus_url.stream  # type: ignore[attr-defined]
+        (info,) = await js.consumers_info(stream)
+        await js.delete_consumer(stream, info.name)
+        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(1, 4)])
+        await seen.wait_count(4, T)
+    assert sorted(seen.payloads("i")) == [0, 1, 2, 3]

@@ -17,6 +17,8 @@ from dotmac.events import (
     Delivery,
     Event,
     InvalidTopicError,
+    Message,
+    MessageTooLargeError,
     SubscriptionSpec,
     TransportError,
     TransportUnavailableError,
@@ -432,3 +434,17 @@ async def test_a_consumer_deleted_under_a_live_subscription_is_created_again(
         await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(1, 4)])
         await seen.wait_count(4, T)
     assert sorted(seen.payloads("i")) == [0, 1, 2, 3]
+
+
+async def test_a_message_over_max_payload_is_refused_before_anything_is_sent(bus_url: BusUrl) -> None:
+    name = topic()
+    async with create_bus(bus_url()) as bus:
+        t = bus.transport
+        limit = t.connection.max_payload  # type: ignore[attr-defined]
+        small = Message(topic=name, value=b"{}", headers={"ce_id": "1"})
+        big = Message(topic=name, value=b"x" * limit, headers={"ce_id": "2"})
+        with pytest.raises(MessageTooLargeError, match="max_payload"):
+            await t.publish([small, big])
+        await t.publish([small])  # the connection and the acknowledgement slots are fine
+        stream = await t.jetstream.stream_info(bus_url.stream)  # type: ignore[attr-defined]
+        assert stream.state.messages == 1

@@ -269,39 +269,57 @@ class NatsTransport(Transport):
         prepared = [
             (subject_for(prefix, m.topic), m.value, encode_headers(m.headers, m.key)) for m in messages
         ]
-        if len(prepared) == 1:
-            await self._publish_one(js, *prepared[0])
+        if not prepared:
             return
-        results = await asyncio.gather(*(self._publish_one(js, *p) for p in prepared), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-
-    async def _publish_one(
-        self, js: JetStreamContext, subject: str, value: bytes, headers: dict[str, str]
-    ) -> None:
+        limit = self.connection.max_payload
+        for subject, value, headers in prepared:
+            size = len(value) + sum(len(k) + len(v.encode()) + 4 for k, v in headers.items()) + 12
+            if size > limit:
+                raise MessageTooLargeError(
+                    f"the message for {subject!r} ({size} bytes with headers) exceeds the server's "
+                    f"max_payload of {limit} bytes"
+                )
+        # Each message goes out at once and its acknowledgement comes back on one shared
+        # reply subscription: no round trip per message, and no timer per message either.
+        # The client bounds the acknowledgements outstanding (4000 by default), so under
+        # load a publish waits to be sent and request_timeout counts from the send.
+        futures: list[asyncio.Future[Any]] = []
         try:
-            await js.publish(
-                subject,
-                value,
-                timeout=self.config.request_timeout,
-                stream=self.config.stream,
-                headers=headers,
+            for subject, value, headers in prepared:
+                futures.append(
+                    await js.publish_async(subject, value, stream=self.config.stream, headers=headers)
+                )
+        except Exception as exc:
+            for future in futures:
+                future.cancel()
+            raise self._publish_error(prepared[len(futures)][0], len(prepared[len(futures)][1]), exc) from exc
+        _done, pending = await asyncio.wait(futures, timeout=self.config.request_timeout)
+        for future in pending:
+            future.cancel()
+        for (subject, value, _headers), future in zip(prepared, futures, strict=True):
+            if future in pending:
+                raise PublishError(
+                    f"NATS did not confirm the message for {subject!r} within {self.config.request_timeout}s",
+                    retriable=True,
+                )
+            failure = future.exception()
+            if failure is not None:
+                raise self._publish_error(subject, len(value), failure) from failure
+
+    def _publish_error(self, subject: str, size: int, exc: BaseException) -> Exception:
+        if isinstance(exc, nats.errors.MaxPayloadError):
+            return MessageTooLargeError(
+                f"the message for {subject!r} ({size} bytes) exceeds the server's max_payload"
             )
-        except nats.errors.MaxPayloadError as exc:
-            raise MessageTooLargeError(
-                f"the message for {subject!r} ({len(value)} bytes) exceeds the server's max_payload"
-            ) from exc
-        except nats.js.errors.APIError as exc:
-            raise PublishError(f"NATS refused the message for {subject!r}: {exc.description}") from exc
-        except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise PublishError(
-                f"NATS did not confirm the message for {subject!r} ({type(exc).__name__})", retriable=True
-            ) from exc
-        except nats.errors.Error as exc:
-            raise TransportUnavailableError(
-                f"NATS publish to {subject!r} failed: {type(exc).__name__}"
-            ) from exc
+        if isinstance(exc, nats.js.errors.APIError):
+            return PublishError(f"NATS refused the message for {subject!r}: {exc.description}")
+        if isinstance(exc, (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError)):
+            return PublishError(
+                f"no JetStream stream answered for {subject!r} (is it being restarted?)", retriable=True
+            )
+        if isinstance(exc, nats.errors.Error):
+            return TransportUnavailableError(f"NATS publish to {subject!r} failed: {type(exc).__name__}")
+        return PublishError(f"NATS publish to {subject!r} failed: {type(exc).__name__}", retriable=True)
 
     # -- consuming -----------------------------------------------------------------------
     async def subscribe(self, spec: SubscriptionSpec, sink: DeliverySink) -> TransportSubscription:

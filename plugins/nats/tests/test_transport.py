@@ -448,3 +448,23 @@ async def test_a_message_over_max_payload_is_refused_before_anything_is_sent(bus
         await t.publish([small])  # the connection and the acknowledgement slots are fine
         stream = await t.jetstream.stream_info(bus_url.stream)  # type: ignore[attr-defined]
         assert stream.state.messages == 1
+
+
+async def test_members_joining_a_new_group_at_once_share_it(bus_url: BusUrl) -> None:
+    """Two members create the same group at the same moment, with different start_from."""
+    name = topic()
+    seen = Collector()
+    async with create_bus(bus_url()) as a, create_bus(bus_url()) as b:
+        await asyncio.gather(
+            a.subscribe(name, seen, group="g", options=ConsumerOptions(start_from="earliest")),
+            b.subscribe(name, seen, group="g", options=ConsumerOptions(start_from="latest")),
+            *(
+                bus.subscribe(name, seen, group="g", options=ConsumerOptions(start_from=start))
+                for bus in (a, b)
+                for start in ("latest", "earliest")
+            ),
+        )
+        await a.publish_many([Event(topic=name, payload={"i": i}) for i in range(20)])
+        await seen.wait_unique(20, T)
+        await asyncio.sleep(0.3)
+    assert sorted(seen.payloads("i")) == list(range(20)), "each event once within the group"

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from dotmac.events import Delivery, Message, SubscriptionSpec, TransportSubscription
+from dotmac.events import Delivery, Message, SubscriptionSpec, TransportError, TransportSubscription
 from dotmac.events.transport import DeliverySink
 
 from .subjects import consumer_name, decode_headers, subject_for
@@ -142,18 +142,33 @@ class _Puller:
             inactive_threshold=None if self.durable else config.inactive_threshold,
         )
 
-    async def ensure_consumer(self, start_seq: int | None = None) -> None:
+    async def _exists(self) -> bool:
         js = self.transport.jetstream
-        stream = self.transport.config.stream
-        if self.durable:
-            try:
-                await js.consumer_info(stream, self.name)
-                return  # the group exists: it keeps its position
-            except NotFoundError:
-                pass
-        await self.transport.api_call(
-            js.add_consumer(stream, self._consumer_config(start_seq)), f"create consumer {self.name}"
-        )
+        try:
+            await self.transport.api_call(
+                js.consumer_info(self.transport.config.stream, self.name), f"look up consumer {self.name}"
+            )
+        except TransportError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                return False
+            raise
+        return True
+
+    async def ensure_consumer(self, start_seq: int | None = None) -> None:
+        # A group that exists keeps its position, whatever this member's start_from.
+        if self.durable and await self._exists():
+            return
+        js = self.transport.jetstream
+        try:
+            await self.transport.api_call(
+                js.add_consumer(self.transport.config.stream, self._consumer_config(start_seq)),
+                f"create consumer {self.name}",
+            )
+        except TransportError:
+            # Another member created the group at the same moment (with another
+            # start_from, the server refuses ours): join the one that exists.
+            if not (self.durable and await self._exists()):
+                raise
 
     async def open(self) -> None:
         await self.ensure_consumer()

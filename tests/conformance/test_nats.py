@@ -1,16 +1,18 @@
 """The conformance kit against the NATS JetStream transport.
 
 Runs against ``$NATS_URL`` when set, otherwise against a private ``nats-server -js``
-started on a free port for this module. Each test uses a stream and subject prefix
-of its own, deleted afterwards.
+started on a free port for this module; skips when neither is there. Each test uses
+a stream and subject prefix of its own, deleted afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -26,6 +28,11 @@ from dotmac_events_nats.testing import NatsServer, nats_server_available  # noqa
 def nats_url() -> Iterator[str]:
     url = os.environ.get("NATS_URL")
     if url:
+        parts = urlsplit(url)
+        try:
+            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1).close()
+        except OSError:
+            pytest.skip(f"nothing listens at NATS_URL ({parts.hostname}:{parts.port})")
         yield url
         return
     if not nats_server_available():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -21,36 +20,26 @@ from dotmac.events.testing import TransportConformance
 
 pytest.importorskip("dotmac_events_nats")
 
-from dotmac_events_nats.testing import NatsServer, nats_server_available  # noqa: E402
+from dotmac_events_nats.testing import (  # noqa: E402
+    NatsServer,
+    delete_stream,
+    nats_listening,
+    nats_server_available,
+)
 
 
 @pytest.fixture(scope="module")
 def nats_url() -> Iterator[str]:
     url = os.environ.get("NATS_URL")
     if url:
-        parts = urlsplit(url)
-        try:
-            socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1).close()
-        except OSError:
-            pytest.skip(f"nothing listens at NATS_URL ({parts.hostname}:{parts.port})")
+        if not nats_listening(url):
+            pytest.skip(f"nothing listens at NATS_URL ({urlsplit(url).hostname}:{urlsplit(url).port})")
         yield url
         return
     if not nats_server_available():
         pytest.skip("nats-server is not installed and NATS_URL is not set")
     with NatsServer() as server:
         yield server.url
-
-
-async def _delete_stream(url: str, stream: str) -> None:
-    import nats
-
-    nc = await nats.connect(url)
-    try:
-        await nc.jetstream().delete_stream(stream)
-    except Exception:  # noqa: S110 - the test may never have created it
-        pass
-    finally:
-        await nc.close()
 
 
 class TestNatsConformance(TransportConformance):
@@ -63,7 +52,7 @@ class TestNatsConformance(TransportConformance):
         self.stream = f"conformance_{tag}"
         self.url = f"{nats_url}?stream={self.stream}&subject_prefix=conf{tag}&storage=memory&pull_expires=0.5"
         yield
-        asyncio.run(_delete_stream(nats_url, self.stream))
+        asyncio.run(delete_stream(nats_url, self.stream))
 
     def create_bus(self) -> EventBus:
         return create_bus(self.url)

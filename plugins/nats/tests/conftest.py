@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import nats
 import pytest
 
-from dotmac_events_nats.testing import NatsServer, nats_server_available
+from dotmac_events_nats.testing import NatsServer, delete_stream, nats_listening, nats_server_available
 
 # Figures of the fault tests, printed at the end of the run (visible with -q).
 FIGURES: list[tuple[str, dict[str, Any]]] = []
@@ -46,15 +44,6 @@ def needs_nats_server() -> None:
         pytest.skip("nats-server is not installed")
 
 
-def _listening(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
     """``$NATS_URL``, or a private nats-server with JetStream on a free port for the session.
@@ -63,23 +52,13 @@ def nats_url() -> Iterator[str]:
     """
     url = os.environ.get("NATS_URL")
     if url:
-        if not _listening(url):
+        if not nats_listening(url):
             pytest.skip(f"nothing listens at NATS_URL ({urlsplit(url).hostname}:{urlsplit(url).port})")
         yield url
         return
     needs_nats_server()
     with NatsServer() as server:
         yield server.url
-
-
-async def delete_stream(url: str, stream: str) -> None:
-    nc = await nats.connect(url)
-    try:
-        await nc.jetstream().delete_stream(stream)
-    except Exception:  # noqa: S110 - the test may never have created it
-        pass
-    finally:
-        await nc.close()
 
 
 @pytest.fixture

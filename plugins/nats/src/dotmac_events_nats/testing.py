@@ -5,7 +5,8 @@
 ...     server.kill()       # SIGKILL, like a crash
 ...     server.start()      # same port, same store directory
 
-Only the standard library is used, so test suites of other packages can reuse it.
+Besides the launcher, :func:`nats_listening` tells whether a server answers at a URL
+and :func:`delete_stream` removes what a test created.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
-__all__ = ["NatsServer", "free_port", "nats_server_available"]
+__all__ = ["NatsServer", "delete_stream", "free_port", "nats_listening", "nats_server_available"]
 
 
 def free_port() -> int:
@@ -35,6 +37,30 @@ def free_port() -> int:
 
 def nats_server_available(binary: str = "nats-server") -> bool:
     return shutil.which(binary) is not None
+
+
+def nats_listening(url: str) -> bool:
+    """Whether anything accepts connections at ``url``'s host and port."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def delete_stream(url: str, stream: str) -> None:
+    """Delete ``stream`` (if it exists) on the server at ``url``."""
+    import nats
+    import nats.js.errors
+
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream(stream)
+    except nats.js.errors.NotFoundError:
+        pass  # the test never created it
+    finally:
+        await nc.close()
 
 
 class NatsServer:

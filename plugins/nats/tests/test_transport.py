@@ -326,7 +326,15 @@ async def test_request_reply(bus_url: BusUrl) -> None:
         replies = await asyncio.gather(
             *(client.request(Event(topic=name, payload={"n": n}), timeout=T) for n in range(5))
         )
+        js = client.transport.jetstream
+        stream = bus_url.stream  # type: ignore[attr-defined]
+        info = await js.stream_info(stream)
+        consumers = await js.consumers_info(stream)
     assert [r.payload["twice"] for r in replies] == [0, 2, 4, 6, 8]
+    # Replies travel on core NATS: only the 5 requests are stored, and the only
+    # consumer is the responders' group.
+    assert info.state.messages == 5
+    assert len(consumers) == 1
 
 
 async def test_unreachable_server_fails_start_with_a_retriable_error() -> None:

@@ -5,7 +5,8 @@ One stream (``NatsConfig.stream``) stores every topic of the bus on subjects
 shared by the group's members; a broadcast subscription is an ephemeral pull
 consumer of its own, deleted when it stops. Events are acked after the handler (or
 the dead letter), released with a NAK for prompt redelivery, and kept alive with
-``+WPI`` while the bus holds them. See ``consumer.py`` for the pull loop.
+``+WPI`` while the bus holds them. See ``consumer.py`` for the pull loop. Reply
+topics travel on core NATS instead (``replies.py``).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ from dotmac.events import (
     TransportSubscription,
     TransportUnavailableError,
 )
-from dotmac.events.errors import BusStateError, ConfigurationError
+from dotmac.events.errors import BusStateError, ConfigurationError, UnsupportedOperationError
 from dotmac.events.transport import DeliverySink
 
 from .config import NatsConfig
 from .consumer import NatsSubscription
+from .replies import ReplySubscription, is_reply_topic, reply_subject
 from .subjects import decode_headers, encode_headers, parse_header_block, subject_for
 
 __all__ = ["CAPABILITIES", "NatsTransport"]
@@ -74,7 +76,7 @@ class NatsTransport(Transport):
         self.default_max_deliveries = config.max_deliver
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._subs: set[NatsSubscription] = set()
+        self._subs: set[NatsSubscription | ReplySubscription] = set()
         self._lock = asyncio.Lock()
         self._closed = False
         self._start_errors: list[Exception] = []
@@ -192,7 +194,7 @@ class NatsTransport(Transport):
         # Pull requests do not survive a server restart; let every puller ask again
         # (what an old request still brings is kept all the same).
         for sub in list(self._subs):
-            for puller in sub.pullers:
+            for puller in getattr(sub, "pullers", ()):
                 puller.forget_requests()
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
@@ -258,7 +260,7 @@ class NatsTransport(Transport):
                 await nc.close()
             self._nc = self._js = None
 
-    def forget(self, sub: NatsSubscription) -> None:
+    def forget(self, sub: NatsSubscription | ReplySubscription) -> None:
         self._subs.discard(sub)
 
     # -- publishing ----------------------------------------------------------------------
@@ -279,6 +281,11 @@ class NatsTransport(Transport):
                     f"the message for {subject!r} ({size} bytes with headers) exceeds the server's "
                     f"max_payload of {limit} bytes"
                 )
+        if any(is_reply_topic(m.topic) for m in messages):
+            await self._publish_replies(messages, prepared)
+            prepared = [p for m, p in zip(messages, prepared, strict=True) if not is_reply_topic(m.topic)]
+            if not prepared:
+                return
         # Each message goes out at once and its acknowledgement comes back on one shared
         # reply subscription: no round trip per message, and no timer per message either.
         # The client bounds the acknowledgements outstanding (4000 by default), so under
@@ -306,6 +313,20 @@ class NatsTransport(Transport):
             if failure is not None:
                 raise self._publish_error(subject, len(value), failure) from failure
 
+    async def _publish_replies(
+        self, messages: Sequence[Message], prepared: list[tuple[str, bytes, dict[str, str]]]
+    ) -> None:
+        # Core NATS: the flush returns once the server has read everything sent before it.
+        nc = self.connection
+        prefix = self.config.subject_prefix
+        for message, (_subject, value, headers) in zip(messages, prepared, strict=True):
+            if is_reply_topic(message.topic):
+                await nc.publish(reply_subject(prefix, message.topic), value, headers=headers)
+        try:
+            await nc.flush(timeout=max(1, round(self.config.request_timeout)))
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise PublishError(f"NATS did not take a reply ({type(exc).__name__})", retriable=True) from exc
+
     def _publish_error(self, subject: str, size: int, exc: BaseException) -> Exception:
         if isinstance(exc, nats.errors.MaxPayloadError):
             return MessageTooLargeError(
@@ -326,7 +347,16 @@ class NatsTransport(Transport):
         self.connection  # noqa: B018 - raises when not started
         for topic in spec.topics:
             subject_for(self.config.subject_prefix, topic)
-        sub = NatsSubscription(self, spec, sink)
+        replies = [is_reply_topic(topic) for topic in spec.topics]
+        sub: NatsSubscription | ReplySubscription
+        if all(replies):
+            sub = ReplySubscription(self, spec, sink)
+        elif any(replies):
+            raise UnsupportedOperationError(
+                "a NATS subscription takes reply topics or stored topics, not both at once"
+            )
+        else:
+            sub = NatsSubscription(self, spec, sink)
         await sub.open()
         self._subs.add(sub)
         return sub

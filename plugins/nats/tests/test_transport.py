@@ -476,3 +476,18 @@ async def test_members_joining_a_new_group_at_once_share_it(bus_url: BusUrl) -> 
         await seen.wait_unique(20, T)
         await asyncio.sleep(0.3)
     assert sorted(seen.payloads("i")) == list(range(20)), "each event once within the group"
+
+
+async def test_a_subscription_to_several_topics_serves_each(bus_url: BusUrl) -> None:
+    busy, quiet = topic(), topic()
+    seen = Collector()
+    async with create_bus(bus_url()) as bus:
+        await bus.publish_many([Event(topic=busy, payload={"i": i}) for i in range(300)])
+        await bus.subscribe(
+            [busy, quiet], seen, group="g", options=ConsumerOptions(prefetch_count=4, start_from="earliest")
+        )
+        await bus.publish(Event(topic=quiet, payload={"i": -1}))
+        await wait_for(lambda: -1 in seen.payloads("i"), T, what="the quiet topic's event")
+        position = seen.payloads("i").index(-1)
+        await seen.wait_unique(301, T)
+    assert position < 300, "the quiet topic waited for the whole backlog of the busy one"

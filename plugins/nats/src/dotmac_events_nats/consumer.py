@@ -274,11 +274,14 @@ class _Puller:
                     await self._recreate()
                 now = time.monotonic()
                 self._expire_requests(now)
-                room = sub.room()
                 owed = self._owed()
-                wanted = max(1, min(sub.spec.prefetch, self.transport.config.max_ack_pending) // 4)
-                if room > 0 and len(self.requests) < _MAX_OPEN_REQUESTS and (not owed or room >= wanted):
-                    await self._request(room)
+                # Topics of one subscription share its window: none may ask for more
+                # than its share, or one busy topic would keep the others waiting.
+                share = max(1, sub.spec.prefetch // len(sub.pullers))
+                ask = min(sub.room(), share - owed)
+                wanted = max(1, min(share, self.transport.config.max_ack_pending) // 4)
+                if ask > 0 and len(self.requests) < _MAX_OPEN_REQUESTS and (not owed or ask >= wanted):
+                    await self._request(ask)
                     continue
                 timeout = self.requests[0].deadline - now if self.requests else None
                 with contextlib.suppress(asyncio.TimeoutError):

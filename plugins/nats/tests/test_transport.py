@@ -491,3 +491,29 @@ async def test_a_subscription_to_several_topics_serves_each(bus_url: BusUrl) -> 
         position = seen.payloads("i").index(-1)
         await seen.wait_unique(301, T)
     assert position < 300, "the quiet topic waited for the whole backlog of the busy one"
+
+
+async def test_tls_with_a_private_ca(tmp_path: Any) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("nats.test", "127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with NatsServer(tls=(str(cert_file), str(key_file))) as server:
+        good = create_bus(
+            f"tls://127.0.0.1:{server.port}?tls_ca_file={ca_file}".replace("tls://", "nats://", 1)
+        )
+        assert good.transport.describe()["tls"] is True
+        async with good:
+            seen = Collector()
+            await good.subscribe("t.tls", seen)
+            await good.publish(Event(topic="t.tls", payload={"i": 1}))
+            await seen.wait_count(1, T)
+        # Without the CA the server's certificate is not trusted: a clear, final error.
+        untrusted = create_bus(f"nats://127.0.0.1:{server.port}?tls_hostname=nats.test&connect_timeout=1")
+        with pytest.raises(TransportError) as info:
+            await untrusted.start()
+        await untrusted.close()
+        assert not info.value.retriable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -145,6 +146,11 @@ class NatsConfig:
       seconds a publish or a JetStream API call may wait for the server.
     - ``reconnect_wait``: seconds between reconnection attempts; the client retries
       forever while the bus is open.
+    - ``ping_interval``: seconds between pings; a connection that misses two answers
+      is taken for dead and replaced.
+    - ``tls_ca_file``: CA bundle to verify the servers with (system CAs otherwise);
+      ``tls_cert_file`` / ``tls_key_file``: a client certificate; ``tls_hostname``: the
+      name to verify when servers are given by address. Any of them turns TLS on.
 
     Stream (one stream holds every topic of the bus, created on start when
     ``create_stream``):
@@ -182,6 +188,11 @@ class NatsConfig:
     connect_timeout: float = field(default=5.0, validator=_positive_number)
     request_timeout: float = field(default=10.0, validator=_positive_number)
     reconnect_wait: float = field(default=0.5, validator=_non_negative_number)
+    ping_interval: float = field(default=20.0, validator=_positive_number)
+    tls_ca_file: str | None = field(default=None, validator=_optional_text)
+    tls_cert_file: str | None = field(default=None, validator=_optional_text)
+    tls_key_file: str | None = field(default=None, validator=_optional_text)
+    tls_hostname: str | None = field(default=None, validator=_optional_text)
 
     stream: str = field(default="DOTMAC_EVENTS", validator=_stream_name)
     subject_prefix: str = field(default="events", validator=_prefix)
@@ -205,12 +216,27 @@ class NatsConfig:
             raise ConfigurationError("NatsConfig: password needs user")
         if self.creds_file is not None and (self.token is not None or self.password is not None):
             raise ConfigurationError("NatsConfig: use either creds_file or user/password/token")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigurationError("NatsConfig: tls_cert_file and tls_key_file go together")
         if self.replicas > 5:
             raise ConfigurationError(f"NatsConfig.replicas must be 1-5, got {self.replicas}")
 
     @property
     def server_list(self) -> list[str]:
         return self.servers.split(",")
+
+    @property
+    def tls(self) -> bool:
+        return any(
+            value is not None for value in (self.tls_ca_file, self.tls_cert_file, self.tls_hostname)
+        ) or any(server.startswith("tls://") for server in self.server_list)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A context that verifies the server's certificate and name."""
+        context = ssl.create_default_context(cafile=self.tls_ca_file)
+        if self.tls_cert_file is not None:
+            context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+        return context
 
     def resolved_password(self) -> str | None:
         return self.password or (os.environ.get(ENV_PASSWORD) if self.user else None) or None

@@ -66,8 +66,9 @@ async def delete_stream(url: str, stream: str) -> None:
 class NatsServer:
     """A ``nats-server`` with JetStream on a free port of 127.0.0.1 and its own store.
 
-    ``user``/``password`` or ``token`` require authentication; ``extra_args`` are
-    passed through. The port and store directory stay the same across restarts, so
+    ``user``/``password`` or ``token`` require authentication; ``tls`` is a
+    (certificate file, key file) pair that makes the server require TLS;
+    ``extra_args`` are passed through. The port and store directory stay the same across restarts, so
     file-stored streams and consumers survive them.
     """
 
@@ -78,6 +79,7 @@ class NatsServer:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        tls: tuple[str, str] | None = None,
         extra_args: Sequence[str] = (),
         binary: str = "nats-server",
         startup_timeout: float = 15.0,
@@ -90,6 +92,7 @@ class NatsServer:
         self._user = user
         self._password = password
         self._token = token
+        self.tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="dotmac-nats-"))
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -136,6 +139,8 @@ class NatsServer:
             args += ["--user", self._user, "--pass", self._password or ""]
         if self._token:
             args += ["--auth", self._token]
+        if self.tls:
+            args += ["--tls", "--tlscert", self.tls[0], "--tlskey", self.tls[1]]
         return args + list(self.extra_args)
 
     def start(self) -> NatsServer:

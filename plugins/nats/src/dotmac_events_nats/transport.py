@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -104,6 +105,7 @@ class NatsTransport(Transport):
             "subject_prefix": self.config.subject_prefix,
             "storage": self.config.storage,
             "auth": self._auth_kind(),
+            "tls": self.config.tls,
         }
 
     def _auth_kind(self) -> str:
@@ -156,6 +158,16 @@ class NatsTransport(Transport):
             options["token"] = token
         if config.creds_file is not None:
             options["user_credentials"] = config.creds_file
+        options["ping_interval"] = config.ping_interval
+        if config.tls:
+            try:
+                options["tls"] = config.ssl_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"NATS TLS files could not be loaded: {type(exc).__name__}"
+                ) from None
+            if config.tls_hostname is not None:
+                options["tls_hostname"] = config.tls_hostname
         hosts = config.servers
         nc = Client()
         # The client retries forever once connected; the first connection gets a
@@ -169,6 +181,10 @@ class NatsTransport(Transport):
             # The client retries a refused login like a lost connection; what the
             # server said is in the errors it reported on the way.
             said = " ".join(str(e).lower() for e in [*self._start_errors, exc])
+            if "certificate" in said or "ssl" in said:
+                raise TransportError(
+                    f"TLS with NATS at {hosts} failed: {type(exc).__name__}", retriable=False
+                ) from None
             if "authorization" in said or "authentication" in said:
                 raise TransportError(f"NATS at {hosts} refused the credentials", retriable=False) from None
             raise TransportUnavailableError(

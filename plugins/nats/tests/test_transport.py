@@ -517,3 +517,34 @@ async def test_tls_with_a_private_ca(tmp_path: Any) -> None:
             await untrusted.start()
         await untrusted.close()
         assert not info.value.retriable
+
+
+@pytest.mark.parametrize("when", ["held", "released"])
+async def test_a_recreated_consumer_starts_at_what_was_not_acked(bus_url: BusUrl, when: str) -> None:
+    """Acks and NAKs sent to a deleted consumer are void: the new one must start early enough."""
+    name = topic()
+    url = bus_url()
+    async with create_bus(url) as producer:
+        await producer.publish_many([Event(topic=name, payload={"i": i}) for i in range(3)])
+        t = transport(url)
+        await t.start()
+        try:
+            got = asyncio.Queue[Delivery]()
+            spec = SubscriptionSpec(topics=(name,), group="g", consumer_name="c", start_from="earliest")
+            await t.subscribe(spec, got.put)
+            first = [await asyncio.wait_for(got.get(), T) for _ in range(3)]
+            await first[0].ack()
+            await first[2].ack()
+            stream = bus_url.stream  # type: ignore[attr-defined]
+            (info,) = await t.jetstream.consumers_info(stream)
+            if when == "released":
+                await first[1].release()
+            await t.jetstream.delete_consumer(stream, info.name)
+            if when == "held":
+                await asyncio.sleep(0.2)
+                await first[1].release()
+            again = await asyncio.wait_for(got.get(), T)
+            assert again.message.position == first[1].message.position
+            await again.ack()
+        finally:
+            await t.close()

@@ -46,6 +46,8 @@ _NAK = b"-NAK"
 _IN_PROGRESS = b"+WPI"
 # Open pull requests per puller: one lingering request plus room to top it up.
 _MAX_OPEN_REQUESTS = 4
+# Seconds a release is remembered for a consumer that has to be created again.
+_RELEASE_MEMORY = 60.0
 
 
 class NatsDelivery(Delivery):
@@ -75,6 +77,8 @@ class NatsDelivery(Delivery):
             return
         self._settled = True
         self._puller.sub.settled(self)
+        if verb is _NAK:
+            self._puller.released(self.stream_seq)
         # A lost ack or NAK (the connection dropped) leaves the message to ack_wait:
         # redelivered later, never lost. Raising would only make the core log it.
         with contextlib.suppress(Exception):
@@ -116,6 +120,9 @@ class _Puller:
         self.wake = asyncio.Event()
         self.last_seq = 0
         self.missing = False
+        # Recently released stream sequences: a NAK sent to a consumer that was
+        # deleted meanwhile is void, so a recreated consumer starts no later than these.
+        self._releases: deque[tuple[float, int]] = deque(maxlen=10_000)
         self._inbox = ""
         self._nsub: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -247,8 +254,17 @@ class _Puller:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.transport.config.stream}.{self.name}"
         await self.nc.publish(subject, body, reply=self._inbox)
 
+    def released(self, stream_seq: int) -> None:
+        self._releases.append((time.monotonic(), stream_seq))
+
     async def _recreate(self) -> None:
-        start = self.last_seq + 1 if self.last_seq else None
+        # From the oldest message this consumer still has un-acked (the bus may release
+        # it) or released lately, else from the one after the last it received.
+        unsettled = [d.stream_seq for d in self.sub.held if d._puller is self]
+        unsettled += [d.stream_seq for d in self.buffer]
+        recent = time.monotonic() - _RELEASE_MEMORY
+        unsettled += [seq for at, seq in self._releases if at >= recent]
+        start = min(unsettled) if unsettled else (self.last_seq + 1 if self.last_seq else None)
         log.warning("NATS consumer %s is gone; creating it again from stream sequence %s", self.name, start)
         await self.ensure_consumer(start_seq=start)
         self.missing = False

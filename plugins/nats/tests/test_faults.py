@@ -21,9 +21,7 @@ import pytest
 from dotmac.events import ConsumerOptions, Event, EventBusError, create_bus
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_nats.subjects import consumer_name
-from dotmac_events_nats.testing import NatsServer
-
-from .conftest import needs_nats_server
+from dotmac_events_nats.testing import NatsServer, nats_server_available
 
 CONSUMER = Path(__file__).with_name("consumer_proc.py")
 T = 30.0
@@ -32,7 +30,8 @@ T = 30.0
 @pytest.fixture
 def server() -> Iterator[NatsServer]:
     """A private nats-server with a file store, for tests that stop or kill it."""
-    needs_nats_server()
+    if not nats_server_available():
+        pytest.skip("nats-server is not installed")
     with NatsServer() as srv:
         yield srv
 

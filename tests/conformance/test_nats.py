@@ -8,10 +8,9 @@ a stream and subject prefix of its own, deleted afterwards.
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -21,25 +20,20 @@ from dotmac.events.testing import TransportConformance
 pytest.importorskip("dotmac_events_nats")
 
 from dotmac_events_nats.testing import (  # noqa: E402
-    NatsServer,
+    NatsUnavailableError,
     delete_stream,
-    nats_listening,
-    nats_server_available,
+    nats_url_for_tests,
 )
 
 
 @pytest.fixture(scope="module")
 def nats_url() -> Iterator[str]:
-    url = os.environ.get("NATS_URL")
-    if url:
-        if not nats_listening(url):
-            pytest.skip(f"nothing listens at NATS_URL ({urlsplit(url).hostname}:{urlsplit(url).port})")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(nats_url_for_tests())
+        except NatsUnavailableError as exc:
+            pytest.skip(str(exc))
         yield url
-        return
-    if not nats_server_available():
-        pytest.skip("nats-server is not installed and NATS_URL is not set")
-    with NatsServer() as server:
-        yield server.url
 
 
 class TestNatsConformance(TransportConformance):

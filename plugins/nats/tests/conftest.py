@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-from dotmac_events_nats.testing import NatsServer, delete_stream, nats_listening, nats_server_available
+from dotmac_events_nats.testing import NatsUnavailableError, delete_stream, nats_url_for_tests
 
 # Figures of the fault tests, printed at the end of the run (visible with -q).
 FIGURES: list[tuple[str, dict[str, Any]]] = []
@@ -39,26 +38,18 @@ def report(request: pytest.FixtureRequest, record_property: Callable[[str, objec
     return add
 
 
-def needs_nats_server() -> None:
-    if not nats_server_available():
-        pytest.skip("nats-server is not installed")
-
-
 @pytest.fixture(scope="session")
 def nats_url() -> Iterator[str]:
     """``$NATS_URL``, or a private nats-server with JetStream on a free port for the session.
 
     Skips when neither is available; a server that listens but misbehaves fails the tests.
     """
-    url = os.environ.get("NATS_URL")
-    if url:
-        if not nats_listening(url):
-            pytest.skip(f"nothing listens at NATS_URL ({urlsplit(url).hostname}:{urlsplit(url).port})")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(nats_url_for_tests())
+        except NatsUnavailableError as exc:
+            pytest.skip(str(exc))
         yield url
-        return
-    needs_nats_server()
-    with NatsServer() as server:
-        yield server.url
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import nats
@@ -37,10 +38,16 @@ def topic() -> str:
     return f"t.{uuid.uuid4().hex[:8]}"
 
 
-def transport(url: str) -> NatsTransport:
+@contextlib.asynccontextmanager
+async def raw_transport(url: str) -> AsyncIterator[NatsTransport]:
+    """A started transport of its own (no bus around it), closed afterwards."""
     bus = create_bus(url)
     assert isinstance(bus.transport, NatsTransport)
-    return bus.transport
+    await bus.transport.start()
+    try:
+        yield bus.transport
+    finally:
+        await bus.transport.close()
 
 
 async def test_events_are_readable_by_a_plain_client(bus_url: BusUrl, nats_url: str) -> None:
@@ -144,9 +151,7 @@ async def test_delivery_count_comes_from_the_server(bus_url: BusUrl) -> None:
     url = bus_url(ack_wait=30)
     async with create_bus(url) as producer:
         await producer.publish(Event(topic=name, payload={"i": 1}))
-        t = transport(url)
-        await t.start()
-        try:
+        async with raw_transport(url) as t:
             counts: list[int] = []
             got = asyncio.Queue[Delivery]()
 
@@ -164,8 +169,6 @@ async def test_delivery_count_comes_from_the_server(bus_url: BusUrl) -> None:
             elapsed = time.monotonic() - started
             await delivery.ack()
             await sub.stop()
-        finally:
-            await t.close()
     assert counts == [1, 2, 3, 4]
     assert elapsed < 5, f"released events must come back at once, took {elapsed:.1f}s"
 
@@ -178,17 +181,13 @@ async def test_max_deliveries_dead_letters_on_the_server_count(bus_url: BusUrl) 
         event = Event(topic=name, payload={"i": 1})
         await producer.publish(event)
         # Two deliveries that are released without an attempt finishing, as a crash would.
-        t = transport(url)
-        await t.start()
-        try:
+        async with raw_transport(url) as t:
             got = asyncio.Queue[Delivery]()
             spec = SubscriptionSpec(topics=(name,), group="g", consumer_name="c1", start_from="earliest")
             sub = await t.subscribe(spec, got.put)
             for _ in range(2):
                 await (await asyncio.wait_for(got.get(), T)).release()
             await sub.stop()
-        finally:
-            await t.close()
         dead = Collector()
         handled = Collector()
         await producer.subscribe(f"{name}.dlq", dead, options=ConsumerOptions(start_from="earliest"))
@@ -231,9 +230,7 @@ async def test_prefetch_is_honoured_and_the_sink_blocks(bus_url: BusUrl) -> None
     url = bus_url()
     async with create_bus(url) as producer:
         await producer.publish_many([Event(topic=name, payload={"i": i}) for i in range(40)])
-        t = transport(url)
-        await t.start()
-        try:
+        async with raw_transport(url) as t:
             held: list[Delivery] = []
             most = 0
             room = asyncio.Event()
@@ -260,8 +257,6 @@ async def test_prefetch_is_honoured_and_the_sink_blocks(bus_url: BusUrl) -> None
                 acked += len(batch)
                 room.set()
             await sub.stop()
-        finally:
-            await t.close()
     assert most == 5
 
 
@@ -526,9 +521,7 @@ async def test_a_recreated_consumer_starts_at_what_was_not_acked(bus_url: BusUrl
     url = bus_url()
     async with create_bus(url) as producer:
         await producer.publish_many([Event(topic=name, payload={"i": i}) for i in range(3)])
-        t = transport(url)
-        await t.start()
-        try:
+        async with raw_transport(url) as t:
             got = asyncio.Queue[Delivery]()
             spec = SubscriptionSpec(topics=(name,), group="g", consumer_name="c", start_from="earliest")
             await t.subscribe(spec, got.put)
@@ -546,5 +539,3 @@ async def test_a_recreated_consumer_starts_at_what_was_not_acked(bus_url: BusUrl
             again = await asyncio.wait_for(got.get(), T)
             assert again.message.position == first[1].message.position
             await again.ack()
-        finally:
-            await t.close()

@@ -19,12 +19,26 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
-__all__ = ["NatsServer", "delete_stream", "free_port", "nats_listening", "nats_server_available"]
+__all__ = [
+    "NatsServer",
+    "NatsUnavailableError",
+    "delete_stream",
+    "free_port",
+    "nats_listening",
+    "nats_server_available",
+    "nats_url_for_tests",
+]
+
+ENV_URL = "NATS_URL"
+
+
+class NatsUnavailableError(RuntimeError):
+    """Neither ``$NATS_URL`` answers nor can a private server start (test suites skip)."""
 
 
 def free_port() -> int:
@@ -47,6 +61,26 @@ def nats_listening(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def nats_url_for_tests() -> Iterator[str]:
+    """``$NATS_URL`` when set, else the URL of a private server stopped afterwards.
+
+    Raises :class:`NatsUnavailableError` when nothing listens at ``$NATS_URL`` or
+    ``nats-server`` is not installed; anything else that fails is a real failure.
+    """
+    url = os.environ.get(ENV_URL)
+    if url:
+        if not nats_listening(url):
+            parts = urlsplit(url)
+            raise NatsUnavailableError(f"nothing listens at {ENV_URL} ({parts.hostname}:{parts.port})")
+        yield url
+        return
+    if not nats_server_available():
+        raise NatsUnavailableError(f"nats-server is not installed and {ENV_URL} is not set")
+    with NatsServer() as server:
+        yield server.url
 
 
 async def delete_stream(url: str, stream: str) -> None:

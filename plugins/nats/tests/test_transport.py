@@ -17,6 +17,7 @@ from dotmac.events import (
     ConsumerOptions,
     Delivery,
     Event,
+    HeaderValidationError,
     InvalidTopicError,
     Message,
     MessageTooLargeError,
@@ -143,6 +144,14 @@ async def test_headers_the_server_or_a_client_adds_do_not_leak(bus_url: BusUrl, 
         await seen.wait_count(1, T)
     assert seen.events[0].event_id == "plain-1"
     assert dict(seen.events[0].headers) == {"x-app": "a"}
+
+
+async def test_user_headers_named_like_nats_headers_are_refused_before_sending(bus_url: BusUrl) -> None:
+    async with create_bus(bus_url()) as bus:
+        with pytest.raises(HeaderValidationError, match="reserved by NATS"):
+            await bus.publish(Event(topic=topic(), payload={}, headers={"Nats-Msg-Id": "x"}))
+        stream = await bus.transport.jetstream.stream_info(bus_url.stream)  # type: ignore[attr-defined]
+        assert stream.state.messages == 0
 
 
 async def test_delivery_count_comes_from_the_server(bus_url: BusUrl) -> None:

@@ -10,8 +10,8 @@
 - NATS clients strip leading and trailing whitespace from header values, so a value
   that would not survive the trip verbatim travels as an RFC 2047 encoded word
   (``=?utf-8?b?<base64>?=``) and is decoded on receive; every other value travels as
-  itself. Headers the server or a NATS client adds (``Nats-*``) are not user headers
-  and are dropped on receive.
+  itself. Headers the server or a NATS client adds (``Nats-*``) are not user headers:
+  they are dropped on receive, and an event that carries one is refused on publish.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 
-from dotmac.events.errors import InvalidTopicError
+from dotmac.events.errors import HeaderValidationError, InvalidTopicError
 
 __all__ = [
     "KEY_HEADER",
@@ -69,6 +69,12 @@ def encode_headers(headers: Mapping[str, str], key: str | None) -> dict[str, str
     """Message headers (and key) as NATS headers that come back verbatim."""
     out: dict[str, str] = {}
     for name, value in headers.items():
+        if name[:5].lower() == "nats-":
+            # JetStream acts on these (Nats-Msg-Id deduplicates, Nats-Expected-* reject)
+            # and they are dropped on receive: refuse them rather than change the event.
+            raise HeaderValidationError(
+                "header names starting with 'Nats-' are reserved by NATS", field=f"headers[{name!r}]"
+            )
         if _needs_encoding(value):
             value = _ENCODED_START + base64.b64encode(value.encode()).decode("ascii") + _ENCODED_END
         out[name] = value

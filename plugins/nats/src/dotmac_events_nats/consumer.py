@@ -280,9 +280,10 @@ class _Puller:
                     sub.hold(delivery)
                     try:
                         await sub.sink(delivery)
-                    except asyncio.CancelledError:
-                        # The core had no room yet, so it never took the delivery
-                        # (a no-op if it took it and released it itself).
+                    except BaseException:
+                        # Cancelled while the core had no room yet (or the sink failed):
+                        # the core never took the delivery, so it goes back now (a no-op
+                        # if the core took it and released it itself).
                         await delivery.release()
                         raise
                     continue

@@ -181,3 +181,54 @@ async def test_broker_restart_while_publishing_and_consuming(
         downtime_s=round(downtime, 2),
     )
     assert lost == 0
+
+
+async def test_poison_event_that_crashes_the_process_is_dead_lettered(
+    server: NatsServer, tmp_path: Path, report: Any
+) -> None:
+    """An event that kills every process that handles it: the server's delivery count
+    reaches max_deliver and the next process dead-letters it without calling the handler."""
+    name = f"poison.{uuid.uuid4().hex[:8]}"
+    url = f"{server.url}?stream=POISON&ack_wait=1&pull_expires=0.5&max_deliver=3"
+    record = tmp_path / "poison.log"
+    dead = Collector()
+    crashes = 0
+    async with create_bus(url) as producer:
+        await producer.subscribe(f"{name}.dlq", dead)
+        poison = Event(topic=name, payload={"poison": True})
+        healthy = [Event(topic=name, payload={"i": i}) for i in range(10)]
+        await producer.publish_many([poison, *healthy])
+        started = time.monotonic()
+        expected = {e.event_id for e in healthy}
+        for _ in range(6):
+            # One event at a time: a crash then counts a delivery of the poison only.
+            args = ["--url", url, "--topic", name, "--group", "g", "--record", str(record)]
+            async with ConsumerProcess(*args, "--start-from", "earliest", "--prefetch", "1") as consumer:
+                assert consumer.proc is not None
+                exited = asyncio.ensure_future(consumer.proc.wait())
+                waiting = asyncio.ensure_future(dead.wait_count(1, T))
+                await asyncio.wait([waiting, exited], return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                if not exited.done():
+                    assert dead.events, "neither a crash nor a dead letter"
+                    # The poison is dead-lettered: this process lives on and handles the rest.
+                    await wait_for(lambda: expected <= set(handled_ids(record)), T, what="the healthy events")
+                    exited.cancel()
+                    break
+                assert consumer.proc.returncode == 17, f"consumer exited with {consumer.proc.returncode}"
+                crashes += 1
+        took = time.monotonic() - started
+        attempts = record.read_text().splitlines().count(f"attempt {poison.event_id}")
+    letter = dead.events[0]
+    report(
+        handler_attempts=attempts,
+        crashes=crashes,
+        dead_letters=len(dead.events),
+        reason=letter.headers["x-dlq-reason"],
+        healthy_handled=len(expected & set(handled_ids(record))),
+        took_s=round(took, 1),
+    )
+    assert letter.event_id == poison.event_id
+    assert letter.headers["x-dlq-reason"] == "max_deliveries"
+    assert attempts == 3 and crashes == 3
+    assert len(dead.events) == 1, "only the poison event may be dead-lettered"

@@ -151,6 +151,10 @@ class _MemoryDelivery(Delivery):
         self._done = False
 
     async def ack(self) -> None:
+        self.ack_nowait()
+
+    def ack_nowait(self) -> None:
+        # In-process: the ack is done here, so the runner needs no task for it.
         if not self._done:
             self._done = True
             self._holder.inflight -= 1

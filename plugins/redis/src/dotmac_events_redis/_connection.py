@@ -104,9 +104,9 @@ class Endpoint:
             try:
                 self._ssl = _ssl_context(self.config)
             except (OSError, ValueError) as exc:
-                # Files that cannot be read: as a connection would fail (not retriable
-                # either way, and no path of a key password in the message).
-                raise RedisConnectionError(f"cannot set up TLS: {type(exc).__name__}: {exc}") from exc
+                # Certificate or key files that cannot be used: a setup error, not a
+                # lost server, so nothing retries it (ssl's messages hold no password).
+                raise RedisError(f"cannot set up TLS: {type(exc).__name__}: {exc}") from exc
         return self._ssl
 
     def handshake(self) -> list[tuple[Any, ...]]:

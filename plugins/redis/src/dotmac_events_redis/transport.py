@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
@@ -25,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from dotmac.events import Message, SubscriptionSpec, Transport, TransportSubscription
-from dotmac.events.errors import BusStateError
+from dotmac.events.errors import BusStateError, ConfigurationError
 from dotmac.events.transport import DeliverySink
 
 from . import _scripts
@@ -132,6 +134,13 @@ class RedisTransport(Transport):
                 ssl_check_hostname=c.ssl_check_hostname,
             )
             if c.ssl_password is not None:
+                if "ssl_password" not in inspect.signature(SSLConnection.__init__).parameters:
+                    # redis-py's asyncio connections take a key password from 7.2 on;
+                    # older ones would fail later with a TypeError about a keyword.
+                    raise ConfigurationError(
+                        "RedisConfig.ssl_password needs redis-py 7.2 or newer "
+                        f"(installed: {redis.__version__}); upgrade it or use an unencrypted key"
+                    )
                 kwargs["ssl_password"] = c.ssl_password
         return kwargs
 
@@ -166,6 +175,7 @@ class RedisTransport(Transport):
                 config.host,
                 config.port,
             )
+        pool_kwargs = self._pool_kwargs()
         # One connection of the transport's own first: its errors (refused
         # credentials, rejected certificate) are precise, where a pool may report
         # them as "no connection".
@@ -180,7 +190,7 @@ class RedisTransport(Transport):
         pool = BlockingConnectionPool(
             max_connections=config.max_connections,
             timeout=config.socket_connect_timeout,
-            **self._pool_kwargs(),
+            **pool_kwargs,
         )
         client = aioredis.Redis(connection_pool=pool)
         self._pool = pool

@@ -26,16 +26,17 @@ a user would type. The info string after the opening fence says what a block is:
 ``json``, ``toml``
     Parsed, so they stay valid.
 
-A block without an info string fails: each block says what it is.
+A block without an info string fails: each block says what it is. The line
+``<!-- generated: quick-start -->`` (where the site shows the README's quick start)
+counts as a ``python file=quickstart.py`` block holding it.
 
 Blocks name the brokers a reader has on their own machine: Redis at
 ``redis://localhost:6379``, RabbitMQ at ``amqp://guest:guest@localhost:5672/``,
 NATS at ``nats://localhost:4222``, PostgreSQL at ``postgresql://postgres@localhost``.
-CI has the same services on loopback, so those URLs run as written. A Kafka block
-uses ``kafka://localhost:9092``; no broker listens there here, so the test starts
-a throwaway Tansu broker and gives the block its address through
-``DOTMAC_EVENTS_DOCS_KAFKA`` only when the block itself reads that variable
-(``os.environ.get("DOTMAC_EVENTS_DOCS_KAFKA", "localhost:9092")``).
+CI has the same services on loopback, so those URLs run as written. The README's quick
+start takes its URL as an argument: it is run with each URL its comment names,
+Kafka on a throwaway Tansu broker and NATS on a private server (or ``$NATS_URL``),
+and must print the handler's line each time.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ FENCE = re.compile(r"^(?P<indent>\s*)(?P<mark>`{3,}|~{3,})(?P<info>[^`]*)$")
 RUNNABLE = {"python", "bash", "sh", "console"}
 INERT = {"text", "output", "sql", "json", "toml"}
 TIMEOUT = 90.0
+# Streams the README's blocks make on the shared Redis.
+DOCS_TOPICS = ("orders.created", "orders.created.dlq", "failed.events")
+# Where the docs site inserts the README's quick start (scripts/docs_hooks.py).
+QUICK_START_MARKER = "<!-- generated: quick-start -->"
 
 
 @attrs.frozen
@@ -96,10 +101,20 @@ def pages() -> list[Path]:
     return [p for p in found if "_template" not in p.parts]
 
 
+def _readme_quick_start() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    assert match is not None, "README.md has no Python block"
+    return match.group(1)
+
+
 def blocks(page: Path) -> Iterator[Block]:
     lines = page.read_text(encoding="utf-8").splitlines()
     i = 0
     while i < len(lines):
+        if lines[i] == QUICK_START_MARKER:
+            # The site shows the README's quick start here; the reader saves it as this file.
+            yield Block(page, i + 1, "python", ("file=quickstart.py",), _readme_quick_start())
         match = FENCE.match(lines[i])
         if not match:
             i += 1
@@ -216,6 +231,28 @@ def _quick_start() -> Block:
     return next(b for b in ALL if b.path == ROOT / "README.md" and b.language == "python")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_docs_streams_on_the_shared_redis() -> Iterator[None]:
+    # The README's blocks use the names a reader sees on the Redis at localhost:6379;
+    # what they leave there is removed afterwards.
+    yield
+    import redis
+
+    client = redis.Redis.from_url("redis://localhost:6379/0")
+    try:
+        client.delete(*(f"dotmac:events:{topic}" for topic in DOCS_TOPICS))
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    from dotmac_events_nats.testing import nats_url_for_tests
+
+    with nats_url_for_tests() as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def kafka_servers() -> Iterator[str]:
     from dotmac_events_kafka.testing import kafka_bootstrap_servers
@@ -224,16 +261,18 @@ def kafka_servers() -> Iterator[str]:
         yield servers
 
 
-@pytest.mark.parametrize("transport", ["redis", "amqp", "kafka"])
+@pytest.mark.parametrize("transport", ["redis", "amqp", "nats", "kafka"])
 def test_quick_start_prints_on_every_transport_it_names(
     transport: str, request: pytest.FixtureRequest
 ) -> None:
     """The README's quick start, run with each URL its comment names, prints the handler's line."""
     block = _quick_start()
-    named = re.findall(r"\b(?:redis|kafka|amqp)://\S+?(?=[\s)]|$)", block.source)
+    named = re.findall(r"\b(?:redis|kafka|amqp|nats)://[^\s,)]+", block.source)
     (url,) = [u for u in named if u.startswith(f"{transport}://")]
     if transport == "kafka":
         url = f"kafka://{request.getfixturevalue('kafka_servers')}"
+    elif transport == "nats":
+        url = request.getfixturevalue("nats_url")
     with tempfile.TemporaryDirectory(prefix="dotmac-quickstart-") as tmp:
         script = Path(tmp) / "quickstart.py"
         script.write_text(block.source)

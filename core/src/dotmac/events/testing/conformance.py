@@ -32,6 +32,7 @@ from ..transport import Capabilities, Message
 from ..wire import parse_time
 from .collect import Collector, wait_for
 from .hostile import HostileConformance
+from .patterns import PatternConformance
 
 __all__ = ["TransportConformance"]
 
@@ -40,7 +41,7 @@ class _Opaque:
     """A value no JSON codec can encode."""
 
 
-class TransportConformance(HostileConformance):
+class TransportConformance(HostileConformance, PatternConformance):
     """Contract tests every transport must pass. Implement :meth:`create_bus`.
 
     Class attributes tune the suite for slow brokers: ``timeout`` bounds every wait

@@ -9,12 +9,14 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Union
 
 import pluggy
 from attrs import evolve
 
 from .codec import Codec
+from .delay import DelayScheduler, due_time, schedule
 from .dlq import DeadLetterQueue
 from .dlq_headers import REPLY_ERROR_MESSAGE, REPLY_ERROR_TYPE
 from .errors import (
@@ -279,12 +281,29 @@ class EventBus:
         headers = envelope_headers(event, content_type=codec.content_type, source=self.source)
         return Message(topic=event.topic, value=body, key=event.key, headers=headers)
 
-    async def publish(self, event: Event) -> None:
-        """Validate, encode and send one event; returns when the transport accepted it."""
+    async def publish(
+        self, event: Event, *, deliver_at: datetime | None = None, delay: float | None = None
+    ) -> None:
+        """Validate, encode and send one event; returns when the transport accepted it.
+
+        ``deliver_at`` (a timezone-aware datetime) or ``delay`` (seconds) delivers it no
+        earlier than that: the event waits in a delay topic until a
+        :class:`~dotmac.events.delay.DelayScheduler` (``start_delay_scheduler``) moves
+        it to its topic. A time already past publishes at once.
+        """
         if self._state != "started":
             self._check_started()
         if not isinstance(event, Event):
             raise ValidationError(f"expected an Event, got {type(event).__name__}", field="event")
+        if deliver_at is not None or delay is not None:
+            due = due_time(deliver_at, delay)
+            now = time.time()
+            if due is not None and due > now:
+                message = self.encode(event)
+                await self.transport.publish(
+                    (schedule(message.topic, message.value, message.key, message.headers, due, now=now),)
+                )
+                return
         observers = self._observers
         if observers.publish_context is None and observers.on_publish is None:
             await self.transport.publish((self.encode(event),))
@@ -422,6 +441,24 @@ class EventBus:
             self._subscriptions.discard(sub)
             raise
         return sub
+
+    async def start_delay_scheduler(self, *, capacity: int = 10_000) -> DelayScheduler:
+        """Start a scheduler that moves delayed events (``publish(..., delay=)``) to their
+        topics when due; it stops with the bus. Replicas on other buses share the work."""
+        self._check_started()
+        scheduler = DelayScheduler(self, capacity=capacity)
+        stages = scheduler.build()
+        try:
+            for stage in stages:
+                self._subscriptions.add(stage)
+                await stage._start()
+                scheduler.stages = (*scheduler.stages, stage)
+        except BaseException:
+            for stage in stages:
+                self._subscriptions.discard(stage)
+            await scheduler.stop(0)
+            raise
+        return scheduler
 
     def forget(self, subscription: Subscription) -> None:
         """Called by a subscription once it stopped."""

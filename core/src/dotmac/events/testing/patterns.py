@@ -10,12 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timezone
+
+import pytest
 
 from ..bus import EventBus
-from ..errors import NonRetryableError
+from ..errors import NonRetryableError, ValidationError
 from ..event import Event
 from ..options import ConsumerOptions, retry_topic
-from .collect import Collector
+from .collect import Collector, wait_for
 
 __all__ = ["PatternConformance"]
 
@@ -112,5 +115,95 @@ class PatternConformance:
                 await dead.wait_count(1, self.timeout)
                 assert seen.total_calls == 1
                 assert dead.events[0].headers["x-dlq-reason"] == "non_retryable"
+
+        self.run(scenario)
+
+    # -- delayed delivery ------------------------------------------------------------------
+    delayed_events: int = 300
+
+    def test_delayed_delivery_is_never_early(self) -> None:
+        """Events published with ``delay``/``deliver_at`` arrive no earlier than asked;
+        prints lateness p50/p99 and the scheduler's rate."""
+
+        async def scenario() -> None:
+            async with self.buses(2) as (consumer, producer):
+                topic = self.topic("delayed")
+                arrived: dict[int, float] = {}
+
+                async def record(event: Event) -> None:
+                    arrived.setdefault(event.payload["i"], time.time())
+
+                seen = Collector(on_event=record)
+                await consumer.subscribe(topic, seen, group=self.group("delayed"))
+                await consumer.start_delay_scheduler()
+                n = self.delayed_events
+                due: dict[int, float] = {}
+                started = time.time()
+                for i in range(n):
+                    wait = 0.2 + (i * 7919 % 1000) / 1000  # spread over 0.2 .. 1.2 s
+                    if i % 2:
+                        at = datetime.fromtimestamp(time.time() + wait, timezone.utc)
+                        due[i] = at.timestamp()
+                        await producer.publish(self.event(topic, i), deliver_at=at)
+                    else:
+                        due[i] = time.time() + wait
+                        await producer.publish(self.event(topic, i), delay=wait)
+                published = time.time() - started
+                await seen.wait(lambda _c: len(arrived) >= n, self.timeout + 5)
+                early = [i for i in range(n) if arrived[i] < due[i] - 0.002]
+                late = sorted(arrived[i] - due[i] for i in range(n))
+                p50, p99 = late[len(late) // 2], late[min(len(late) - 1, int(len(late) * 0.99))]
+                duplicates = len(seen.events) - len(arrived)
+                print(
+                    f"\ndelayed delivery: n={n} lost=0 duplicates={duplicates} early={len(early)} "
+                    f"lateness p50={p50 * 1000:.1f}ms p99={p99 * 1000:.1f}ms max={late[-1] * 1000:.1f}ms "
+                    f"published in {published:.2f}s"
+                )
+                assert not early, early[:5]
+
+        self.run(scenario)
+
+    def test_delayed_delivery_survives_a_scheduler_restart(self) -> None:
+        """A delayed event held by a scheduler that stops is delivered by the next one."""
+
+        async def scenario() -> None:
+            async with self.buses(2) as (consumer, producer):
+                topic = self.topic("delayed-restart")
+                seen = Collector()
+                await consumer.subscribe(topic, seen, group=self.group("restart"))
+                first = self.create_bus()  # type: ignore[attr-defined]
+                async with first:
+                    scheduler = await first.start_delay_scheduler()
+                    due = time.time() + 1.5
+                    await producer.publish(self.event(topic, 1), delay=1.5)
+                    await wait_for(
+                        lambda: any(s._window.held for s in scheduler.stages),
+                        self.timeout,
+                        what="a held event",
+                    )
+                # The first scheduler is gone; a new one takes over.
+                await producer.start_delay_scheduler()
+                await seen.wait_count(1, self.timeout + 5)
+                arrived = time.time()
+                assert arrived >= due - 0.002
+                print(f"\ndelayed across a scheduler restart: lost=0 late by {(arrived - due) * 1000:.0f}ms")
+
+        self.run(scenario)
+
+    def test_delayed_publish_rejects_bad_input(self) -> None:
+        """A naive datetime, a negative delay or both arguments fail before sending."""
+
+        async def scenario() -> None:
+            async with self.buses(1) as (bus,):
+                topic = self.topic("delayed-bad")
+                event = self.event(topic, 1)
+                with pytest.raises(ValidationError):
+                    await bus.publish(event, deliver_at=datetime(2030, 1, 1))
+                with pytest.raises(ValidationError):
+                    await bus.publish(event, delay=-1)
+                with pytest.raises(ValidationError):
+                    await bus.publish(event, delay=1, deliver_at=datetime.now(timezone.utc))
+                with pytest.raises(ValidationError):
+                    await bus.publish(event, delay=float("nan"))
 
         self.run(scenario)

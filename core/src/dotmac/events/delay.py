@@ -10,8 +10,9 @@ holds each message until its ``x-hold-until`` never waits behind a later-due one
 by its window, so messages of one bucket never wait for each other at all; the
 buckets keep each hold short, which a broker's redelivery timers like.)
 
-The :class:`DelayScheduler` is that consumer: one group (any number of replicas)
-subscribed to every bucket. When a message is due it is published to its target
+The :class:`DelayScheduler` is that consumer: replicas consume delay topic ``T``
+in consumer group ``T`` (one group per bucket, so a replica joining one bucket does
+not rebalance the others). When a message is due it is published to its target
 topic (``x-deliver-to``) with its bytes, key and headers unchanged except the
 scheduling headers, and only then acked; a message not yet due moves to the next
 smaller bucket the same way. Held messages stay un-acked, so a scheduler that stops
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKETS",
-    "DELAY_GROUP",
     "DELAY_TOPICS",
     "DelayScheduler",
     "delay_topic",
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 
 BUCKETS: tuple[float, ...] = (0.25, 1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
 """Seconds a message waits in each delay topic; a longer delay takes several hops."""
-DELAY_GROUP = "dotmac.delay"
-"""The consumer group of every scheduler replica."""
 
 
 def delay_topic(bucket: float) -> str:
@@ -181,7 +179,7 @@ class _DelayStage(Subscription):
 
 class DelayScheduler:
     """Moves delayed events to their topics when due; start one (or more, they share
-    the :data:`DELAY_GROUP` group) next to any bus: ``await bus.start_delay_scheduler()``.
+    the work group by group) next to any bus: ``await bus.start_delay_scheduler()``.
 
     ``capacity`` bounds the messages each delay topic holds in memory at once (its
     prefetch window); each is held and forwarded independently of the others.
@@ -207,7 +205,7 @@ class DelayScheduler:
                 self._host,
                 SubscriptionSpec(
                     topics=(topic,),
-                    group=DELAY_GROUP,
+                    group=topic,
                     consumer_name=f"{name}-{topic.rsplit('.', 1)[-1]}",
                     prefetch=self.options.prefetch_count,
                     start_from="earliest",

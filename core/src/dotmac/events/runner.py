@@ -738,7 +738,11 @@ class Subscription:
         original = message.headers.get(RETRY_ORIGINAL_TOPIC, message.topic)
         dlq_topic = self.options.dlq_for(original)
         headers = {
-            k: v for k, v in message.headers.items() if k not in DLQ_HEADERS and k not in SCHEDULE_HEADERS
+            k: v
+            for k, v in message.headers.items()
+            # A replay's target group is not the dead letter's: subscribers of the
+            # dead-letter topic must see it whatever their group.
+            if k not in DLQ_HEADERS and k not in SCHEDULE_HEADERS and k != REPLAY_GROUP
         }
         headers[DLQ_ORIGINAL_TOPIC] = original
         headers[DLQ_CONSUMER_GROUP] = self.group or ""

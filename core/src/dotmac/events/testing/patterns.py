@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -205,5 +205,59 @@ class PatternConformance:
                     await bus.publish(event, delay=1, deliver_at=datetime.now(timezone.utc))
                 with pytest.raises(ValidationError):
                     await bus.publish(event, delay=float("nan"))
+
+        self.run(scenario)
+
+    # -- targeted replay -------------------------------------------------------------------
+    def test_dlq_replay_reaches_only_the_failed_group_once(self) -> None:
+        """Replay goes to the group that failed (others ack it unhandled), is marked
+        with ``x-replay-count``, honours filters and dry runs, and is not sent twice."""
+        self.require(consumer_groups=True, readable=True)
+
+        async def scenario() -> None:
+            async with self.buses(2) as (consumer, producer):
+                topic = self.topic("replay-target")
+                dlq = f"{topic}.dlq"
+                broken = {"on": True}
+                failing = Collector(
+                    fail=lambda e, _n: RuntimeError("down") if broken["on"] and e.payload["i"] < 2 else None
+                )
+                healthy = Collector()
+                billing = self.group("billing")
+                sub_a = await consumer.subscribe(
+                    topic, failing, group=billing, options=ConsumerOptions(max_retries=0)
+                )
+                sub_b = await consumer.subscribe(topic, healthy, group=self.group("shipping"))
+                sent = [self.event(topic, i) for i in range(5)]
+                await producer.publish_many(sent)
+                await healthy.wait_count(5, self.timeout)
+                await wait_for(lambda: sub_a.dead_lettered == 2, self.timeout, what="2 dead letters")
+                assert await producer.dlq.replay(dlq, dry_run=True) == 2
+                assert await producer.dlq.replay(dlq, error_type="KeyError", dry_run=True) == 0
+                later = datetime.now(timezone.utc) + timedelta(hours=1)
+                assert await producer.dlq.replay(dlq, since=later, dry_run=True) == 0
+                one = await producer.dlq.select(dlq, event_ids=[sent[1].event_id])
+                assert [dl.event_id for dl in one] == [sent[1].event_id]
+                broken["on"] = False
+                assert await producer.dlq.replay(dlq) == 2
+                await failing.wait_count(5, self.timeout)
+                await wait_for(lambda: sub_b.skipped == 2, self.timeout, what="the other group skipping")
+                replayed = [e for e in failing.events if e.payload["i"] < 2]
+                assert {e.event_id for e in replayed} == {sent[0].event_id, sent[1].event_id}
+                assert all(e.headers["x-replay-count"] == "1" for e in replayed)
+                assert all(e.headers["x-replay-group"] == billing for e in replayed)
+                assert healthy.total_calls == 5  # the other group never saw the replay
+                # A second replay finds everything in the ledger.
+                assert await producer.dlq.replay(dlq) == 0
+                assert await producer.dlq.replay(dlq, force=True, dry_run=True) == 2
+                handled = {e.event_id for e in failing.events}
+                lost = {e.event_id for e in sent} - handled
+                duplicates = len(failing.events) - len(handled)
+                print(
+                    f"\ntargeted replay: lost={len(lost)} duplicates={duplicates} "
+                    f"other group handler calls={healthy.total_calls - 5} skipped={sub_b.skipped} "
+                    f"second replay sent=0"
+                )
+                assert not lost
 
         self.run(scenario)

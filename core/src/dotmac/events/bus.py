@@ -15,6 +15,7 @@ from typing import Any, Union
 import pluggy
 from attrs import evolve
 
+from .batch import BatchHandler, BatchSubscription
 from .codec import Codec
 from .delay import DelayScheduler, due_time, schedule
 from .dlq import DeadLetterQueue
@@ -32,8 +33,9 @@ from .errors import (
 )
 from .event import Event, validate_topic
 from .observe import Observers, PublishInfo
-from .options import ConsumerOptions
+from .options import ConsumerOptions, retry_topic
 from .registry import Registry
+from .retry import RetryPolicy
 from .runner import Handler, Subscription, consumer_name
 from .transport import Capabilities, Message, SubscriptionSpec, Transport
 from .wire import build_event, content_type_of, envelope_headers
@@ -411,6 +413,26 @@ class EventBus:
         returned or the event was written to the dead-letter topic.
         """
         self._check_started()
+        options = options or ConsumerOptions()
+        spec, policy = self._prepare_subscription(topics, group, options, handler, name)
+        sub = Subscription(self, spec, handler, options, policy)
+        self._subscriptions.add(sub)
+        try:
+            await sub._start()
+        except BaseException:
+            self._subscriptions.discard(sub)
+            raise
+        return sub
+
+    def _prepare_subscription(
+        self,
+        topics: str | Sequence[str],
+        group: str | None,
+        options: ConsumerOptions,
+        handler: Any,
+        name: str | None,
+    ) -> tuple[SubscriptionSpec, RetryPolicy]:
+        """Validate a subscription's arguments; its spec and retry policy."""
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if not names:
             raise ValidationError("at least one topic is required", field="topics")
@@ -420,9 +442,10 @@ class EventBus:
             validate_topic(group, field_name="group")
             if not self.capabilities.consumer_groups:
                 raise UnsupportedOperationError(f"the {self.transport.name} transport has no consumer groups")
-        options = options or ConsumerOptions()
         for topic in names:
             validate_topic(options.dlq_for(topic), field_name="dlq_topic")
+            for stage in range(1, len(options.retry_topics) + 1):
+                validate_topic(retry_topic(topic, stage), field_name="retry_topics")
         if not callable(handler):
             raise ConfigurationError(f"handler must be callable, got {type(handler).__name__}")
         policy = self._registry.retry_policy(options.retry_policy)(options)
@@ -433,7 +456,43 @@ class EventBus:
             prefetch=options.prefetch_count,
             start_from=options.start_from,
         )
-        sub = Subscription(self, spec, handler, options, policy)
+        return spec, policy
+
+    async def subscribe_batch(
+        self,
+        topics: str | Sequence[str],
+        handler: BatchHandler,
+        *,
+        group: str | None = None,
+        max_size: int = 100,
+        max_wait_ms: int = 100,
+        options: ConsumerOptions | None = None,
+        name: str | None = None,
+    ) -> BatchSubscription:
+        """Consume ``topics`` with ``handler(events: list[Event])``; returns once live.
+
+        The handler gets up to ``max_size`` events, after at most ``max_wait_ms``
+        milliseconds of waiting for more, in the order they arrived; they are acked
+        together when it returns. A failing batch is retried per ``options`` and then
+        bisected so that only the events that fail on their own are dead-lettered
+        (see :mod:`dotmac.events.batch`). Batches run one at a time per subscription.
+        """
+        self._check_started()
+        for label, value, low in (("max_size", max_size, 1), ("max_wait_ms", max_wait_ms, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"{label} must be an int >= {low}, got {value!r}")
+        options = options or ConsumerOptions()
+        if options.concurrency != 1:
+            raise ConfigurationError("subscribe_batch runs one batch at a time; use concurrency=1")
+        if options.retry_topics:
+            raise ConfigurationError(
+                "subscribe_batch retries in place and bisects; retry_topics is not supported"
+            )
+        spec, policy = self._prepare_subscription(topics, group, options, handler, name)
+        spec = evolve(spec, prefetch=max(spec.prefetch, max_size))
+        sub = BatchSubscription(
+            self, spec, handler, options, policy, max_size=max_size, max_wait=max_wait_ms / 1000
+        )
         self._subscriptions.add(sub)
         try:
             await sub._start()

@@ -434,17 +434,36 @@ class Subscription:
             self.errors += 1
             log.exception("unexpected error while processing a delivery on %s", list(self.topics))
         finally:
-            if outcome is None:
+            await self._conclude(delivery, outcome)
+
+    async def _conclude(self, delivery: Delivery, outcome: _Outcome) -> None:
+        """Carry out ``outcome`` (a release) and free the window slot once it settled."""
+        if outcome is None:
+            self._window.give()
+        elif isinstance(outcome, _Release):
+            try:
+                await asyncio.shield(self._release(delivery))
+            finally:
                 self._window.give()
-            elif isinstance(outcome, _Release):
-                try:
-                    await asyncio.shield(self._release(delivery))
-                finally:
-                    self._window.give()
-            else:
-                outcome.add_done_callback(self._window.give)
+        else:
+            outcome.add_done_callback(self._window.give)
 
     async def _process(self, delivery: Delivery) -> _Outcome:
+        admitted = await self._admit(delivery)
+        if not isinstance(admitted, Event):
+            return admitted
+        event = admitted
+        observers = self._observers
+        if observers.consume_context is None:
+            return await self._handle(delivery, event)
+        with contextlib.ExitStack() as stack:
+            managers = observers.consume_context(event=event, info=self._info(delivery))
+            observers.enter_all(stack, managers, "consume_context")
+            return await self._handle(delivery, event)
+
+    async def _admit(self, delivery: Delivery) -> Event | _Outcome:
+        """The event to hand to the handler, or the end the delivery already reached
+        (skipped, held past a stop, too large, undecodable, delivered too often)."""
         if delivery.withdrawn:
             # Another consumer owns it now: handling it here would duplicate it out of order.
             log.debug("skipping a withdrawn delivery of %s", delivery.message.topic)
@@ -483,13 +502,7 @@ class Subscription:
             return await self._dead_letter(
                 delivery, event, too_many, delivery.delivery_count - 1, "max_deliveries"
             )
-        observers = self._observers
-        if observers.consume_context is None:
-            return await self._handle(delivery, event)
-        with contextlib.ExitStack() as stack:
-            managers = observers.consume_context(event=event, info=self._info(delivery))
-            observers.enter_all(stack, managers, "consume_context")
-            return await self._handle(delivery, event)
+        return event
 
     async def _hold(self, until: str) -> bool:
         """Wait until ``until`` (RFC 3339); ``False`` if the subscription stops first."""
@@ -504,8 +517,9 @@ class Subscription:
                 await asyncio.wait_for(self._stopping.wait(), remaining)
         return not self._stopping.is_set()
 
-    async def _call(self, event: Event) -> Any:
-        """One handler call under ``handler_timeout``; sync handlers run in a thread."""
+    async def _call(self, event: Any) -> Any:
+        """One handler call under ``handler_timeout``; sync handlers run in a thread
+        (``event`` is a list of events for a batch subscription)."""
         timeout = self.options.handler_timeout
         if self._executor is not None:
             loop = asyncio.get_running_loop()

@@ -261,3 +261,80 @@ class PatternConformance:
                 assert not lost
 
         self.run(scenario)
+
+    # -- batch consume ---------------------------------------------------------------------
+    def test_batch_consume_bisects_to_the_poison_events(self) -> None:
+        """A failing batch is retried, then bisected: healthy events are handled once,
+        in order, and only the poison events are dead-lettered."""
+        self.require(consumer_groups=True)
+
+        async def scenario() -> None:
+            async with self.buses(2) as (consumer, producer):
+                topic = self.topic("batch-poison")
+                poison = {5, 13}
+                handled: list[int] = []
+                sizes: list[int] = []
+                calls = {"n": 0}
+
+                async def handle(events: list[Event]) -> None:
+                    calls["n"] += 1
+                    sizes.append(len(events))
+                    if poison & {e.payload["i"] for e in events}:
+                        raise ValueError("poison in the batch")
+                    handled.extend(e.payload["i"] for e in events)
+
+                dead = Collector()
+                await consumer.subscribe(f"{topic}.dlq", dead)
+                sub = await consumer.subscribe_batch(
+                    topic,
+                    handle,
+                    group=self.group("batch"),
+                    max_size=10,
+                    max_wait_ms=200,
+                    options=ConsumerOptions(max_retries=1, retry_policy="fixed", backoff_base_ms=0),
+                )
+                n = 20
+                await producer.publish_many([self.event(topic, i, key="one-key") for i in range(n)])
+                await dead.wait_count(2, self.timeout)
+                await wait_for(lambda: len(handled) >= n - 2, self.timeout, what="healthy events")
+                assert sorted(e.payload["i"] for e in dead.events) == sorted(poison)
+                assert all(e.headers["x-dlq-original-topic"] == topic for e in dead.events)
+                assert handled == [i for i in range(n) if i not in poison]  # once each, in order
+                assert max(sizes) <= 10
+                lost = set(range(n)) - poison - set(handled)
+                print(
+                    f"\nbatch consume: lost={len(lost)} duplicates={len(handled) - len(set(handled))} "
+                    f"dead-lettered={len(dead.events)} handler calls={calls['n']} "
+                    f"bisections={sub.bisections} batches ok={sub.batches}"
+                )
+                assert not lost
+
+        self.run(scenario)
+
+    def test_batch_consume_flushes_after_max_wait(self) -> None:
+        """A lone event is handed over after ``max_wait_ms``; a backlog in lists of at
+        most ``max_size``."""
+
+        async def scenario() -> None:
+            async with self.buses(2) as (consumer, producer):
+                topic = self.topic("batch-wait")
+                sizes: list[int] = []
+                seen: list[int] = []
+
+                def handle(events: list[Event]) -> None:  # a sync handler runs in a thread
+                    sizes.append(len(events))
+                    seen.extend(e.payload["i"] for e in events)
+
+                await consumer.subscribe_batch(topic, handle, max_size=7, max_wait_ms=100)
+                started = time.monotonic()
+                await producer.publish(self.event(topic, 0))
+                await wait_for(lambda: seen == [0], self.timeout, what="the lone event")
+                waited = time.monotonic() - started
+                await producer.publish_many([self.event(topic, i, key="k") for i in range(1, 31)])
+                await wait_for(lambda: len(seen) >= 31, self.timeout, what="the backlog")
+                assert sorted(seen) == list(range(31))
+                assert max(sizes) <= 7
+                assert waited >= 0.09
+                print(f"\nbatch max_wait: lone event after {waited * 1000:.0f}ms, sizes {sizes}")
+
+        self.run(scenario)

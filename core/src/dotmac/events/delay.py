@@ -99,7 +99,9 @@ def schedule(
 ) -> Message:
     """The delay-topic message that carries a message for ``target`` until ``due``."""
     remaining = due - now
-    bucket = next((b for b in reversed(BUCKETS) if b <= remaining), BUCKETS[0])
+    # The shortest bucket that covers the wait: one hop for any delay up to the
+    # largest bucket, several for longer ones.
+    bucket = next((b for b in BUCKETS if b >= remaining), BUCKETS[-1])
     out = {k: v for k, v in headers.items() if k not in SCHEDULE_HEADERS}
     out[SCHEDULE_DELIVER_TO] = target
     out[SCHEDULE_DELIVER_AT] = _stamp(due)

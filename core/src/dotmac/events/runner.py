@@ -263,6 +263,7 @@ class Subscription:
         self.errors = 0
         self.discarded = 0
         self.skipped = 0
+        self._holds: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _start(self) -> None:
@@ -315,6 +316,8 @@ class Subscription:
             if timeout is None:
                 timeout = self._host.drain_timeout
             self._stopping.set()
+            for waiter in list(self._holds):
+                _wake(waiter)
             if self.retry_subscriptions:
                 await asyncio.gather(*(c.stop(timeout) for c in self.retry_subscriptions))
             if self._transport_sub is not None:
@@ -512,9 +515,17 @@ class Subscription:
             log.warning("ignoring an unreadable %s header %r", HOLD_UNTIL, until)
             return True
         remaining = due - time.time()
-        if remaining > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), remaining)
+        if remaining > 0 and not self._stopping.is_set():
+            # A timer and a future rather than wait_for: a delay scheduler holds
+            # thousands of these at once, and stop() wakes them all.
+            waiter = asyncio.get_running_loop().create_future()
+            timer = asyncio.get_running_loop().call_later(remaining, _wake, waiter)
+            self._holds.add(waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._holds.discard(waiter)
         return not self._stopping.is_set()
 
     async def _call(self, event: Any) -> Any:
@@ -831,6 +842,11 @@ class Subscription:
 
     def __repr__(self) -> str:
         return f"<Subscription {self.name} topics={list(self.topics)} group={self.group!r}>"
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int:

@@ -119,8 +119,9 @@ async def test_kill_9_scheduler_holding_delayed_events(url: str, raw: aioredis.R
         for i in range(n):
             due[i] = time.time() + 2.0
             await bus.publish(Event(topic=topic, payload={"i": i}), delay=2.0)
-        # Every event sits in the 1 s bucket, held un-acked by the victim.
-        await wait_pending(raw, f"{prefix_of(url)}{delay_topic(1)}", n)
+        # Every event sits in the 4 s bucket (the shortest covering 2 s), held
+        # un-acked by the victim.
+        await wait_pending(raw, f"{prefix_of(url)}{delay_topic(4)}", n)
         killed = time.monotonic()
         await victim.kill()
         await bus.start_delay_scheduler()

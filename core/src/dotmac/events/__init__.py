@@ -13,9 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .batch import BatchHandler, BatchSubscription
 from .bus import EventBus, PayloadValidator
 from .codec import Codec, JsonCodec
 from .config import create_bus, load_toml_config
+from .delay import DelayScheduler
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
     BusStateError,
@@ -51,6 +53,8 @@ from .runner import Subscription
 from .transport import Capabilities, Delivery, Message, SubscriptionSpec, Transport, TransportSubscription
 
 __all__ = [
+    "BatchHandler",
+    "BatchSubscription",
     "BusStateError",
     "Capabilities",
     "Codec",
@@ -62,6 +66,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterQueue",
     "DecodeError",
+    "DelayScheduler",
     "Delivery",
     "EncodeError",
     "Event",

@@ -143,3 +143,16 @@ async def test_replay_to_all_groups_and_again_after_a_new_failure(memory_url: st
         with pytest.raises(ValidationError):
             await bus.dlq.replay("r.dlq", since=datetime(2020, 1, 1))  # noqa: DTZ001
         await asyncio.sleep(0)
+
+
+def test_the_delay_scheduler_command_runs_and_reports() -> None:
+    import io
+    import json
+
+    from dotmac.events.cli import main
+
+    out = io.StringIO()
+    assert main(["delay-scheduler", "--url", "memory://cli-delay", "--seconds", "0.2"], out=out) == 0
+    started, stopped = (json.loads(line) for line in out.getvalue().splitlines())
+    assert started == {"scheduler": "started", "topics": [delay_topic(b) for b in BUCKETS]}
+    assert stopped == {"scheduler": "stopped", "forwarded": 0}

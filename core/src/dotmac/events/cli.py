@@ -156,6 +156,28 @@ async def _dlq_replay(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _delay_scheduler(args: argparse.Namespace, out: TextIO) -> int:
+    """Run a delay scheduler until SIGTERM/SIGINT (or ``--seconds``)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with create_bus(args.url) as bus:
+        scheduler = await bus.start_delay_scheduler(capacity=args.capacity)
+        out.write(
+            json.dumps({"scheduler": "started", "topics": [s.topics[0] for s in scheduler.stages]}) + "\n"
+        )
+        out.flush()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.seconds)
+        forwarded = scheduler.forwarded
+    out.write(json.dumps({"scheduler": "stopped", "forwarded": forwarded}) + "\n")
+    return 0
+
+
 # -- demo --------------------------------------------------------------------------------
 class _DemoStats:
     def __init__(self) -> None:
@@ -404,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--dry-run", action="store_true", help="print what would be replayed; send nothing")
     dr.add_argument("--limit", type=int, default=1000)
     dr.set_defaults(func=_dlq_replay)
+
+    ds = sub.add_parser(
+        "delay-scheduler", help="move events published with delay=/deliver_at= to their topics when due"
+    )
+    ds.add_argument("--url", default=_default_url(), help=url_help)
+    ds.add_argument("--capacity", type=int, default=10_000, help="messages held at once per delay topic")
+    ds.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: until SIGTERM)"
+    )
+    ds.set_defaults(func=_delay_scheduler)
 
     m = sub.add_parser("demo", help="order-processing demo with retries and dead letters")
     m.add_argument("--url", default=_default_url(), help=url_help)

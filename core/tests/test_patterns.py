@@ -156,3 +156,18 @@ def test_the_delay_scheduler_command_runs_and_reports() -> None:
     started, stopped = (json.loads(line) for line in out.getvalue().splitlines())
     assert started == {"scheduler": "started", "topics": [delay_topic(b) for b in BUCKETS]}
     assert stopped == {"scheduler": "stopped", "forwarded": 0}
+
+
+async def test_a_batch_waiting_to_fill_is_released_on_stop(memory_url: str) -> None:
+    async with create_bus(memory_url) as bus:
+        got: list[Event] = []
+
+        async def handle(events: list[Event]) -> None:
+            got.extend(events)
+
+        sub = await bus.subscribe_batch("w", handle, group="g", max_size=100, max_wait_ms=60_000)
+        await bus.publish_many([Event(topic="w", payload={"i": i}) for i in range(3)])
+        await wait_for(lambda: sub._window.held == 3, T, what="3 queued events")
+        await asyncio.wait_for(sub.stop(1.0), T)
+        assert sub.released == 3
+        assert got == []

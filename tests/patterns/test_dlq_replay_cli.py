@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,21 +15,14 @@ from dotmac.events.testing import Collector, wait_for
 
 pytest.importorskip("dotmac_events_redis")
 
-from dotmac_events_redis.testing import RedisServer, redis_server_available  # noqa: E402
+from dotmac_events_redis.testing import RedisServer  # noqa: E402
 
 T = 15.0
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    if not redis_server_available():
-        pytest.skip("redis-server is not installed and REDIS_URL is not set")
-    with RedisServer() as server:
-        yield server.url
+@pytest.fixture
+def redis_url(server: RedisServer) -> str:
+    return server.url
 
 
 def run(args: list[str]) -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +25,12 @@ pytest.importorskip("dotmac_events_redis")
 
 import redis.asyncio as aioredis  # noqa: E402
 
-from dotmac_events_redis.testing import RedisServer, redis_server_available  # noqa: E402
+from dotmac_events_redis.testing import RedisServer  # noqa: E402
 
 T = 20.0
 CHILD = Path(__file__).with_name("child.py")
 # A killed consumer's entries go to a live member after one idle second.
 FAST = "min_idle_time=1.0&reclaim_interval=0.1"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    if not redis_server_available():
-        pytest.fail("redis-server is not installed: the pattern fault tests need their own server")
-    with RedisServer() as running:
-        yield running
 
 
 @pytest.fixture

@@ -58,13 +58,7 @@ class BatchSubscription(Subscription):
     async def _work(self, lane: _Lane) -> None:
         queue = lane.queue
         loop = asyncio.get_running_loop()
-        while True:
-            if not queue:
-                if self._stopping.is_set():
-                    return
-                lane.wakeup.clear()
-                await lane.wakeup.wait()
-                continue
+        while await self._has_work(lane):
             deadline = loop.time() + self.max_wait
             while len(queue) < self.max_size and not self._stopping.is_set():
                 remaining = deadline - loop.time()
@@ -73,8 +67,8 @@ class BatchSubscription(Subscription):
                 lane.wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(lane.wakeup.wait(), remaining)
-            if self._stopping.is_set() or not queue:
-                continue  # stop() releases what is queued
+            if self._stopping.is_set():
+                return  # stop() releases what is queued
             batch = [queue.popleft() for _ in range(min(self.max_size, len(queue)))]
             await self._settle_batch(batch)
 

@@ -10,7 +10,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import pluggy
 from attrs import evolve
@@ -43,6 +43,8 @@ from .wire import build_event, content_type_of, envelope_headers
 __all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", bound=Subscription)
 
 PayloadValidator = Union[Callable[[dict[str, Any]], Any], Mapping[str, Any]]
 """A callable that raises (or returns ``False``) for a bad payload, or a JSON Schema dict."""
@@ -415,7 +417,9 @@ class EventBus:
         self._check_started()
         options = options or ConsumerOptions()
         spec, policy = self._prepare_subscription(topics, group, options, handler, name)
-        sub = Subscription(self, spec, handler, options, policy)
+        return await self._run_subscription(Subscription(self, spec, handler, options, policy))
+
+    async def _run_subscription(self, sub: _S) -> _S:
         self._subscriptions.add(sub)
         try:
             await sub._start()
@@ -490,16 +494,11 @@ class EventBus:
             )
         spec, policy = self._prepare_subscription(topics, group, options, handler, name)
         spec = evolve(spec, prefetch=max(spec.prefetch, max_size))
-        sub = BatchSubscription(
-            self, spec, handler, options, policy, max_size=max_size, max_wait=max_wait_ms / 1000
+        return await self._run_subscription(
+            BatchSubscription(
+                self, spec, handler, options, policy, max_size=max_size, max_wait=max_wait_ms / 1000
+            )
         )
-        self._subscriptions.add(sub)
-        try:
-            await sub._start()
-        except BaseException:
-            self._subscriptions.discard(sub)
-            raise
-        return sub
 
     async def start_delay_scheduler(self, *, capacity: int = 10_000) -> DelayScheduler:
         """Start a scheduler that moves delayed events (``publish(..., delay=)``) to their

@@ -126,11 +126,7 @@ class _DelayStage(Subscription):
         self._holding: set[asyncio.Task[None]] = set()
 
     async def _deliver(self, delivery: Delivery) -> None:
-        if not self._window.try_take():
-            await self._window.take()
-        if self._stopping.is_set():
-            self._window.give()
-            await self._release(delivery)
+        if not await self._take_slot(delivery):
             return
         task = asyncio.create_task(self._settle(delivery), name=f"dotmac-events-delay-{self.name}")
         self._holding.add(task)

@@ -390,13 +390,19 @@ class Subscription:
         return cancelling is not None and cancelling() > 0
 
     # -- intake ------------------------------------------------------------------------
-    async def _deliver(self, delivery: Delivery) -> None:
-        """The sink handed to the transport: waits for room, then queues the delivery."""
+    async def _take_slot(self, delivery: Delivery) -> bool:
+        """Wait for room in the window; ``False`` (the delivery released) if stopping."""
         if not self._window.try_take():
             await self._window.take()
         if self._stopping.is_set():
             self._window.give()
             await self._release(delivery)
+            return False
+        return True
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        """The sink handed to the transport: waits for room, then queues the delivery."""
+        if not await self._take_slot(delivery):
             return
         lanes = self._lanes
         if len(lanes) == 1:
@@ -409,15 +415,17 @@ class Subscription:
         lane.wakeup.set()
 
     async def _work(self, lane: _Lane) -> None:
-        queue = lane.queue
-        while True:
-            if not queue:
-                if self._stopping.is_set():
-                    return
-                lane.wakeup.clear()
-                await lane.wakeup.wait()
-                continue
-            await self._settle(queue.popleft())
+        while await self._has_work(lane):
+            await self._settle(lane.queue.popleft())
+
+    async def _has_work(self, lane: _Lane) -> bool:
+        """Wait until ``lane`` has a delivery queued; ``False`` once stopping with none."""
+        while not lane.queue:
+            if self._stopping.is_set():
+                return False
+            lane.wakeup.clear()
+            await lane.wakeup.wait()
+        return True
 
     # -- the life of one delivery -------------------------------------------------------
     async def _settle(self, delivery: Delivery) -> None:

@@ -132,17 +132,10 @@ class _DelayStage(Subscription):
         self._holding.add(task)
         task.add_done_callback(self._holding.discard)
 
-    async def _stop_workers(self, timeout: float) -> None:
-        await super()._stop_workers(timeout)
+    def _worker_tasks(self) -> list[asyncio.Task[None]]:
         # A hold ends as soon as stopping is set (the message is released); a forward
-        # in flight gets the drain timeout.
-        if self._holding:
-            _done, pending = await asyncio.wait(set(self._holding), timeout=timeout)
-            if pending:
-                self._cancelling = True
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        # in flight gets the drain timeout like a running handler.
+        return [*super()._worker_tasks(), *self._holding]
 
     async def _process(self, delivery: Delivery) -> _Outcome:
         if delivery.withdrawn:

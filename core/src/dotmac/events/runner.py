@@ -350,8 +350,12 @@ class Subscription:
                 self._window.give()
             lane.wakeup.set()
 
+    def _worker_tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks that settle deliveries; stop() waits for them, then cancels them."""
+        return [lane.task for lane in self._lanes if lane.task is not None]
+
     async def _stop_workers(self, timeout: float) -> None:
-        tasks = [lane.task for lane in self._lanes if lane.task is not None]
+        tasks = self._worker_tasks()
         if not tasks:
             return
         for lane in self._lanes:

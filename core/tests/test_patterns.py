@@ -171,3 +171,24 @@ async def test_a_batch_waiting_to_fill_is_released_on_stop(memory_url: str) -> N
         await asyncio.wait_for(sub.stop(1.0), T)
         assert sub.released == 3
         assert got == []
+
+
+async def test_a_batch_subscription_holds_at_most_its_window(memory_url: str) -> None:
+    async with create_bus(memory_url) as bus:
+        gate = asyncio.Event()
+        sizes: list[int] = []
+
+        async def handle(events: list[Event]) -> None:
+            sizes.append(len(events))
+            await gate.wait()
+
+        options = ConsumerOptions(prefetch_count=5)
+        sub = await bus.subscribe_batch("p", handle, group="g", max_size=3, max_wait_ms=10, options=options)
+        await bus.publish_many([Event(topic="p", payload={"i": i}) for i in range(50)])
+        await wait_for(lambda: sub._window.held == 5, T, what="a full window")
+        await asyncio.sleep(0.05)  # time for the transport to overfill, if it could
+        assert sub._window.held == 5
+        assert sizes == [3]
+        gate.set()
+        await wait_for(lambda: sub.handled == 50, T, what="all handled")
+        assert max(sizes) == 3

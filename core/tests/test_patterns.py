@@ -146,6 +146,7 @@ async def test_replay_to_all_groups_and_again_after_a_new_failure(memory_url: st
 
 
 def test_the_delay_scheduler_command_runs_and_reports() -> None:
+    pytest.importorskip("dotmac_events_memory")
     import io
     import json
 

@@ -505,16 +505,11 @@ class EventBus:
         topics when due; it stops with the bus. Replicas on other buses share the work."""
         self._check_started()
         scheduler = DelayScheduler(self, capacity=capacity)
-        stages = scheduler.build()
         try:
-            for stage in stages:
-                self._subscriptions.add(stage)
-                await stage._start()
-                scheduler.stages = (*scheduler.stages, stage)
+            for stage in scheduler.build():
+                scheduler.stages = (*scheduler.stages, await self._run_subscription(stage))
         except BaseException:
-            for stage in stages:
-                self._subscriptions.discard(stage)
-            await scheduler.stop(0)
+            await scheduler.stop(0)  # the stages started so far
             raise
         return scheduler
 

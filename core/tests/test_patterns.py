@@ -193,3 +193,17 @@ async def test_a_batch_subscription_holds_at_most_its_window(memory_url: str) ->
         gate.set()
         await wait_for(lambda: sub.handled == 50, T, what="all handled")
         assert max(sizes) == 3
+
+
+async def test_retry_headers_on_an_ordinary_topic_are_not_trusted(memory_url: str) -> None:
+    # An event forwarded with the headers of an earlier life keeps its own topic
+    # and its own attempt count in the dead letter.
+    async with create_bus(memory_url) as bus:
+        failing = Collector(fail=lambda _e, _n: RuntimeError("down"))
+        sub = await bus.subscribe("plain", failing, group="g", options=ConsumerOptions(max_retries=0))
+        forwarded = {"x-retry-original-topic": "elsewhere", "x-retry-attempts": "7"}
+        await bus.publish(Event(topic="plain", payload={}, headers=forwarded))
+        await wait_for(lambda: sub.dead_lettered == 1, T, what="a dead letter")
+        (letter,) = await bus.dlq.list("plain.dlq")
+        assert letter.original_topic == "plain"
+        assert letter.attempts == 1

@@ -569,16 +569,14 @@ class Subscription:
                     self._consumed(delivery, event, "released", None, attempt, started)
                     raise
                 reason = self._final_reason(failure, attempt)
-                calls = attempt
-                if self._retry_delays:
-                    calls += _int_header(delivery.message.headers, RETRY_ATTEMPTS)
-                    if reason == "max_retries" and self._retry_stage < len(self._retry_delays):
-                        outcome = await self._to_retry_topic(delivery, event, failure, calls)
-                        released = isinstance(outcome, _Release)
-                        self._consumed(
-                            delivery, event, "released" if released else "retry", failure, attempt, started
-                        )
-                        return outcome
+                calls = attempt + self._prior_calls(delivery.message)
+                if reason == "max_retries" and self._retry_stage < len(self._retry_delays):
+                    outcome = await self._to_retry_topic(delivery, event, failure, calls)
+                    released = isinstance(outcome, _Release)
+                    self._consumed(
+                        delivery, event, "released" if released else "retry", failure, attempt, started
+                    )
+                    return outcome
                 if reason is not None:
                     outcome = await self._dead_letter(delivery, event, failure, calls, reason)
                     released = isinstance(outcome, _Release)
@@ -712,19 +710,31 @@ class Subscription:
         except Exception as exc:
             log.warning("release failed on %s: %r", delivery.message.topic, exc)
 
+    def _original_topic(self, message: Message) -> str:
+        """The topic the event was first consumed from: on a retry topic, the one it
+        names; elsewhere the message's own (a retry header there is not ours)."""
+        if self._retry_stage > 0:
+            return message.headers.get(RETRY_ORIGINAL_TOPIC, message.topic)
+        return message.topic
+
+    def _prior_calls(self, message: Message) -> int:
+        """Handler calls the event had before this delivery (on earlier retry topics)."""
+        return _int_header(message.headers, RETRY_ATTEMPTS) if self._retry_stage > 0 else 0
+
     async def _to_retry_topic(
         self, delivery: Delivery, event: Event, failure: BaseException, calls: int
     ) -> _Outcome:
         """Write the message to the next retry topic, due after that topic's delay,
         then ack it; released if the write fails."""
         message = delivery.message
-        original = message.headers.get(RETRY_ORIGINAL_TOPIC, message.topic)
+        original = self._original_topic(message)
         delay = float(self._retry_delays[self._retry_stage])
         headers = dict(message.headers)
         headers[RETRY_ORIGINAL_TOPIC] = original
         headers[RETRY_ATTEMPTS] = str(calls)
-        headers.setdefault(RETRY_FIRST_ERROR_TYPE, type(failure).__qualname__)
-        headers.setdefault(RETRY_FIRST_ERROR_MESSAGE, describe_error(failure))
+        if self._retry_stage == 0:  # whatever an earlier life of the event left there
+            headers[RETRY_FIRST_ERROR_TYPE] = type(failure).__qualname__
+            headers[RETRY_FIRST_ERROR_MESSAGE] = describe_error(failure)
         headers[HOLD_UNTIL] = format_time(datetime.fromtimestamp(time.time() + delay, timezone.utc))
         target = retry_topic(original, self._retry_stage + 1)
         try:
@@ -772,7 +782,7 @@ class Subscription:
             self._observers.error("dead_letter", exc, {"topic": message.topic, "group": self.group})
             return self._start_ack(delivery, handled=False)
         # An event that went through retry topics is a dead letter of its original topic.
-        original = message.headers.get(RETRY_ORIGINAL_TOPIC, message.topic)
+        original = self._original_topic(message)
         dlq_topic = self.options.dlq_for(original)
         headers = {
             k: v

@@ -504,6 +504,10 @@ class EventBus:
         """Start a scheduler that moves delayed events (``publish(..., delay=)``) to their
         topics when due; it stops with the bus. Replicas on other buses share the work."""
         self._check_started()
+        if not self.capabilities.consumer_groups:
+            raise UnsupportedOperationError(
+                f"the {self.transport.name} transport has no consumer groups, which the delay scheduler uses"
+            )
         scheduler = DelayScheduler(self, capacity=capacity)
         try:
             for stage in scheduler.build():

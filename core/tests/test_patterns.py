@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from dotmac.events import ConfigurationError, ConsumerOptions, Event, ValidationError, create_bus
+from dotmac.events import (
+    ConfigurationError,
+    ConsumerOptions,
+    Event,
+    ValidationError,
+    create_bus,
+    hookimpl,
+)
 from dotmac.events.delay import BUCKETS, delay_topic, schedule
 from dotmac.events.retry import set_testing
 from dotmac.events.testing import Collector, wait_for
@@ -207,3 +217,34 @@ async def test_retry_headers_on_an_ordinary_topic_are_not_trusted(memory_url: st
         (letter,) = await bus.dlq.list("plain.dlq")
         assert letter.original_topic == "plain"
         assert letter.attempts == 1
+
+
+class _Tracer:
+    """Adds a header on publish (as a tracing observer does) and records outcomes."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str]] = []
+
+    @hookimpl
+    def dotmac_events_publish_context(self, event: Event) -> Any:
+        @contextlib.contextmanager
+        def inject() -> Iterator[dict[str, str]]:
+            yield {"traceparent": f"trace-{event.payload['i']}"}
+
+        return inject()
+
+    @hookimpl
+    def dotmac_events_on_publish(self, event: Event, outcome: str) -> None:
+        self.published.append((event.topic, outcome))
+
+
+async def test_a_delayed_publish_goes_through_publish_observers(memory_url: str) -> None:
+    tracer = _Tracer()
+    async with create_bus(memory_url, observers=[tracer]) as bus:
+        seen = Collector()
+        await bus.subscribe("traced", seen, group="g")
+        await bus.start_delay_scheduler()
+        await bus.publish(Event(topic="traced", payload={"i": 1}), delay=0.05)
+        await seen.wait_count(1, T)
+        assert seen.events[0].headers["traceparent"] == "trace-1"
+        assert ("traced", "success") in tracer.published

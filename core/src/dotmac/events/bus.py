@@ -299,20 +299,22 @@ class EventBus:
             self._check_started()
         if not isinstance(event, Event):
             raise ValidationError(f"expected an Event, got {type(event).__name__}", field="event")
+        route: Callable[[Message], Message] | None = None
         if deliver_at is not None or delay is not None:
             due = due_time(deliver_at, delay)
             now = time.time()
             if due is not None and due > now:
-                message = self.encode(event)
-                await self.transport.publish(
-                    (schedule(message.topic, message.value, message.key, message.headers, due, now=now),)
-                )
-                return
+
+                def route(message: Message) -> Message:
+                    # Encoded as for an immediate publish, then parked in a delay topic.
+                    return schedule(message.topic, message.value, message.key, message.headers, due, now=now)
+
         observers = self._observers
         if observers.publish_context is None and observers.on_publish is None:
-            await self.transport.publish((self.encode(event),))
+            message = self.encode(event)
+            await self.transport.publish((message if route is None else route(message),))
             return
-        await self._publish_observed([event])
+        await self._publish_observed([event], route)
 
     async def publish_many(self, events: Iterable[Event]) -> None:
         """Send several events, batched where the transport can batch.
@@ -332,7 +334,9 @@ class EventBus:
             return
         await self._publish_observed(batch)
 
-    async def _publish_observed(self, events: Sequence[Event]) -> None:
+    async def _publish_observed(
+        self, events: Sequence[Event], route: Callable[[Message], Message] | None = None
+    ) -> None:
         observers = self._observers
         infos = [
             PublishInfo(transport=self.transport.name, topic=e.topic, batch_size=len(events)) for e in events
@@ -349,7 +353,8 @@ class EventBus:
                             extra.update(added)
                     if extra:
                         event = event.with_headers(**extra)
-                messages.append(self.encode(event))
+                message = self.encode(event)
+                messages.append(message if route is None else route(message))
                 sent.append(event)
             started = time.perf_counter()
             try:

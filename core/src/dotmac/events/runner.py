@@ -488,6 +488,12 @@ class Subscription:
         if REPLAY_GROUP in headers and headers[REPLAY_GROUP] != (self.group or ""):
             # A replay addressed to another group: this group handled it already.
             self.skipped += 1
+            log.debug(
+                "acking a replay of %s on %s addressed to group %r",
+                headers.get("ce_id"),
+                message.topic,
+                headers[REPLAY_GROUP],
+            )
             return self._start_ack(delivery, handled=False)
         if HOLD_UNTIL in headers and not await self._hold(headers[HOLD_UNTIL]):
             return RELEASE

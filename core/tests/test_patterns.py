@@ -45,7 +45,9 @@ def test_schedule_picks_the_shortest_bucket_that_covers_the_wait() -> None:
 async def test_bad_pattern_arguments_fail_before_anything_runs(memory_url: str) -> None:
     async with create_bus(memory_url) as bus:
         with pytest.raises(ValidationError):
-            await bus.subscribe("t" * 245, Collector(), options=ConsumerOptions(retry_topics=(1,)))
+            await bus.subscribe("t" * 245, Collector(), group="g", options=ConsumerOptions(retry_topics=(1,)))
+        with pytest.raises(ConfigurationError, match="consumer group"):
+            await bus.subscribe("t", Collector(), options=ConsumerOptions(retry_topics=(1,)))
         for kwargs in ({"max_size": 0}, {"max_wait_ms": -1}, {"max_size": True}):
             with pytest.raises(ConfigurationError):
                 await bus.subscribe_batch("t", Collector(), **kwargs)  # type: ignore[arg-type]

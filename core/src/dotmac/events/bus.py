@@ -451,6 +451,9 @@ class EventBus:
             validate_topic(group, field_name="group")
             if not self.capabilities.consumer_groups:
                 raise UnsupportedOperationError(f"the {self.transport.name} transport has no consumer groups")
+        if options.retry_topics and group is None:
+            # Every broadcast subscriber would see every retry, also of events it handled.
+            raise ConfigurationError("ConsumerOptions.retry_topics needs a consumer group (group=...)")
         for topic in names:
             validate_topic(options.dlq_for(topic), field_name="dlq_topic")
             for stage in range(1, len(options.retry_topics) + 1):

@@ -97,7 +97,7 @@ class ConsumerOptions:
       again after 1 s, by the same handler and group), then ``<topic>.retry.2``, and
       so on, and the original is acked, so it does not hold up the events behind it.
       After the last retry topic it is dead-lettered as usual. In this mode each
-      topic makes one handler call and ``max_retries`` is not used.
+      topic makes one handler call and ``max_retries`` is not used. Needs a group.
     """
 
     max_retries: int = field(default=3, validator=_int_at_least(0))

@@ -2,25 +2,27 @@
 
 ``bus.publish(event, delay=...)`` writes the encoded event to a *delay topic* instead
 of its own topic. There is one delay topic per bucket (:data:`BUCKETS`: 0.25 s, 1 s,
-4 s ... 65536 s); an event waiting ``d`` seconds goes to the largest bucket not longer
-than ``d``, with an ``x-hold-until`` of now plus that bucket. Every message of a
-bucket therefore waits the same time, so a consumer that reads a bucket in order and
-holds each message until its ``x-hold-until`` never waits behind a later-due one.
-(The scheduler goes further and holds every message in a task of its own, bounded
-by its window, so messages of one bucket never wait for each other at all; the
-buckets keep each hold short, which a broker's redelivery timers like.)
+4 s ... 65536 s); an event waiting ``d`` seconds goes to the shortest bucket not
+shorter than ``d``, with an ``x-hold-until`` of its due time (of now plus the largest
+bucket, for longer waits). The scheduler holds every message in a task of its own,
+bounded by its window, so messages never wait for each other; the buckets keep near
+and far due times apart (a window full of far ones does not hold up near ones) and
+bound each hold, which a broker's redelivery timers like.
 
 The :class:`DelayScheduler` is that consumer: replicas consume delay topic ``T``
 in consumer group ``T`` (one group per bucket, so a replica joining one bucket does
 not rebalance the others). When a message is due it is published to its target
 topic (``x-deliver-to``) with its bytes, key and headers unchanged except the
-scheduling headers, and only then acked; a message not yet due moves to the next
-smaller bucket the same way. Held messages stay un-acked, so a scheduler that stops
-or dies leaves them to be delivered again: nothing is lost, a message may be
-forwarded twice (at-least-once), never earlier than due.
+scheduling headers, and only then acked; a message not yet due (a wait longer than
+the largest bucket) moves to the bucket that covers what is left, the same way.
+Held messages stay un-acked, so a scheduler that stops or dies leaves them to be
+delivered again: nothing is lost, a message may be forwarded twice (at-least-once),
+never earlier than due.
 
-Retry topics (``ConsumerOptions.retry_topics``) are delay topics of a single bucket
-consumed by the subscription itself.
+Retry topics (``ConsumerOptions.retry_topics``) use the same ``x-hold-until`` hold:
+each is a delay topic of one fixed delay, consumed in order by the subscription itself
+(equal delays keep due times in arrival order, so holding the head never delays a
+later-due event).
 """
 
 from __future__ import annotations

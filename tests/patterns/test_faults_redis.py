@@ -7,11 +7,9 @@ Each test prints its figures (lost, duplicates, seconds to recover).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +26,6 @@ import redis.asyncio as aioredis  # noqa: E402
 from dotmac_events_redis.testing import RedisServer  # noqa: E402
 
 T = 20.0
-CHILD = Path(__file__).with_name("child.py")
 # A killed consumer's entries go to a live member after one idle second.
 FAST = "min_idle_time=1.0&reclaim_interval=0.1"
 
@@ -43,40 +40,6 @@ async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(server.url)
     yield client
     await client.aclose()
-
-
-class Child:
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> Child:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(CHILD), *self.args, stdout=asyncio.subprocess.PIPE
-        )
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), T)
-        assert line == b"ready\n", line
-        return self
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
-@pytest.fixture
-async def children() -> AsyncIterator[Any]:
-    started: list[Child] = []
-
-    async def spawn(*args: str) -> Child:
-        child = Child(*args)
-        started.append(child)
-        return await child.start()
-
-    yield spawn
-    for child in started:
-        await child.kill()
 
 
 async def pending(raw: aioredis.Redis, key: str) -> int:

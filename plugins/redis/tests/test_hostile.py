@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from dotmac.events import ConsumerOptions, Event, EventBus
@@ -127,3 +128,25 @@ async def test_undecodable_and_repeated_fields_are_dead_lettered(
             assert dead[b"bad-utf8-header"][b"x-note"] == b"caf\xe9"
     finally:
         await raw.aclose()
+
+
+async def test_namespaces_sharing_a_key_prefix_cannot_reach_each_other(
+    buses: Callable[..., EventBus],
+) -> None:
+    from dotmac.events import InvalidTopicError
+
+    tenant = buses(namespace="acme")
+    other = buses(namespace="globex")
+    plain = buses()
+    async with tenant, other, plain:
+        seen = Collector()
+        await tenant.subscribe("orders", seen, group="billing")
+        await other.publish(Event(topic="orders", payload={"from": "globex"}))
+        await plain.publish(Event(topic="orders", payload={"from": "no namespace"}))
+        with pytest.raises(InvalidTopicError):
+            Event(topic="acme:orders", payload={})  # the only way to spell the tenant's key
+        await tenant.publish(Event(topic="orders", payload={"from": "acme"}))
+        await seen.wait_count(1, 20)
+        assert seen.payloads("from") == ["acme"]
+        key = tenant.transport.config.stream_key("orders")  # type: ignore[attr-defined]
+        assert key.endswith("acme:orders") and key != plain.transport.config.stream_key("orders")  # type: ignore[attr-defined]

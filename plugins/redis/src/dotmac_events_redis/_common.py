@@ -107,15 +107,19 @@ def streams(reply: Any) -> Iterable[tuple[Any, Any]]:
 
 
 def entry_fields(message: Message) -> list[Any]:
-    """The field/value list of ``XADD`` for ``message``."""
+    """The field/value list of ``XADD`` for ``message``.
+
+    Text is written back with ``surrogateescape``: a dead letter of an entry whose
+    header bytes were not UTF-8 carries those very bytes.
+    """
     fields: list[Any] = []
     for name, value in message.headers.items():
-        fields.append(name)
-        fields.append(value)
+        fields.append(name.encode("utf-8", "surrogateescape"))
+        fields.append(value.encode("utf-8", "surrogateescape"))
     if message.key is not None:
-        fields.append(KEY_FIELD)
-        fields.append(message.key)
-    fields.append(DATA_FIELD)
+        fields.append(_KEY_FIELD_B)
+        fields.append(message.key.encode("utf-8", "surrogateescape"))
+    fields.append(_DATA_FIELD_B)
     fields.append(message.value)
     return fields
 

@@ -43,10 +43,10 @@ def _type_name(field: attrs.Attribute[Any]) -> str:
 
 
 def _default(field: attrs.Attribute[Any]) -> str:
-    default = field.default
+    default: Any = field.default
     if default is attrs.NOTHING:
         return "required"
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs types Factory as a function
         try:
             value = default.factory() if not default.takes_self else None
         except Exception:

@@ -157,7 +157,9 @@ def _run(cmd: list[str], workdir: Path, block: Block, stdin: str | None = None) 
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{block.id}: still running after {TIMEOUT:g} s\n{exc.stdout or ''}{exc.stderr or ''}")
+        # TimeoutExpired carries bytes even when the run asked for text.
+        seen = b"".join(x if isinstance(x, bytes) else (x or "").encode() for x in (exc.stdout, exc.stderr))
+        pytest.fail(f"{block.id}: still running after {TIMEOUT:g} s\n{seen.decode(errors='replace')}")
     if done.returncode != 0:
         pytest.fail(
             f"{block.id}: exit {done.returncode}\n--- block\n{block.source}--- stdout\n{done.stdout}"
@@ -247,7 +249,7 @@ def _forget_the_docs_streams_on_the_shared_redis() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def nats_url() -> Iterator[str]:
-    from dotmac_events_nats.testing import nats_url_for_tests
+    from dotmac_events_nats.testing import nats_url_for_tests  # type: ignore[import-not-found,unused-ignore]
 
     with nats_url_for_tests() as url:
         yield url

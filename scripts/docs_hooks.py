@@ -14,6 +14,7 @@ A page asks for generated text with a marker line of its own:
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import re
 from pathlib import Path
@@ -34,6 +35,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _code(text: str) -> str:
+    # In a table cell a backtick span keeps ``\|`` literally; an HTML one does not.
+    return "<code>" + html.escape(text).replace("|", "&#124;").replace("\n", " ") + "</code>"
+
+
 def _type_name(field: attrs.Attribute[Any]) -> str:
     kind = field.type
     if kind is None:
@@ -51,8 +57,8 @@ def _default(field: attrs.Attribute[Any]) -> str:
             value = default.factory() if not default.takes_self else None
         except Exception:
             return "computed"
-        return f"`{value!r}`"
-    return f"`{default!r}`"
+        return _code(repr(value))
+    return _code(repr(default))
 
 
 def _url_parts(spec: Any) -> set[str]:
@@ -87,7 +93,7 @@ def configuration() -> str:
                 continue
             url = "URL part, or " if field.name in parts else ""
             url += f"`?{field.name}=`"
-            row = [f"`{field.name}`", f"`{_cell(_type_name(field))}`", _cell(_default(field)), url]
+            row = [_code(field.name), _code(_type_name(field)), _default(field), url]
             out.append("| " + " | ".join(row) + " |")
         out.append("")
         doc = (cls.__doc__ or "").strip()
@@ -123,8 +129,8 @@ def cli() -> str:
                 continue
             names = ", ".join(action.option_strings) or (action.metavar or action.dest)
             default = action.default
-            shown = "" if default in (None, argparse.SUPPRESS, [], False) else f"`{default!r}`"
-            rows.append(f"| `{_cell(str(names))}` | {_cell(action.help or '')} | {shown} |")
+            shown = "" if default in (None, argparse.SUPPRESS, [], False) else _code(repr(default))
+            rows.append(f"| {_code(str(names))} | {_cell(action.help or '')} | {shown} |")
         if rows:
             out.append("| argument | meaning | default |\n|---|---|---|")
             out.extend(rows)

@@ -56,6 +56,7 @@ from redis.typing import EncodableT
 from dotmac.events import (
     Capabilities,
     Delivery,
+    GroupInfo,
     Message,
     PublishError,
     SubscriptionSpec,
@@ -70,6 +71,7 @@ from dotmac.events.transport import DeliverySink
 
 from . import _scripts
 from .config import RedisConfig
+from .groups import stream_groups
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -91,6 +93,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=True,
     batch_publish=True,
+    introspection=True,
 )
 
 # Stream entry fields besides the headers. '@' is not an HTTP token character, so no
@@ -1582,3 +1585,9 @@ class RedisTransport(Transport):
         except RedisError as exc:
             raise _transport_error(f"cannot read {topic!r}", exc) from exc
         return [_entry_message(topic, entry_id, fields) for entry_id, fields in entries or ()]
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        try:
+            return await stream_groups(self._redis(), self.config.stream_key(topic), topic)
+        except RedisError as exc:
+            raise _transport_error(f"cannot list the groups of {topic!r}", exc) from exc

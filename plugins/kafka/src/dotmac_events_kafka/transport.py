@@ -37,6 +37,7 @@ from aiokafka.helpers import create_ssl_context
 from dotmac.events import (
     Capabilities,
     Delivery,
+    GroupInfo,
     Message,
     PublishError,
     SubscriptionSpec,
@@ -49,6 +50,7 @@ from dotmac.events.errors import BusStateError, ConfigurationError
 from dotmac.events.transport import DeliverySink
 
 from .config import KafkaConfig
+from .groups import topic_groups
 
 __all__ = ["CAPABILITIES", "KafkaTransport", "build_ssl_context"]
 
@@ -64,6 +66,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=True,
     batch_publish=True,
+    introspection=True,
 )
 
 # Broker-side errors of CreateTopics that mean the request itself is wrong.
@@ -1000,6 +1003,13 @@ class KafkaTransport(Transport):
             self._subs.discard(sub)
             raise
         return sub
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        self._require()
+        if topic not in await self._existing_topics():
+            return []
+        assert self._admin is not None
+        return await topic_groups(self._admin, self._client_options, topic, await self._partitions(topic))
 
     async def read(self, topic: str, *, limit: int = 100) -> list[Message]:
         """Up to ``limit`` records of ``topic`` from the beginning, oldest first.

@@ -43,6 +43,7 @@ FIRST_PARTY: tuple[FirstPartyPlugin, ...] = (
     FirstPartyPlugin("avro", "dotmac_events_avro", ("avro",), ("AvroCodec",)),
     FirstPartyPlugin("otel", "dotmac_events_otel", ("otel",)),
     FirstPartyPlugin("outbox", "dotmac_events_outbox"),
+    FirstPartyPlugin("ops", "dotmac_events_ops"),
 )
 
 KNOWN_EXTRAS: Mapping[str, str] = {name: plugin.extra for plugin in FIRST_PARTY for name in plugin.provides}

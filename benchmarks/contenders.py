@@ -34,7 +34,9 @@ from dotmac.events.bench import HEADERS, BusContender, Contender, PayloadHandler
 
 OPTIONS = orjson.OPT_SORT_KEYS
 KAFKA_PARTITIONS = 3
-# Tansu holds a group join for about session_timeout/2 (at least 1 s); these make it 1 s.
+# Tansu only (run.py always starts its own Tansu): Tansu holds a group join for about
+# session_timeout/2 (at least 1 s); these make it 1 s. A broker with Apache Kafka's
+# default limits refuses session_timeout_ms below 6000 (group.min.session.timeout.ms).
 KAFKA_CONSUMER: dict[str, int] = {
     "session_timeout_ms": 2000,
     "heartbeat_interval_ms": 200,

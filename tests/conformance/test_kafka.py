@@ -1,7 +1,9 @@
-"""The conformance kit against the Kafka transport (Tansu, or $KAFKA_BOOTSTRAP_SERVERS)."""
+"""The conformance kit against the Kafka transport on Tansu and on noida-db (or on
+$KAFKA_BOOTSTRAP_SERVERS)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,12 +15,19 @@ pytest.importorskip("dotmac_events_kafka")
 pytest.importorskip("aiokafka")
 
 from dotmac_events_kafka import create_kafka_bus  # noqa: E402
-from dotmac_events_kafka.testing import fast_config, kafka_bootstrap_servers  # noqa: E402
+from dotmac_events_kafka.testing import (  # noqa: E402
+    ENV_BOOTSTRAP,
+    broker_kinds_under_test,
+    fast_config,
+    kafka_bootstrap_servers,
+)
 
 
-@pytest.fixture(scope="module")
-def kafka_servers() -> Iterator[str]:
-    with kafka_bootstrap_servers() as servers:
+@pytest.fixture(
+    scope="module", params=["external"] if os.environ.get(ENV_BOOTSTRAP) else broker_kinds_under_test()
+)
+def kafka_servers(request: pytest.FixtureRequest) -> Iterator[str]:
+    with kafka_bootstrap_servers(request.param) as servers:
         yield servers
 
 
@@ -28,5 +37,5 @@ class TestKafkaConformance(TransportConformance):
         self.servers = kafka_servers
 
     def create_bus(self) -> EventBus:
-        # Low group timings: on Tansu a join takes about session_timeout_ms / 2.
+        # Low group timings, chosen for the broker (Tansu takes lower ones than Kafka allows).
         return create_kafka_bus(fast_config(self.servers))

@@ -14,6 +14,7 @@ pytest.importorskip("dotmac_events_memory")
 
 class TestMemoryConformance(TransportConformance):
     timeout = 10.0
+    idle_seconds = 0.5  # no broker poll or expiry window to outlast
 
     @pytest.fixture(autouse=True)
     def _broker_name(self) -> None:

@@ -1,5 +1,7 @@
-"""Fixtures: one Tansu broker for the session (or $KAFKA_BOOTSTRAP_SERVERS), S3-backed
-brokers for restart tests, and configs with group timings low enough for tests."""
+"""Fixtures: one broker per kind for the session -- Tansu and noida-db, every test that
+takes ``kafka_servers`` runs on both (or on $KAFKA_BOOTSTRAP_SERVERS; pick kinds with
+$DOTMAC_EVENTS_KAFKA_TEST_BROKERS) --, S3-backed Tansu brokers for restart tests, and
+configs with group timings low enough for tests and accepted by the broker."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from dotmac_events_kafka.testing import (
     ENV_BOOTSTRAP,
     MotoS3Server,
     TansuBroker,
+    broker_kind,
+    broker_kinds_under_test,
     fast_config,
     kafka_bootstrap_servers,
 )
@@ -30,10 +34,31 @@ def _no_retry_waits() -> Iterator[None]:
     set_testing(previous)
 
 
-@pytest.fixture(scope="session")
-def kafka_servers() -> Iterator[str]:
-    with kafka_bootstrap_servers() as servers:
+def _kinds() -> list[str]:
+    return ["external"] if os.environ.get(ENV_BOOTSTRAP) else broker_kinds_under_test()
+
+
+@pytest.fixture(scope="session", params=_kinds())
+def kafka_servers(request: pytest.FixtureRequest) -> Iterator[str]:
+    with kafka_bootstrap_servers(request.param) as servers:
         yield servers
+
+
+@pytest.fixture
+def kafka_kind(kafka_servers: str) -> str:
+    """``"tansu"``, ``"noida"`` or ``"kafka"`` (an external broker)."""
+    return broker_kind(kafka_servers)
+
+
+@pytest.fixture
+def rebalancing_broker(kafka_kind: str) -> None:
+    """Skip on noida-db 0.2.3: when a member joins a group whose member is committing,
+    noida-db answers the commit with IllegalGeneration, drops that member, and elects
+    its stale member id leader of the next generation, so nobody gets an assignment
+    (docs/transports/kafka.md)."""
+    if kafka_kind == "noida" and not os.environ.get("DOTMAC_EVENTS_KAFKA_NOIDA_REBALANCE"):
+        # Set that variable to run them anyway (to re-check a newer noida-db).
+        pytest.skip("noida-db 0.2.3 elects a removed member as group leader when one joins a busy group")
 
 
 @pytest.fixture

@@ -49,8 +49,9 @@ def transport_sub(sub: Any) -> Any:
     return sub._transport_sub
 
 
+@pytest.mark.usefixtures("rebalancing_broker")
 async def test_kill_9_consumer_mid_batch(
-    make_bus: MakeBus, kafka_servers: str, topic: str, group: str, report: Report
+    make_bus: MakeBus, kafka_servers: str, kafka_kind: str, topic: str, group: str, report: Report
 ) -> None:
     """lost = 0, every duplicate lies in the killed member's uncommitted window, and the
     survivor takes the killed member's partitions over."""
@@ -71,6 +72,7 @@ async def test_kill_9_consumer_mid_batch(
             topic,
             group,
             "0.003",
+            kafka_kind,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -124,6 +126,7 @@ async def test_kill_9_consumer_mid_batch(
     )
 
 
+@pytest.mark.usefixtures("rebalancing_broker")
 async def test_members_join_and_leave_ten_times_during_10000_events(
     make_bus: MakeBus, topic: str, group: str, report: Report, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -335,7 +338,12 @@ async def test_broker_restart_during_publishing(
             await task
         ok_ids = {i for i, ok, *_ in outcomes if ok}
         await wait_for(lambda: ok_ids <= seen, 60, what="the subscription to see every confirmed event")
-        stored = {json.loads(m.value)["i"] for m in await bus.transport.read(topic, limit=len(outcomes) + 10)}
+    # Read back with the default request timeout: reading the whole topic from a broker
+    # whose log just came back from S3 may take longer than the 2 s publishes are given.
+    async with create_kafka_bus(fast_config(s3_broker.bootstrap_servers)) as reader:
+        stored = {
+            json.loads(m.value)["i"] for m in await reader.transport.read(topic, limit=len(outcomes) + 10)
+        }
     failures = [e for _i, ok, *_, e in outcomes if not ok]
     false_successes = [i for i, ok, t0, t1, _e in outcomes if ok and t0 > down and t1 < up]
     kinds = Counter(f"{type(e).__name__}(retriable={getattr(e, 'retriable', None)})" for e in failures)

@@ -259,6 +259,7 @@ async def test_acks_of_revoked_partitions_do_not_commit(
         await sub2.stop()
 
 
+@pytest.mark.usefixtures("rebalancing_broker")
 async def test_queued_records_of_a_revoked_partition_are_not_handled(
     make_bus: MakeBus, topic: str, group: str
 ) -> None:

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 import trustme
 
-from dotmac.events import ConsumerOptions, Event, EventBus, PublishError, TransportError
+from dotmac.events import AuthenticationError, ConsumerOptions, Event, EventBus, TransportError
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_redis.testing import RedisServer, redis_server_available
 
@@ -177,7 +177,7 @@ async def test_acl_refusal_is_precise_and_not_retried(
     await set_user(acl_server, "narrow", DOCUMENTED_ACL.format(password=password, keys="elsewhere:*"))
     url = f"redis://narrow:{password}@127.0.0.1:{acl_server.port}/0"
     async with buses(url, publish_timeout=30.0) as bus:
-        with pytest.raises(PublishError, match="(?i)no permissions") as info:
+        with pytest.raises(AuthenticationError, match="(?i)no permissions") as info:
             await bus.publish(Event(topic=topic(), payload={}))
         assert not info.value.retriable
         assert password not in str(info.value)
@@ -194,7 +194,7 @@ async def test_wrong_acl_password_is_refused_without_echoing_it(
     caplog.set_level(logging.DEBUG)
     bad = f"not-{password}"
     bus = buses(f"redis://app:{bad}@127.0.0.1:{acl_server.port}/0")
-    with pytest.raises(TransportError) as info:
+    with pytest.raises(AuthenticationError) as info:
         await bus.start()
     assert not info.value.retriable
     assert bad not in str(info.value) and bad not in repr(info.value)

@@ -11,13 +11,14 @@ that installs it.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bus import EventBus, PayloadValidator
 from .codec import Codec, JsonCodec
 from .config import create_bus, load_toml_config
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
+    AuthenticationError,
     BusStateError,
     CodecError,
     ConfigurationError,
@@ -58,7 +59,12 @@ from .transport import (
     TransportSubscription,
 )
 
+if TYPE_CHECKING:
+    from .app import App
+
 __all__ = [
+    "App",
+    "AuthenticationError",
     "BusStateError",
     "Capabilities",
     "Codec",
@@ -120,6 +126,11 @@ _LAZY: dict[str, tuple[str, str]] = {name: (p.module, p.extra) for p in FIRST_PA
 
 
 def __getattr__(name: str) -> Any:
+    if name == "App":
+        # The service framework loads on first use: importing the bus alone stays lean.
+        from .app import App
+
+        return App
     if name == "create_dotmac_observability_hooks":
         from .metrics import create_dotmac_observability_hooks
 
@@ -138,4 +149,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, "create_dotmac_observability_hooks"])
+    return sorted([*globals(), *_LAZY, "App", "create_dotmac_observability_hooks"])

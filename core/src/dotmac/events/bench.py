@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import importlib.util
 import math
 import statistics
 import sys
@@ -46,6 +47,8 @@ __all__ = [
     "Contender",
     "Progress",
     "bench_url",
+    "app_overhead",
+    "format_app_overhead",
     "format_report",
     "order_payload",
     "peak_rss_mb",
@@ -716,3 +719,212 @@ def format_report(report: Mapping[str, Any]) -> str:
     rss = report.get("peak_rss_mb")
     lines += ["", f"peak RSS {rss:,.0f} MiB, {report['seconds']:.1f} s in all" if rss else ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# -- the app layer's own cost ----------------------------------------------------------------
+APP_CONFIGS = ("bus", "app-event", "app-attrs", "app-attrs-mw", "app-pydantic")
+APP_LABELS = {
+    "bus": "bus.subscribe, async handler(event)",
+    "app-event": "App subscriber, handler(event: Event)",
+    "app-attrs": "App subscriber, attrs payload (nested)",
+    "app-attrs-mw": "App subscriber, attrs payload + correlation_id middleware",
+    "app-pydantic": "App subscriber, pydantic model payload",
+}
+
+
+async def _app_round(config: str, events: int, batch: int) -> float:
+    """CPU seconds per event of one round of ``config`` (publishing and handling)."""
+    from .app import App, correlation_id
+    from .bus import EventBus
+
+    done = asyncio.Event()
+    count = 0
+
+    def seen() -> None:
+        nonlocal count
+        count += 1
+        if count == events:
+            done.set()
+
+    async def on_event(event: Event) -> None:
+        seen()
+
+    async def on_order(order: Any) -> None:
+        seen()
+
+    url = f"memory://bench-app-{uuid.uuid4().hex[:8]}"
+    app = App(url)
+    if config in ("app-attrs", "app-attrs-mw"):
+        on_order.__annotations__["order"] = _bench_order_class()
+    elif config == "app-pydantic":
+        on_order.__annotations__["order"] = _bench_pydantic_class()
+    if config == "app-event":
+        app.subscriber("bench.app", group="bench")(on_event)
+    elif config != "bus":
+        middlewares = [correlation_id] if config == "app-attrs-mw" else []
+        app.subscriber("bench.app", group="bench", middlewares=middlewares)(on_order)
+    bus: EventBus
+    async with app:
+        bus = app.bus
+        if config == "bus":
+            await bus.subscribe("bench.app", on_event, group="bench")
+        payloads = [order_payload(i) for i in range(batch)]
+        cpu = time.process_time()
+        for start in range(0, events, batch):
+            await bus.publish_many(
+                [
+                    Event(topic="bench.app", payload=payloads[i - start], key=str(i % 16))
+                    for i in range(start, min(events, start + batch))
+                ]
+            )
+        await _wait(done, _timeout(events), f"{config}: {events} events", lambda: f"{count} handled")
+        return (time.process_time() - cpu) / events
+
+
+def _bench_order_class() -> type:
+    from attrs import frozen
+
+    @frozen
+    class Shipping:
+        country: str
+        postcode: str
+
+    @frozen
+    class Order:
+        order_id: int
+        customer_id: str
+        sku: str
+        quantity: int
+        unit_price: str
+        currency: str
+        created_at: str
+        shipping: Shipping
+
+    Order.__annotations__["shipping"] = Shipping  # local classes: no module name to resolve
+    return Order
+
+
+def _bench_pydantic_class() -> type:
+    import pydantic
+
+    class Shipping(pydantic.BaseModel):
+        country: str
+        postcode: str
+
+    class Order(pydantic.BaseModel):
+        order_id: int
+        customer_id: str
+        sku: str
+        quantity: int
+        unit_price: str
+        currency: str
+        created_at: str
+        shipping: Shipping
+
+    return Order
+
+
+async def _call_costs(configs: Sequence[str], calls: int, repeats: int) -> dict[str, float]:
+    """Seconds per call of each configuration's handler path alone (no transport), best repeat.
+
+    ``bus`` is the plain handler; the others are the call an App hands to
+    ``bus.subscribe``: in-flight count, context variable, structuring, middleware.
+    """
+    from .app import App, correlation_id
+    from .app._app import _Binding
+
+    async def plain(event: Event) -> None:
+        return None
+
+    async def typed(order: Any) -> None:
+        return None
+
+    paths: dict[str, Callable[[Event], Awaitable[Any]]] = {}
+    for config in configs:
+        if config == "bus":
+            paths[config] = plain
+            continue
+        app = App("memory://")
+        if config == "app-event":
+            app.subscriber("bench.app")(plain)
+        else:
+            handler = _copy_function(typed)
+            handler.__annotations__["order"] = (
+                _bench_pydantic_class() if config == "app-pydantic" else _bench_order_class()
+            )
+            middlewares = [correlation_id] if config == "app-attrs-mw" else []
+            app.subscriber("bench.app", middlewares=middlewares)(handler)
+        paths[config] = app._build_call(_Binding(app.subscribers[0]))
+    event = Event(topic="bench.app", payload=order_payload(1), key="1")
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for config, call in paths.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                await call(event)
+            cost = (time.perf_counter() - started) / calls
+            best[config] = min(best.get(config, cost), cost)
+    return best
+
+
+def _copy_function(fn: Callable[..., Any]) -> Callable[..., Any]:
+    import types
+
+    assert isinstance(fn, types.FunctionType)
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__annotations__ = dict(fn.__annotations__)
+    return copy
+
+
+async def app_overhead(
+    *, events: int = 20_000, rounds: int = 5, batch: int = 500, configs: Sequence[str] = APP_CONFIGS
+) -> dict[str, Any]:
+    """Per-event cost of the app layer over a plain ``bus.subscribe`` handler, on memory://.
+
+    Every configuration runs in this process, rounds interleaved; the figure is CPU
+    time per event (publishing included, which is the same for all), best round.
+    ``app-pydantic`` is skipped when pydantic is not installed.
+    """
+    wanted = [c for c in configs if c != "app-pydantic" or importlib.util.find_spec("pydantic") is not None]
+    unknown = set(wanted) - set(APP_CONFIGS)
+    if unknown:
+        raise BenchError(f"unknown app configs: {', '.join(sorted(unknown))}")
+    for config in wanted:  # warm-up: imports and first-use caches stay out of the rounds
+        await _app_round(config, min(events, 1000), batch)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for config in wanted:
+            cost = await _app_round(config, events, batch)
+            best[config] = min(best.get(config, cost), cost)
+    calls = await _call_costs(wanted, max(1000, events // 2), max(3, rounds))
+    base = best.get("bus")
+    call_base = calls.get("bus")
+    return {
+        "events": events,
+        "rounds": rounds,
+        "results": {
+            c: {
+                "us_per_event": round(best[c] * 1e6, 2),
+                "vs_bus": round(best[c] / base, 3) if base else None,
+                "handler_path_us": round(calls[c] * 1e6, 3),
+                "added_us": round((calls[c] - call_base) * 1e6, 3) if call_base is not None else None,
+            }
+            for c in wanted
+        },
+    }
+
+
+def format_app_overhead(report: Mapping[str, Any]) -> str:
+    lines = [
+        f"memory://, {report['events']} events per round, {report['rounds']} rounds, best round",
+        "e2e: CPU us per event, publish + handle; path: us per call of the handler path alone",
+        f"{'configuration':<58} {'e2e us':>7} {'vs bus':>7} {'path us':>8} {'added':>7}",
+    ]
+    for config, row in report["results"].items():
+        ratio = "-" if row["vs_bus"] is None else f"{row['vs_bus']:.2f}x"
+        added = "-" if row["added_us"] is None else f"{row['added_us']:+.2f}"
+        lines.append(
+            f"{APP_LABELS[config]:<58} {row['us_per_event']:>7.2f} {ratio:>7} "
+            f"{row['handler_path_us']:>8.2f} {added:>7}"
+        )
+    return "\n".join(lines) + "\n"

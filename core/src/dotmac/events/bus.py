@@ -34,7 +34,7 @@ from .options import ConsumerOptions
 from .registry import Registry
 from .runner import Handler, Subscription, consumer_name
 from .transport import Capabilities, GroupInfo, Message, SubscriptionSpec, Transport
-from .wire import build_event, content_type_of, envelope_headers
+from .wire import decode_message, envelope_headers
 
 __all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
 
@@ -347,7 +347,10 @@ class EventBus:
                     )
 
     # -- consuming ---------------------------------------------------------------------
-    def _decoder_for(self, content_type: str) -> Codec | None:
+    def _decoder_for(self, content_type: str | None) -> Codec | None:
+        """The codec for a media type; ``None`` asks for the bus's default codec."""
+        if content_type is None:
+            return self._codec
         codec = self._decoders.get(content_type)
         if codec is None:
             spec = self._registry.codecs_by_type.get(content_type)
@@ -361,17 +364,11 @@ class EventBus:
         return codec
 
     def _decode(self, message: Message) -> Event:
-        content_type = content_type_of(message.headers)
-        codec = self._codec if content_type is None else self._decoder_for(content_type)
-        if codec is None:
-            raise DecodeError(f"no installed codec reads content type {content_type!r}")
-        payload = codec.decode(message.value, topic=message.topic, headers=message.headers)
-        event = build_event(message, payload)
-        if self._validators:
-            check = self._validators.get(message.topic)
-            if check is not None:
-                check(payload)
-        return event
+        """The event in ``message``; raises :class:`DecodeError` or a :class:`ValidationError`."""
+        validators = self._validators
+        return decode_message(
+            message, self._decoder_for, validators.get(message.topic) if validators else None
+        )
 
     decode = _decode
 

@@ -1,5 +1,5 @@
-"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench, and the
-commands plugins add through ``dotmac_events_register_commands``."""
+"""The ``dotmac-events`` command: plugins, publish, consume, dlq, demo, bench, run, doctor,
+and the commands plugins add through ``dotmac_events_register_commands``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,8 @@ async def _publish(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _consume(args: argparse.Namespace, out: TextIO) -> int:
+    from .app.serve import EXIT_FORCED, force_exit, signal_handlers
+
     done = asyncio.Event()
     count = 0
 
@@ -104,13 +106,18 @@ async def _consume(args: argparse.Namespace, out: TextIO) -> int:
         if args.max and count >= args.max:
             done.set()
 
+    def first(_sig: int) -> None:
+        # Leaving the ``async with`` drains: printed events are acked, the rest released.
+        done.set()
+
     options = ConsumerOptions(start_from="earliest" if args.from_beginning else "latest")
-    async with create_bus(args.url) as bus:
-        await bus.subscribe(args.topics, handler, group=args.group, options=options)
-        try:
-            await asyncio.wait_for(done.wait(), args.timeout)
-        except asyncio.TimeoutError:
-            pass
+    with signal_handlers(first, lambda _sig: force_exit(EXIT_FORCED)):
+        async with create_bus(args.url) as bus:
+            await bus.subscribe(args.topics, handler, group=args.group, options=options)
+            try:
+                await asyncio.wait_for(done.wait(), args.timeout)
+            except asyncio.TimeoutError:
+                pass
     return 0
 
 
@@ -338,6 +345,91 @@ async def _bench(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# -- run ---------------------------------------------------------------------------------
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    """``dotmac-events run module:app``: a long-lived worker (or ``--workers N`` of them)."""
+    from .app.serve import ENV_RUN_URL, load_app, run_apps, run_workers
+
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1")
+    if args.grace is not None and args.grace < 0:
+        raise SystemExit("--grace must be >= 0")
+    root = logging.getLogger()
+    saved = root.level
+    # A worker's log is its output: the runner's lifecycle lines and the service's own
+    # INFO lines are shown unless -q.
+    root.setLevel(logging.WARNING if args.quiet else min(logging.INFO, saved))
+    try:
+        apps = [load_app(target, args.app_dir) for target in args.apps]
+        # A supervisor hands its --url to workers through the environment: a password
+        # in it stays out of the process list.
+        url = args.url or os.environ.get(ENV_RUN_URL) or None
+        if args.workers == 1:
+            return run_apps(apps, target=url, grace=args.grace)
+        if (url or _default_url()).startswith("memory:"):
+            log.warning("memory:// lives inside one process: %d workers will not share events", args.workers)
+        grace = args.grace if args.grace is not None else max(a.grace for a in apps)
+        argv = ["-v"] * args.verbose + ["run", *args.apps, "--workers", "1", "--grace", str(grace)]
+        argv += ["--app-dir", args.app_dir] + (["-q"] if args.quiet else [])
+        return run_workers(argv, args.workers, grace, env={ENV_RUN_URL: url} if url else {})
+    finally:
+        root.setLevel(saved)
+
+
+def _add_run_command(sub: argparse._SubParsersAction[Any]) -> None:
+    """``dotmac-events run MODULE:APP ...``: the service runner."""
+    r = sub.add_parser(
+        "run",
+        help="run service apps as a long-lived worker",
+        description="Run one or more apps (MODULE:APP) until SIGTERM/SIGINT, then drain. Exit codes: "
+        "0 clean; 1 grace period expired (unfinished events released for redelivery); 2 usage error; "
+        "3 startup failed; 4 forced by a second signal.",
+    )
+    r.add_argument("apps", nargs="+", metavar="MODULE:APP", help="e.g. shop.billing:app")
+    r.add_argument("--url", help=f"event bus URL (default: the app's own, then ${ENV_URL}, then memory://)")
+    r.add_argument("--workers", type=int, default=1, help="worker processes, restarted when they die")
+    r.add_argument(
+        "--grace",
+        type=float,
+        help="seconds in-flight handlers get to finish after a signal (default: the app's grace, 30 s)",
+    )
+    r.add_argument("--app-dir", default=".", help="directory put on sys.path first (default: .)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no lifecycle log lines")
+    r.set_defaults(func=_run)
+
+
+# -- doctor ------------------------------------------------------------------------------
+async def _doctor(args: argparse.Namespace, out: TextIO) -> int:
+    from .doctor import as_json, format_table, run_doctor
+
+    # The checks report what the client libraries would log as errors; -v shows the logs.
+    root = logging.getLogger()
+    saved = root.level
+    if not args.verbose:
+        root.setLevel(logging.CRITICAL)
+        logging.getLogger("dotmac.events").setLevel(logging.CRITICAL)
+    try:
+        results = await run_doctor(args.url, group=args.group, topic=args.topic, timeout=args.timeout)
+    finally:
+        root.setLevel(saved)
+    report = as_json(results)
+    if args.json:
+        out.write(json.dumps(report) + "\n")
+    else:
+        out.write(format_table(results))
+    return 0 if report["ok"] else 1
+
+
+def _add_doctor(sub: Any, url_help: str) -> None:
+    d = sub.add_parser("doctor", help="check a bus URL: connection, permissions, round trip, limits")
+    d.add_argument("--url", default=_default_url(), help=url_help)
+    d.add_argument("--group", help="consumer group to check (default: a scratch group)")
+    d.add_argument("--topic", help="topic to check (default: a scratch topic, deleted afterwards)")
+    d.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the round trip")
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.set_defaults(func=_doctor)
+
+
 # -- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dotmac-events", description="dotmac-events command line")
@@ -366,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=10.0, help="stop after this many seconds")
     c.add_argument("--from-beginning", action="store_true", help="a new group starts at the backlog")
     c.set_defaults(func=_consume)
+    _add_run_command(sub)
 
     d = sub.add_parser("dlq", help="inspect and replay dead letters")
     dsub = d.add_subparsers(dest="dlq_command", required=True)
@@ -406,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.set_defaults(func=_bench)
     _add_plugin_commands(sub)
+    _add_doctor(sub, url_help)
     return parser
 
 

@@ -7,7 +7,10 @@ binary content mode), so the same codec works on every transport.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import decimal
+import enum
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,7 @@ import attrs
 import orjson
 
 from .errors import DecodeError, EncodeError
+from .event import FrozenDict, FrozenList
 
 if TYPE_CHECKING:
     from .event import Event
@@ -57,12 +61,78 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+_LISTS = frozenset({list, tuple, FrozenList})
+_DICTS = frozenset({dict, FrozenDict})
+_isfinite = math.isfinite
+
+
+def _has_non_finite(payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` holds a NaN or an infinity (the fast check; no paths)."""
+    stack: list[Any] = list(payload.values())
+    pop, extend = stack.pop, stack.extend
+    budget = 1_000_000  # a payload that contains itself stops here; the encoder refused it anyway
+    while stack and budget:
+        budget -= 1
+        value = pop()
+        cls = value.__class__
+        if cls in _PLAIN:
+            continue
+        if cls is float:
+            if not _isfinite(value):
+                return True
+        elif cls in _DICTS:
+            extend(value.values())
+        elif cls in _LISTS:
+            extend(value)
+        else:
+            # Anything else (sets, enums, dataclasses, numpy values, float subclasses):
+            # the thorough walk, which also names the place.
+            return _non_finite_path({"": value}) is not None
+    return False
+
+
+def _non_finite_path(payload: Mapping[str, Any]) -> str | None:
+    """Where ``payload`` holds a NaN or an infinity, as ``payload['a'][0]``, or None."""
+    stack: list[tuple[str, Any]] = [("payload", payload)]
+    seen: set[int] = set()
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return path
+            continue
+        if value is None or isinstance(value, (str, int, bytes)):
+            continue
+        if id(value) in seen:  # a payload that contains itself is refused by the encoder
+            continue
+        seen.add(id(value))
+        if isinstance(value, Mapping):
+            stack.extend((f"{path}[{k!r}]", v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, (set, frozenset)):
+            stack.extend((f"{path}[...]", v) for v in value)
+        elif isinstance(value, enum.Enum):
+            stack.append((path, value.value))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            stack.extend((f"{path}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value))
+        elif attrs.has(type(value)):
+            stack.extend((f"{path}.{a.name}", getattr(value, a.name)) for a in attrs.fields(type(value)))
+        elif hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy arrays and scalars
+            stack.append((path, value.tolist()))
+    return None
+
+
 class JsonCodec(Codec):
     """Compact UTF-8 JSON with sorted keys, so equal payloads give equal bytes.
 
     Beyond JSON's types it writes datetimes and dates (ISO 8601), UUIDs (text),
     Decimals (text, no precision lost), enums (their value), dataclasses and attrs
     instances (as objects). Decoding gives plain JSON types back.
+
+    NaN and infinities are refused with :class:`EncodeError`: JSON has no way to
+    write them, and writing ``null`` instead would change the event silently.
     """
 
     name = "json"
@@ -71,9 +141,18 @@ class JsonCodec(Codec):
 
     def encode(self, event: Event) -> bytes:
         try:
-            return orjson.dumps(event.payload, default=_default, option=self._OPTIONS)
+            body = orjson.dumps(event.payload, default=_default, option=self._OPTIONS)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise EncodeError(f"payload of {event.topic!r} is not JSON-serialisable: {exc}") from exc
+        # orjson writes NaN and infinities as null. A body without null cannot hold one,
+        # so only payloads that hold a null pay for the walk.
+        if b"null" in body and _has_non_finite(event.payload):
+            where = _non_finite_path(event.payload)
+            if where is not None:
+                raise EncodeError(
+                    f"payload of {event.topic!r} holds a NaN or infinity at {where}; JSON cannot carry it"
+                )
+        return body
 
     def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> dict[str, Any]:
         try:

@@ -7,6 +7,7 @@ Leaves are named for what went wrong, so callers can catch exactly what they han
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "BusStateError",
     "CodecError",
     "ConfigurationError",
@@ -40,7 +41,19 @@ class EventBusError(Exception):
 
 
 class ConfigurationError(EventBusError, ValueError):
-    """A bus, transport or consumer was configured with a wrong key or value."""
+    """A bus, transport or consumer was configured with a wrong key or value.
+
+    Raised at construction for values the library can check itself, and by
+    ``start()``, ``subscribe()`` or ``publish()`` when the broker refuses a setting
+    (a session timeout outside the broker's bounds, a record above its size limit, a
+    read-only replica). ``setting`` names the setting to change when one is known
+    (``"session_timeout_ms"``, ``"maxmemory-policy"``); repeating the call without
+    changing it fails the same way.
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class PluginNotFoundError(ConfigurationError, ImportError):
@@ -120,6 +133,21 @@ class TransportError(EventBusError):
         super().__init__(message)
         if retriable is not None:
             self.retriable = retriable
+
+
+class AuthenticationError(TransportError):
+    """The broker refused the credentials, or the user lacks a permission the bus needs.
+
+    Never retriable: a wrong password or a missing ACL grant does not fix itself.
+    ``permission`` names what is missing when the broker says it (``"READ on group
+    billing"``, ``"+xadd"``); the message names it too, and never holds a secret.
+    """
+
+    retriable = False
+
+    def __init__(self, message: str, *, permission: str | None = None) -> None:
+        super().__init__(message, retriable=False)
+        self.permission = permission
 
 
 class TransportUnavailableError(TransportError):

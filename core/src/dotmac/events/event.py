@@ -1,19 +1,21 @@
 """The event envelope: :class:`Event` and :class:`EventMetadata`.
 
 Both are frozen attrs classes validated at construction, so a bad value fails
-where it was written and never reaches a broker.
+where it was written and never reaches a broker. An event is immutable all the way
+down: its payload and headers are read-only copies (:class:`FrozenDict`,
+:class:`FrozenList`) taken when it is built, so neither the code that built it nor
+a handler can change what a retry, a dead letter or another subscriber sees.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from attrs import evolve, field, frozen
+from attrs import evolve, frozen
 
 from .errors import (
     HeaderValidationError,
@@ -31,8 +33,12 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_TOPIC_LENGTH",
     "RESERVED_HEADER_PREFIXES",
+    "MAX_PAYLOAD_DEPTH",
     "Event",
     "EventMetadata",
+    "FrozenDict",
+    "FrozenList",
+    "thaw",
     "validate_header_name",
     "validate_header_value",
     "validate_tenant_id",
@@ -47,6 +53,8 @@ MAX_HEADER_VALUE_LENGTH = 8 * 1024
 MAX_HEADERS_TOTAL = 64 * 1024
 MAX_TENANT_LENGTH = 64
 MAX_ID_LENGTH = 256
+MAX_PAYLOAD_DEPTH = 256
+"""Dicts and lists nest at most this deep in a payload (JSON encoders stop near it too)."""
 
 # Envelope attributes travel as ``ce_*`` headers plus ``content-type``; user headers
 # may not shadow them.
@@ -57,6 +65,166 @@ _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]+")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TENANT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
+# A lone surrogate is how a str carries bytes that were not UTF-8 (surrogateescape);
+# no transport can write one, so text fields refuse them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _read_only(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError(
+        f"{type(self).__name__} is read-only: an event's payload and headers cannot change "
+        "(copy it first: dict(...), list(...))"
+    )
+
+
+class FrozenDict(dict[_K, _V]):
+    """A read-only ``dict``: an event's payload, its nested objects and its headers.
+
+    It is a real ``dict`` (``isinstance``, ``==``, JSON encoders and ``**`` unpacking
+    work) whose mutating methods raise :class:`TypeError`. Building one copies the
+    given mapping and freezes its nested dicts and lists; ``dict(frozen)`` or
+    ``frozen.copy()`` gives a plain, mutable shallow copy.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, data: Mapping[_K, _V] | Iterable[tuple[_K, _V]] = (), /) -> None:
+        super().__init__(data)
+        _freeze_values(self, 0)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    if not TYPE_CHECKING:
+        __setitem__ = __delitem__ = __ior__ = _read_only
+        clear = pop = popitem = setdefault = update = _read_only
+
+        @classmethod
+        def fromkeys(cls, iterable: Iterable[Any], value: Any = None, /) -> FrozenDict[Any, Any]:
+            # dict.fromkeys would fill the new instance through __setitem__.
+            return cls(dict.fromkeys(iterable, value))
+
+
+class FrozenList(list[_V]):
+    """A read-only ``list`` inside an event's payload (see :class:`FrozenDict`)."""
+
+    __slots__ = ()
+
+    def __init__(self, data: Iterable[_V] = (), /) -> None:
+        super().__init__(data)
+        _freeze_items(self, 0)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self),))
+
+    if not TYPE_CHECKING:
+        __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+        append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+
+# Classes whose instances are immutable and hold nothing mutable: the walk stops there.
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes, FrozenDict, FrozenList})
+_set_dict_item = dict.__setitem__
+_new_dict = dict.__new__
+_init_dict = dict.__init__
+_set_list_item = list.__setitem__
+
+
+def _frozen_headers(value: Mapping[str, str]) -> FrozenDict[str, str]:
+    """A read-only copy of a mapping whose values the caller checks to be str."""
+    headers: FrozenDict[str, str] = FrozenDict.__new__(FrozenDict)
+    dict.__init__(headers, value)
+    return headers
+
+
+def _frozen(value: Any, depth: int) -> Any:
+    """``value`` with its dicts, lists and sets replaced by read-only copies."""
+    if depth >= MAX_PAYLOAD_DEPTH:
+        raise PayloadValidationError(
+            f"nests dicts and lists deeper than {MAX_PAYLOAD_DEPTH} levels (or contains itself)",
+            field="payload",
+        )
+    if isinstance(value, dict):
+        return _frozen_dict(value, depth)
+    if isinstance(value, list):
+        frozen_list: FrozenList[Any] = FrozenList.__new__(FrozenList)
+        list.__init__(frozen_list, value)
+        _freeze_items(frozen_list, depth + 1)
+        return frozen_list
+    if isinstance(value, tuple) and value.__class__ is tuple:
+        return tuple(v if v.__class__ in _LEAVES else _frozen(v, depth + 1) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    # Other objects (datetimes, Decimals, UUIDs, enums, dataclasses, ...) are kept as
+    # they are: the codec reads them, and the caller owns whether they can change.
+    return value
+
+
+def _frozen_dict(value: dict[Any, Any], depth: int) -> FrozenDict[Any, Any]:
+    # _frozen and _freeze_values in one frame: this runs for every event built.
+    result: FrozenDict[Any, Any] = _new_dict(FrozenDict)
+    _init_dict(result, value)
+    leaves = _LEAVES
+    if not leaves.issuperset(map(type, value.values())):
+        if depth >= MAX_PAYLOAD_DEPTH:
+            _frozen(value, depth)  # raises
+        for name, item in value.items():
+            if item.__class__ not in leaves:
+                frozen_item = _frozen(item, depth + 1)
+                if frozen_item is not item:
+                    _set_dict_item(result, name, frozen_item)
+    return result
+
+
+def thaw(value: Any) -> Any:
+    """A mutable copy of a frozen payload: plain ``dict`` and ``list`` all the way down.
+
+    For code that needs exact types (a C extension that refuses subclasses of
+    ``dict``) or wants to edit a copy. Other values are returned as they are.
+    """
+    cls = value.__class__
+    if cls is FrozenDict or cls is dict:
+        return {k: v if v.__class__ in _LEAVES_PLAIN else thaw(v) for k, v in value.items()}
+    if cls is FrozenList or cls is list:
+        return [v if v.__class__ in _LEAVES_PLAIN else thaw(v) for v in value]
+    if cls is tuple:
+        return tuple(v if v.__class__ in _LEAVES_PLAIN else thaw(v) for v in value)
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+_LEAVES_PLAIN = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _freeze_values(target: dict[Any, Any], depth: int) -> None:
+    leaves = _LEAVES
+    # Most values are plain scalars; this checks them all without a Python-level loop.
+    if leaves.issuperset(map(type, target.values())):
+        return
+    for name, value in target.items():
+        if value.__class__ not in leaves:
+            frozen_value = _frozen(value, depth)
+            if frozen_value is not value:
+                # Replacing a value of an existing key does not resize the dict, so
+                # doing it while iterating is safe.
+                _set_dict_item(target, name, frozen_value)
+
+
+def _freeze_items(target: list[Any], depth: int) -> None:
+    leaves = _LEAVES
+    if leaves.issuperset(map(type, target)):
+        return
+    for index, value in enumerate(target):
+        if value.__class__ not in leaves:
+            frozen_value = _frozen(value, depth)
+            if frozen_value is not value:
+                _set_list_item(target, index, frozen_value)
 
 
 def validate_topic(topic: object, *, field_name: str = "topic") -> str:
@@ -114,6 +282,8 @@ def validate_header_value(value: object, *, field_name: str) -> str:
         )
     if _BAD_VALUE_CHARS.search(value):
         raise HeaderValidationError("must not contain CR, LF or NUL", field=field_name)
+    if not value.isascii() and _SURROGATE.search(value):
+        raise HeaderValidationError("must be valid Unicode (it holds a lone surrogate)", field=field_name)
     return value
 
 
@@ -127,7 +297,7 @@ _known_topics: set[str] = set()
 _known_header_names: set[str] = set()
 _known_tenants: set[str] = set()
 _NOTHING: Any = object()
-_EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
+_EMPTY_HEADERS: FrozenDict[str, str] = FrozenDict()
 _set = object.__setattr__
 
 
@@ -159,10 +329,12 @@ def _headers_field(value: Any) -> Mapping[str, str]:
     if value is _NOTHING or value is None:
         return _EMPTY_HEADERS
     headers: Mapping[str, str]
-    if value.__class__ is MappingProxyType:
+    if value.__class__ is FrozenDict:
         headers = value
     elif isinstance(value, Mapping):
-        headers = MappingProxyType(dict(value))
+        # A copy: the caller's mapping (or the dict behind a MappingProxyType) may change.
+        # Values are checked to be str below, so there is nothing nested to freeze.
+        headers = _frozen_headers(value)
     else:
         raise HeaderValidationError(
             f"must be a mapping of str to str, got {type(value).__name__}", field="headers"
@@ -184,6 +356,7 @@ def _headers_field(value: Any) -> Mapping[str, str]:
             or "\n" in text
             or "\r" in text
             or "\x00" in text
+            or not text.isascii()
         ):
             validate_header_value(text, field_name=f"headers[{name!r}]")
         total += len(name) + len(text)
@@ -194,21 +367,34 @@ def _headers_field(value: Any) -> Mapping[str, str]:
     return headers
 
 
+_EMPTY_PAYLOAD: FrozenDict[str, Any] = FrozenDict()
+_STR_ONLY = frozenset({str})
+
+
 def _payload_field(payload: Any) -> dict[str, Any]:
     if payload is _NOTHING:
-        return {}
+        return _EMPTY_PAYLOAD
+    if payload.__class__ is FrozenDict:
+        # Frozen all the way down already (evolve, with_headers, a payload passed on).
+        return payload
     if not isinstance(payload, dict):
         raise PayloadValidationError(f"must be a dict, got {type(payload).__name__}", field="payload")
-    for key in payload:
-        if key.__class__ is not str and not isinstance(key, str):
-            raise PayloadValidationError(
-                f"keys must be str, got {type(key).__name__} key {key!r}", field="payload"
-            )
-    return payload
+    if not _STR_ONLY.issuperset(map(type, payload)):
+        for key in payload:
+            if not isinstance(key, str):
+                raise PayloadValidationError(
+                    f"keys must be str, got {type(key).__name__} key {key!r}", field="payload"
+                )
+    return _frozen_dict(payload, 0)
 
 
 def _key_field(value: Any) -> None:
-    if value.__class__ is str and len(value) <= MAX_KEY_LENGTH and "\x00" not in value:
+    if (
+        value.__class__ is str
+        and len(value) <= MAX_KEY_LENGTH
+        and "\x00" not in value
+        and (value.isascii() or not _SURROGATE.search(value))
+    ):
         return
     if not isinstance(value, str):
         raise ValidationError(f"must be a str or None, got {type(value).__name__}", field="key")
@@ -218,6 +404,7 @@ def _key_field(value: Any) -> None:
         )
     if "\x00" in value:
         raise ValidationError("must not contain NUL", field="key")
+    raise ValidationError("must be valid Unicode text (it holds a lone surrogate)", field="key")
 
 
 def _tenant_field(value: Any) -> None:
@@ -237,6 +424,7 @@ def _text_field(value: Any, name: str) -> None:
         raise ValidationError(f"must be 1 to {MAX_ID_LENGTH} characters", field=field_name)
     if _BAD_VALUE_CHARS.search(value):
         raise ValidationError("must not contain CR, LF or NUL", field=field_name)
+    raise ValidationError("must be valid Unicode text (it holds a lone surrogate)", field=field_name)
 
 
 def _text_ok(value: Any) -> bool:
@@ -246,6 +434,7 @@ def _text_ok(value: Any) -> bool:
         and "\n" not in value
         and "\r" not in value
         and "\x00" not in value
+        and (value.isascii() or not _SURROGATE.search(value))
     )
 
 
@@ -254,12 +443,23 @@ def _to_utc(value: Any) -> datetime:
         return value
     if not isinstance(value, datetime):
         raise ValidationError(f"must be a datetime, got {type(value).__name__}", field="metadata.occurred_at")
-    if value.tzinfo is None or value.utcoffset() is None:
+    try:
+        aware = value.tzinfo is not None and value.utcoffset() is not None
+        utc = value.astimezone(timezone.utc) if aware else None
+    except OverflowError:
+        # Year 1 with a positive offset or year 9999 with a negative one: no UTC datetime.
+        raise ValidationError(
+            f"{value.isoformat()} has no UTC equivalent between years 1 and 9999",
+            field="metadata.occurred_at",
+        ) from None
+    except (ValueError, TypeError) as exc:  # a tzinfo whose utcoffset() is broken
+        raise ValidationError(f"has an unusable tzinfo: {exc}", field="metadata.occurred_at") from exc
+    if utc is None:
         raise ValidationError(
             "must be timezone-aware (use datetime.now(timezone.utc))",
             field="metadata.occurred_at",
         )
-    return value.astimezone(timezone.utc)
+    return utc
 
 
 _urandom = os.urandom
@@ -288,15 +488,16 @@ class EventMetadata:
     ``event_type`` defaults to the event's topic and ``source`` to the bus's source.
     """
 
-    event_id: str = field(factory=_new_id)
-    event_type: str | None = None
-    source: str | None = None
-    occurred_at: datetime = field(factory=_now)
-    correlation_id: str | None = None
-    causation_id: str | None = None
-    reply_to: str | None = None
-    content_type: str | None = None
-    schema_version: str | None = None
+    # No defaults here: the hand-written __init__ below is the one source of them.
+    event_id: str
+    event_type: str | None
+    source: str | None
+    occurred_at: datetime
+    correlation_id: str | None
+    causation_id: str | None
+    reply_to: str | None
+    content_type: str | None
+    schema_version: str | None
 
     def __init__(
         self,
@@ -350,14 +551,24 @@ class Event:
     share it. ``headers`` are user headers, carried unchanged. Every field is
     validated here; an invalid value raises a subclass of
     :class:`~dotmac.events.errors.ValidationError` naming the field.
+
+    An event never changes. ``payload`` and ``headers`` are read-only copies taken
+    here (:class:`FrozenDict`; nested dicts and lists become :class:`FrozenDict` and
+    :class:`FrozenList`, sets become frozensets), so changing the dict you passed in
+    does not change the event, and a handler that tries to change ``event.payload``
+    gets a :class:`TypeError` instead of changing what its retries see. Other objects
+    in a payload (datetimes, dataclasses, ...) are kept as given; do not mutate them
+    after building the event. Build a changed event with ``attrs.evolve`` or
+    :meth:`with_headers`; ``dict(event.payload)`` is a mutable shallow copy.
     """
 
+    # No defaults here: the hand-written __init__ below is the one source of them.
     topic: str
-    payload: dict[str, Any] = field(factory=dict)
-    key: str | None = None
-    headers: Mapping[str, str] = field(factory=dict)
-    tenant_id: str | None = None
-    metadata: EventMetadata = field(factory=EventMetadata)
+    payload: dict[str, Any]
+    key: str | None
+    headers: Mapping[str, str]
+    tenant_id: str | None
+    metadata: EventMetadata
 
     def __init__(
         self,

@@ -34,10 +34,11 @@ from attrs import frozen
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Awaitable, Callable, Sequence
 
     from .event import Event
     from .registry import Registry
-    from .transport import Message
+    from .transport import Message, Transport
 
 __all__ = ["PROJECT_NAME", "ConsumeInfo", "ConsumeOutcome", "PublishInfo", "PublishOutcome", "hookspec"]
 
@@ -215,4 +216,33 @@ def dotmac_events_on_error(where: ErrorPlace, error: BaseException, info: Mappin
 
     ``info`` is a plain mapping with the keys that are known: ``topic``, ``group``,
     and for ``"observer"`` the failing ``hook`` name.
+    """
+
+
+@hookspec
+def dotmac_events_doctor_checks(
+    transport: Transport,
+) -> Sequence[Callable[[Transport, Any], Awaitable[Sequence[Any]]]] | None:
+    """Contribute checks to ``dotmac-events doctor`` for a transport of this plugin.
+
+    Called once per ``doctor`` run, after the core connected ``transport`` (started)
+    and ran its generic checks (connect, group join, publish -> consume -> ack round
+    trip, dead-letter write). Return ``None`` unless ``transport`` is one of yours
+    (``isinstance(transport, MyTransport)``); otherwise return a sequence of async
+    callables ``check(transport, ctx) -> Sequence[CheckResult]``, run in order.
+    ``ctx`` is a :class:`~dotmac.events.doctor.DoctorContext`: ``ctx.topic`` and
+    ``ctx.group`` are the topic and group the round trip used (the group is always
+    a scratch group, so an application's group never loses events to doctor),
+    ``ctx.acked`` tells whether its event was handled and acked (a check may
+    confirm that on the broker, e.g. the group's committed offsets), and
+    ``ctx.scratch_topics`` lists the topics the core made up, which a check of
+    yours should delete (with their ``<topic>.dlq``) from the broker; when
+    ``ctx.scratch`` is ``False`` the round trip ran on the user's topic and the
+    scratch group should be removed from it where the broker allows. A
+    :class:`~dotmac.events.doctor.CheckResult` has a ``name``, ``ok`` (``True``,
+    ``False``, or ``None`` for a plain fact such as a broker limit), a ``detail``
+    and, when ``ok`` is ``False``, a ``fix`` telling the user what to change. Report
+    limits the bus depends on (record size, session timeout bounds, retention,
+    trimming) and permissions. Never put credentials in a result. An exception a
+    check raises becomes one failed result named after the check.
     """

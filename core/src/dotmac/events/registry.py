@@ -43,6 +43,12 @@ FIRST_PARTY: tuple[FirstPartyPlugin, ...] = (
     FirstPartyPlugin("avro", "dotmac_events_avro", ("avro",), ("AvroCodec",)),
     FirstPartyPlugin("otel", "dotmac_events_otel", ("otel",)),
     FirstPartyPlugin("outbox", "dotmac_events_outbox"),
+    FirstPartyPlugin(
+        "rabbitmq",
+        "dotmac_events_rabbitmq",
+        ("amqp", "amqps", "rabbitmq"),
+        ("RabbitMQConfig", "create_rabbitmq_bus"),
+    ),
     FirstPartyPlugin("ops", "dotmac_events_ops"),
 )
 

@@ -17,7 +17,9 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
-from attrs import field, frozen
+from attrs import frozen
+
+from .wire import Message
 
 __all__ = [
     "Capabilities",
@@ -82,22 +84,6 @@ class GroupInfo:
     pending: int = 0
     lag: int | None = None
     oldest_pending_age: float | None = None
-
-
-@frozen
-class Message:
-    """An encoded event as it travels: topic, optional key, string headers, body bytes.
-
-    ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
-    user headers (see docs/wire-format.md). ``position`` is the transport's own id for a received
-    message (stream id, ``partition:offset``) and is ``None`` when publishing.
-    """
-
-    topic: str
-    value: bytes
-    key: str | None = None
-    headers: Mapping[str, str] = field(factory=dict)
-    position: str | None = None
 
 
 class Delivery(abc.ABC):

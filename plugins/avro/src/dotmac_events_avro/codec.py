@@ -21,6 +21,7 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from dotmac.events.codec import Codec
 from dotmac.events.errors import ConfigurationError, DecodeError, EncodeError
+from dotmac.events.event import thaw
 
 from .compat import read_problem
 from .errors import AvroValidationError, SchemaLoadError, SchemaNotFoundError, SchemaRegistryError
@@ -341,7 +342,9 @@ class AvroCodec(Codec):
         out.write(writer.prefix)
         try:
             # Tuple notation off: a tuple is an array here, never a (type name, value) pair.
-            schemaless_writer(out, writer.schema.parsed, payload, disable_tuple_notation=True)
+            # thaw: fastavro's compiled writer takes exact dicts and lists, not the
+            # event's read-only subclasses.
+            schemaless_writer(out, writer.schema.parsed, thaw(payload), disable_tuple_notation=True)
         except _WRITE_ERRORS as exc:
             raise EncodeError(
                 f"cannot write the payload of topic {event.topic!r} as {writer.schema.name}: "

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dotmac.events.event import FrozenDict, FrozenList
+
 __all__ = ["Mismatch", "compile_validator", "describe", "format_path", "named_types"]
 
 Check = Callable[[Any], None]
@@ -55,6 +57,10 @@ def actual_type(value: Any) -> str:
         return "None"
     if isinstance(value, dt.datetime) and value.tzinfo is None:
         return "naive datetime"
+    if isinstance(value, FrozenDict):  # an event's read-only payload is a dict to its author
+        return "dict"
+    if isinstance(value, FrozenList):
+        return "list"
     return type(value).__name__
 
 

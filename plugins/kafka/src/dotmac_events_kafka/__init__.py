@@ -5,15 +5,19 @@ This module holds only the plugin's hook implementations and its public names.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from dotmac.events import EventBus, TransportSpec, create_bus, hookimpl
+from dotmac.events import EventBus, Transport, TransportSpec, create_bus, hookimpl
 from dotmac.events.errors import ConfigurationError
 from dotmac.events.registry import Registry
 
 from .config import KafkaConfig
 from .transport import CAPABILITIES, KafkaTransport
+
+if TYPE_CHECKING:
+    from dotmac.events.doctor import DoctorCheck
 
 __all__ = ["KafkaConfig", "KafkaTransport", "create_kafka_bus"]
 
@@ -57,3 +61,10 @@ def dotmac_events_register_transports(register: Registry) -> None:
             description="Apache Kafka and Kafka-protocol brokers (aiokafka)",
         )
     )
+
+
+@hookimpl
+def dotmac_events_doctor_checks(transport: Transport) -> Sequence[DoctorCheck] | None:
+    from .doctor import checks
+
+    return checks(transport)

@@ -123,6 +123,13 @@ def _topic_config(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _isolation(_inst: Any, _attr: Any, value: Any) -> None:
+    if value not in ("read_uncommitted", "read_committed"):
+        raise ConfigurationError(
+            f"KafkaConfig.isolation_level must be 'read_uncommitted' or 'read_committed', got {value!r}"
+        )
+
+
 def _ssl_context(_inst: Any, _attr: Any, value: Any) -> None:
     import ssl
 
@@ -178,6 +185,11 @@ class KafkaConfig:
       ``publish`` returns once the broker acknowledged, so a linger only delays a
       caller that publishes one event at a time; concurrent publishes and
       ``publish_many`` fill batches while a request is in flight whatever it is.
+    - ``transactional_id``: when set, every ``publish``/``publish_many`` call is one
+      Kafka transaction (all records of the batch are committed together, or none is
+      visible to ``read_committed`` readers); needs a broker with transactions and
+      implies idempotence. ``transaction_timeout_ms`` bounds one transaction. Give each
+      running process its own id: a second producer with the same id fences the first.
     - ``request_timeout_ms``: how long a publish may wait for the broker's
       acknowledgement before it fails with a retriable error.
 
@@ -191,6 +203,8 @@ class KafkaConfig:
     - ``session_timeout_ms``, ``heartbeat_interval_ms``, ``rebalance_timeout_ms``,
       ``max_poll_interval_ms``: consumer group membership (a crashed member is
       noticed after ``session_timeout_ms``).
+    - ``isolation_level``: ``read_uncommitted`` (default) or ``read_committed``, which
+      hides records of open and aborted transactions (use it with ``transactional_id``).
     - ``fetch_max_wait_ms``, ``fetch_min_bytes``, ``max_partition_fetch_bytes``: fetching.
     - ``commit_interval_ms``: handled offsets are committed at most this often (and
       always on rebalance and shutdown); it bounds what a crash redelivers.
@@ -210,6 +224,8 @@ class KafkaConfig:
     max_batch_size: int = field(default=16_384, validator=_int_at_least(1))
     max_request_size: int = field(default=1_048_576, validator=_int_at_least(1))
     request_timeout_ms: int = field(default=30_000, validator=_int_at_least(1))
+    transactional_id: str | None = field(default=None, validator=_optional_text)
+    transaction_timeout_ms: int = field(default=60_000, validator=_int_at_least(1))
     retry_backoff_ms: int = field(default=100, validator=_int_at_least(0))
 
     auto_create_topics: bool = True
@@ -221,6 +237,7 @@ class KafkaConfig:
     heartbeat_interval_ms: int = field(default=3_000, validator=_int_at_least(1))
     rebalance_timeout_ms: int | None = field(default=None, validator=_optional_int_at_least(1))
     max_poll_interval_ms: int = field(default=300_000, validator=_int_at_least(1))
+    isolation_level: str = field(default="read_uncommitted", validator=_isolation)
     fetch_max_wait_ms: int = field(default=500, validator=_int_at_least(0))
     fetch_min_bytes: int = field(default=1, validator=_int_at_least(1))
     max_partition_fetch_bytes: int = field(default=1_048_576, validator=_int_at_least(1))
@@ -269,6 +286,11 @@ class KafkaConfig:
             )
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise ConfigurationError("KafkaConfig: ssl_keyfile needs ssl_certfile")
+        if self.transactional_id is not None and (self.acks != "all" or self.enable_idempotence is False):
+            raise ConfigurationError(
+                "KafkaConfig: transactional_id requires acks='all' and idempotence "
+                "(enable_idempotence None or True)"
+            )
         if self.enable_idempotence and self.acks != "all":
             raise ConfigurationError("KafkaConfig: enable_idempotence=True requires acks='all'")
         if self.heartbeat_interval_ms >= self.session_timeout_ms:

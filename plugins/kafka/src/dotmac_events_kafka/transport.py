@@ -21,15 +21,20 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     CommitFailedError,
     IllegalStateError,
+    InvalidSessionTimeoutError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NoBrokersAvailable,
     NodeNotReadyError,
     RequestTimedOutError,
+    UnknownTopicOrPartitionError,
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
@@ -46,9 +51,11 @@ from dotmac.events import (
     TransportSubscription,
     TransportUnavailableError,
 )
-from dotmac.events.errors import BusStateError, ConfigurationError
+from dotmac.events.errors import AuthenticationError, BusStateError, ConfigurationError, EventBusError
 from dotmac.events.transport import DeliverySink
+from dotmac.events.wire import headers_from_pairs
 
+from . import errors as _errors
 from .config import KafkaConfig
 from .groups import topic_groups
 
@@ -80,9 +87,43 @@ _UNREACHABLE = (
     KafkaTimeoutError,
 )
 
+# Broker settings worth quoting in an error or a diagnosis.
+_BROKER_LIMITS = frozenset(
+    {
+        "group.min.session.timeout.ms",
+        "group.max.session.timeout.ms",
+        "message.max.bytes",
+        "auto.create.topics.enable",
+        "log.retention.ms",
+        "log.retention.hours",
+        "log.retention.bytes",
+        "transaction.max.timeout.ms",
+    }
+)
+
 # Brokers (bootstrap lists) that refused an idempotent producer in this process: later
 # transports skip the attempt and its error log.
 _idempotence_refused: set[str] = set()
+
+
+class _HideSaslBytes(logging.Filter):
+    """aiokafka logs every request at DEBUG, SaslAuthenticate included, whose bytes hold
+    the PLAIN password in clear: such records keep their place in the log, not their
+    contents."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (
+            record.levelno <= logging.DEBUG
+            and isinstance(args, tuple)
+            and any(type(arg).__name__.startswith("SaslAuthenticate") for arg in args)
+        ):
+            record.msg = "%s (SASL authentication bytes hidden)"
+            record.args = (type(args[-1]).__name__,)
+        return True
+
+
+logging.getLogger("aiokafka.conn").addFilter(_HideSaslBytes())
 
 # How long one fetch call may block, so the loop notices new assignments and rewinds.
 _POLL_MS = 100
@@ -92,13 +133,31 @@ def _unavailable(what: str, exc: BaseException) -> TransportUnavailableError:
     return TransportUnavailableError(f"{what}: Kafka broker unreachable ({type(exc).__name__}: {exc})")
 
 
-def _publish_error(what: str, exc: BaseException) -> TransportError:
-    if isinstance(exc, TransportError):
+def _publish_error(what: str, exc: BaseException, fatal: EventBusError | None = None) -> EventBusError:
+    if fatal is not None:
+        return fatal
+    if isinstance(exc, EventBusError):
         return exc
     if isinstance(exc, (*_UNREACHABLE, asyncio.TimeoutError)):
         return _unavailable(what, exc)
     retriable = bool(getattr(exc, "retriable", False))
     return PublishError(f"{what}: {type(exc).__name__}: {exc}", retriable=retriable)
+
+
+async def _accepts_connections(servers: str, timeout: float = 2.0) -> bool:
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host or server, int(port or 9092)), timeout
+            )
+        except (OSError, ValueError, asyncio.TimeoutError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
 
 
 class _StaticTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
@@ -181,10 +240,13 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
 
 def record_to_message(record: Any) -> Message:
     """A consumed aiokafka record as a :class:`Message` (position ``partition:offset``)."""
-    headers: dict[str, str] = {}
-    for name, value in record.headers or ():
-        headers[name] = value.decode("utf-8", "replace") if value is not None else ""
-    key = record.key.decode("utf-8", "replace") if record.key is not None else None
+    # surrogateescape keeps invalid UTF-8 visible to the core, which dead-letters it;
+    # headers_from_pairs records a name repeated with different values (ambiguous).
+    headers = headers_from_pairs(
+        (name, value.decode("utf-8", "surrogateescape") if value is not None else "")
+        for name, value in record.headers or ()
+    )
+    key = record.key.decode("utf-8", "surrogateescape") if record.key is not None else None
     return Message(
         topic=record.topic,
         value=record.value if record.value is not None else b"",
@@ -353,6 +415,7 @@ class _KafkaSubscription(TransportSubscription):
             auto_offset_reset=spec.start_from,
             fetch_max_wait_ms=config.fetch_max_wait_ms,
             fetch_min_bytes=config.fetch_min_bytes,
+            isolation_level=config.isolation_level,
             max_partition_fetch_bytes=config.max_partition_fetch_bytes,
             max_poll_records=spec.prefetch,
             session_timeout_ms=config.session_timeout_ms,
@@ -369,6 +432,9 @@ class _KafkaSubscription(TransportSubscription):
         self._idle = asyncio.Event()
         self._idle.set()
         self._outstanding = 0
+        # Set while fewer than ``prefetch`` deliveries are outstanding.
+        self._room = asyncio.Event()
+        self._room.set()
         self._commit_lock = asyncio.Lock()
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
@@ -376,6 +442,7 @@ class _KafkaSubscription(TransportSubscription):
         self._consumer_started = False
         self.commits = 0
         self.commit_failures = 0
+        self._last_error: BaseException | None = None
 
     def __repr__(self) -> str:
         spec = self._spec
@@ -394,6 +461,9 @@ class _KafkaSubscription(TransportSubscription):
         except _UNREACHABLE as exc:
             raise _unavailable(f"cannot subscribe to {list(self._spec.topics)}", exc) from exc
         except KafkaError as exc:
+            fatal = await self._fatal(exc)
+            if fatal is not None:
+                raise fatal from exc
             raise TransportError(f"cannot subscribe to {list(self._spec.topics)}: {exc!r}") from exc
         self._consumer_started = True
         self._state = "running"
@@ -422,11 +492,14 @@ class _KafkaSubscription(TransportSubscription):
             log.debug("subscription %s is live on %s", name, sorted(self.assignment))
             return
         if self._fetch_task in done and self._fetch_task.exception() is not None:
-            raise TransportError(
-                f"subscription to {list(self._spec.topics)} failed"
-            ) from self._fetch_task.exception()
+            cause = self._fetch_task.exception()
+            if isinstance(cause, EventBusError):
+                raise cause
+            raise TransportError(f"subscription to {list(self._spec.topics)} failed") from cause
+        last = f"; retried fetching, last error: {self._last_error!r}" if self._last_error is not None else ""
         raise TransportUnavailableError(
-            f"subscription to {list(self._spec.topics)} was not assigned and positioned within {timeout}s"
+            f"subscription to {list(self._spec.topics)} was not assigned and positioned "
+            f"within {timeout}s{last}"
         )
 
     async def stop(self) -> None:
@@ -478,6 +551,23 @@ class _KafkaSubscription(TransportSubscription):
             log.warning("closing the Kafka consumer of %s failed: %r", self._spec.consumer_name, exc)
         self._state = "closed"
         self._transport._subs.discard(self)
+
+    async def _fatal(self, exc: BaseException) -> EventBusError | None:
+        what = f"subscription to {list(self._spec.topics)}" + (
+            f" in group {self._group!r}" if self._group else ""
+        )
+        limits: Mapping[str, str] = {}
+        if isinstance(exc, InvalidSessionTimeoutError):
+            limits = await self._transport.broker_limits()
+        return _errors.classify(
+            exc,
+            what=what,
+            session_timeout_ms=self._config.session_timeout_ms,
+            group=self._group,
+            topics=self._spec.topics,
+            username=self._config.resolved_username(),
+            broker_limits=limits,
+        )
 
     # -- assignment ----------------------------------------------------------------------
     def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -589,8 +679,19 @@ class _KafkaSubscription(TransportSubscription):
             except asyncio.CancelledError:
                 raise
             except (KafkaError, TransportError) as exc:
+                if _errors.is_fatal(exc):
+                    fatal = await self._fatal(exc)
+                    if not self._positioned.is_set() and fatal is not None:
+                        # Not live yet: subscribe() fails with the cause instead of
+                        # waiting out join_timeout_ms on an answer that will not change.
+                        raise fatal from exc
+                    log.error("%s; retrying in %.1fs", fatal, backoff)
+                    await asyncio.sleep(backoff)  # a grant may be added while we run
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 if any(not tr.positioned for tr in self._trackers.values()):
                     self._needs_positioning = True
+                self._last_error = exc
                 log.warning(
                     "fetching %s for %s failed, retrying in %.1fs: %r",
                     list(self._spec.topics),
@@ -604,6 +705,9 @@ class _KafkaSubscription(TransportSubscription):
             backoff = 0.1
             for tp, records in batch.items():
                 for record in records:
+                    while self._outstanding >= self._spec.prefetch:
+                        self._room.clear()
+                        await self._room.wait()
                     tracker = self._trackers.get(tp)
                     if tracker is None or not tracker.accepts(record.offset):
                         # Revoked, not positioned yet, or about to seek back: the records
@@ -642,6 +746,8 @@ class _KafkaSubscription(TransportSubscription):
             return
         entry.state = _ACKED if acked else _RELEASED
         self._outstanding -= 1
+        if self._outstanding < self._spec.prefetch:
+            self._room.set()
         if self._outstanding <= 0:
             self._outstanding = 0
             self._idle.set()
@@ -739,6 +845,7 @@ class KafkaTransport(Transport):
         self._closing = asyncio.Event()
         self._start_lock: asyncio.Lock | None = None
         self.idempotent = False
+        self._transaction_lock: asyncio.Lock | None = None
 
     def describe(self) -> Mapping[str, object]:
         config = self.config
@@ -749,6 +856,7 @@ class KafkaTransport(Transport):
             "sasl_mechanism": config.mechanism,
             "acks": config.acks,
             "idempotence": self.idempotent,
+            "transactional": self.config.transactional_id is not None,
             "compression_type": config.compression_type,
         }
 
@@ -773,10 +881,13 @@ class KafkaTransport(Transport):
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await admin.close()
+            refused = await self._sasl_refused(exc)
+            if refused is not None:
+                raise refused from exc
             if isinstance(exc, _UNREACHABLE):
                 raise _unavailable(f"cannot connect to {self.config.bootstrap_servers}", exc) from exc
             if isinstance(exc, KafkaError):
-                raise TransportError(f"cannot connect to {self.config.bootstrap_servers}: {exc!r}") from exc
+                raise self._start_error(exc) from exc
             raise
         try:
             self._producer = await self._start_producer()
@@ -786,6 +897,57 @@ class KafkaTransport(Transport):
             raise
         self._admin = admin
         log.debug("kafka transport started: %s", self.describe())
+
+    def _start_error(self, exc: KafkaError) -> EventBusError:
+        what = f"cannot connect to {self.config.bootstrap_servers}"
+        fatal = _errors.classify(exc, what=what, username=self.config.resolved_username())
+        return fatal if fatal is not None else TransportError(f"{what}: {exc!r}")
+
+    async def _sasl_refused(self, exc: BaseException) -> AuthenticationError | None:
+        """A SASL login that failed, told apart from an unreachable broker.
+
+        aiokafka reports a broker that closes the connection during SASL as "Unable to
+        bootstrap" (as if nothing listened), and a SCRAM server answer carrying an
+        error as a ``KeyError`` of its parser. When SASL is on and the port accepts
+        connections, the login is what failed."""
+        mechanism = self.config.mechanism
+        if mechanism is None or not isinstance(exc, (KafkaConnectionError, KeyError, ValueError)):
+            return None
+        if isinstance(exc, KafkaConnectionError) and not await _accepts_connections(
+            self.config.bootstrap_servers
+        ):
+            return None
+        user = self.config.resolved_username()
+        who = f" of user {user!r}" if user else ""
+        tls = " or the TLS handshake" if self.config.security_protocol == "SASL_SSL" else ""
+        return AuthenticationError(
+            f"cannot connect to {self.config.bootstrap_servers}: the broker accepts connections but "
+            f"the SASL {mechanism} login{who}{tls} failed; check sasl_username, sasl_password and "
+            "sasl_mechanism (and that the listener speaks SASL)",
+            permission="authenticate",
+        )
+
+    async def broker_limits(self) -> dict[str, str]:
+        """Broker settings that bound what a client may ask for (session timeouts,
+        record size, topic creation, retention), as far as the broker reports them
+        through DescribeConfigs; empty when it reports none or refuses."""
+        admin = self._admin
+        if admin is None:
+            return {}
+        try:
+            cluster = await admin.describe_cluster()
+            node = cluster["brokers"][0]["node_id"]
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, str(node))])
+        except (KafkaError, IndexError, KeyError, asyncio.TimeoutError) as exc:
+            log.debug("broker settings unavailable: %r", exc)
+            return {}
+        limits: dict[str, str] = {}
+        for response in responses:
+            for resource in response.resources:
+                for entry in resource[4]:
+                    if entry[0] in _BROKER_LIMITS and entry[1] is not None:
+                        limits[entry[0]] = entry[1]
+        return limits
 
     def _producer_options(self) -> dict[str, Any]:
         config = self.config
@@ -800,6 +962,8 @@ class KafkaTransport(Transport):
 
     async def _start_producer(self) -> AIOKafkaProducer:
         config = self.config
+        if config.transactional_id is not None:
+            return await self._start_transactional_producer()
         want = config.enable_idempotence if config.enable_idempotence is not None else config.acks == "all"
         if want and config.enable_idempotence is None and config.bootstrap_servers in _idempotence_refused:
             log.debug("idempotence off for %s: refused earlier", config.bootstrap_servers)
@@ -813,6 +977,8 @@ class KafkaTransport(Transport):
                 raise _unavailable(f"cannot connect to {config.bootstrap_servers}", exc) from exc
             except KafkaError as exc:
                 await producer.stop()
+                if _errors.is_fatal(exc) and not isinstance(exc, ClusterAuthorizationFailedError):
+                    raise self._start_error(exc) from exc
                 if config.enable_idempotence:
                     raise TransportError(
                         f"the broker at {config.bootstrap_servers} refused an idempotent producer "
@@ -833,16 +999,40 @@ class KafkaTransport(Transport):
                 self.idempotent = True
                 return producer
         producer = AIOKafkaProducer(**self._producer_options(), enable_idempotence=False)
+        await self._start_client(producer)
+        self.idempotent = False
+        return producer
+
+    async def _start_client(self, producer: AIOKafkaProducer, refused: str | None = None) -> None:
+        """Start ``producer``; stop it and raise the classified error if that fails.
+        ``refused`` names the setting to blame when the broker refuses without a reason."""
         try:
             await producer.start()
         except BaseException as exc:
             await producer.stop()
             if isinstance(exc, _UNREACHABLE):
-                raise _unavailable(f"cannot connect to {config.bootstrap_servers}", exc) from exc
-            if isinstance(exc, KafkaError):
-                raise TransportError(f"cannot connect to {config.bootstrap_servers}: {exc!r}") from exc
-            raise
-        self.idempotent = False
+                raise _unavailable(f"cannot connect to {self.config.bootstrap_servers}", exc) from exc
+            if not isinstance(exc, KafkaError):
+                raise
+            error = self._start_error(exc)
+            if refused is not None and not isinstance(error, (ConfigurationError, AuthenticationError)):
+                error = ConfigurationError(
+                    f"the broker at {self.config.bootstrap_servers} refused a producer with {refused} "
+                    f"({type(exc).__name__}); set {refused}=None",
+                    setting=refused,
+                )
+            raise error from exc
+
+    async def _start_transactional_producer(self) -> AIOKafkaProducer:
+        config = self.config
+        producer = AIOKafkaProducer(
+            **self._producer_options(),
+            transactional_id=config.transactional_id,
+            transaction_timeout_ms=config.transaction_timeout_ms,
+        )
+        await self._start_client(producer, refused="transactional_id")
+        self.idempotent = True
+        self._transaction_lock = asyncio.Lock()
         return producer
 
     async def close(self) -> None:
@@ -942,6 +1132,23 @@ class KafkaTransport(Transport):
         if not messages:
             return
         await self.ensure_topics(m.topic for m in messages)
+        lock = self._transaction_lock
+        if lock is None:
+            await self._send(producer, messages)
+            return
+        # One transaction per call: the batch becomes visible to read_committed
+        # consumers all together, or (on any failure) not at all.
+        async with lock:
+            try:
+                async with producer.transaction():
+                    await self._send(producer, messages)
+            except EventBusError:
+                raise
+            except KafkaError as exc:
+                what = f"transaction of {len(messages)} record(s) to {messages[0].topic!r} aborted"
+                raise _publish_error(what, exc, await self._publish_fatal(what, exc, messages)) from exc
+
+    async def _send(self, producer: AIOKafkaProducer, messages: Sequence[Message]) -> None:
         futures: list[asyncio.Future[Any]] = []
         failure: BaseException | None = None
         sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes sent to it]
@@ -953,8 +1160,13 @@ class KafkaTransport(Transport):
                 future = await producer.send(
                     message.topic,
                     value=message.value,
-                    key=message.key.encode("utf-8") if message.key is not None else None,
-                    headers=[(name, value.encode("utf-8")) for name, value in message.headers.items()],
+                    # surrogateescape writes back the exact bytes of a received message
+                    # that was not UTF-8, so its dead letter carries what arrived.
+                    key=message.key.encode("utf-8", "surrogateescape") if message.key is not None else None,
+                    headers=[
+                        (name, value.encode("utf-8", "surrogateescape"))
+                        for name, value in message.headers.items()
+                    ],
                     partition=partition,
                 )
             except Exception as exc:
@@ -972,7 +1184,62 @@ class KafkaTransport(Transport):
                 f"{len(messages) - confirmed} of {len(messages)} record(s) to {messages[0].topic!r} "
                 "not confirmed"
             )
-            raise _publish_error(what, failure) from failure
+            if isinstance(failure, (*_UNREACHABLE, asyncio.TimeoutError)):
+                # aiokafka retried the send until the request timeout before giving up.
+                what += f" (retried for up to request_timeout_ms={self.config.request_timeout_ms})"
+            raise _publish_error(
+                what, failure, await self._publish_fatal(what, failure, messages)
+            ) from failure
+
+    async def _publish_fatal(
+        self, what: str, exc: BaseException, messages: Sequence[Message]
+    ) -> EventBusError | None:
+        topics = sorted({m.topic for m in messages})
+        config = self.config
+        missing_topic = (KafkaTimeoutError, UnknownTopicOrPartitionError, TransportUnavailableError)
+        if isinstance(exc, missing_topic) and not config.auto_create_topics:
+            # aiokafka waits for metadata of a topic that does not exist until it times
+            # out: a missing topic must not read as an unreachable broker.
+            with contextlib.suppress(TransportError):
+                existing = await self._existing_topics()
+                missing = [t for t in topics if t not in existing]
+                if missing:
+                    self._known_topics.difference_update(missing)
+                    return _errors.unknown_topic(what, missing)
+        limits: Mapping[str, str] = {}
+        if isinstance(exc, MessageSizeTooLargeError):
+            if "max_request_size" in str(exc):
+                # aiokafka's own check, before sending: our limit, not the broker's.
+                return ConfigurationError(
+                    f"{what}: a record is larger than max_request_size={config.max_request_size}; "
+                    "raise KafkaConfig.max_request_size (and the topic's max.message.bytes) or "
+                    "publish smaller events",
+                    setting="max_request_size",
+                )
+            limits = await self._topic_limits(topics[0])
+        return _errors.classify(
+            exc,
+            what=what,
+            max_request_size=config.max_request_size,
+            topics=topics,
+            username=config.resolved_username(),
+            broker_limits=limits,
+        )
+
+    async def _topic_limits(self, topic: str) -> dict[str, str]:
+        if self._admin is None:
+            return {}
+        try:
+            responses = await self._admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        except (KafkaError, asyncio.TimeoutError):
+            return {}
+        return {
+            entry[0]: entry[1]
+            for response in responses
+            for resource in response.resources
+            for entry in resource[4]
+            if entry[0] in ("max.message.bytes", "retention.ms", "retention.bytes", "cleanup.policy")
+        }
 
     async def _sticky_partition(self, message: Message, sticky: dict[str, list[int]]) -> int | None:
         # Keyless records of one publish call stay on one partition until a batch's

@@ -11,10 +11,16 @@ from urllib.parse import urlsplit
 from dotmac.events import EventBus, TransportSpec, create_bus, hookimpl
 from dotmac.events.registry import Registry
 
-from .config import MemoryConfig
+from .config import MemoryConfig, default_persistence_dir
 from .transport import CAPABILITIES, MemoryTransport, read_persistence_log
 
-__all__ = ["MemoryConfig", "MemoryTransport", "create_memory_bus", "read_persistence_log"]
+__all__ = [
+    "MemoryConfig",
+    "MemoryTransport",
+    "create_memory_bus",
+    "default_persistence_dir",
+    "read_persistence_log",
+]
 
 
 def _parse_url(url: str) -> dict[str, Any]:

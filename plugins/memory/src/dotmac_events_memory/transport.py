@@ -36,7 +36,7 @@ from dotmac.events import (
 from dotmac.events.errors import BusStateError
 from dotmac.events.transport import DeliverySink
 
-from .config import MemoryConfig
+from .config import MemoryConfig, persistence_file
 
 __all__ = ["CAPABILITIES", "MemoryTransport", "read_persistence_log"]
 
@@ -122,8 +122,7 @@ class _Broker:
         self.refs = 0
         self.log_file: IO[str] | None = None
         if config.enable_persistence:
-            path = Path(config.persistence_path or f"dotmac-events-{config.name}.jsonl")
-            self.log_file = path.open("a", encoding="utf-8")
+            self.log_file = persistence_file(config).open("a", encoding="utf-8")
 
     def topic(self, name: str) -> _Topic:
         topic = self.topics.get(name)
@@ -142,27 +141,33 @@ _brokers: dict[tuple[int, str], _Broker] = {}
 
 
 class _MemoryDelivery(Delivery):
-    __slots__ = ("_done", "_entry", "_holder", "delivery_count", "message", "ordering_key")
+    __slots__ = ("_done", "_entry", "_holder", "_owner", "delivery_count", "message", "ordering_key")
 
-    def __init__(self, entry: _Entry, holder: _Holder) -> None:
+    def __init__(self, entry: _Entry, holder: _Holder, owner: _MemorySubscription) -> None:
         self.message = entry.message
         self.delivery_count = entry.count
         self.ordering_key = entry.message.key
         self._holder = holder
+        self._owner = owner
         self._entry = entry
         self._done = False
 
+    def _settle(self) -> None:
+        self._done = True
+        self._holder.inflight -= 1
+        self._holder.taken.pop(self, None)
+        owner = self._owner
+        owner.unacked -= 1
+        if owner.unacked < owner.prefetch:
+            owner.room.set()
+
     async def ack(self) -> None:
         if not self._done:
-            self._done = True
-            self._holder.inflight -= 1
-            self._holder.taken.pop(self, None)
+            self._settle()
 
     def release_now(self) -> None:
         if not self._done:
-            self._done = True
-            self._holder.inflight -= 1
-            self._holder.taken.pop(self, None)
+            self._settle()
             self._holder.requeue(_Entry(self._entry.message, self._entry.count + 1))
 
     async def release(self) -> None:
@@ -171,8 +176,17 @@ class _MemoryDelivery(Delivery):
 
 class _MemorySubscription(TransportSubscription):
     def __init__(
-        self, transport: MemoryTransport, holders: list[tuple[_Topic, _Holder]], broadcast: bool, name: str
+        self,
+        transport: MemoryTransport,
+        holders: list[tuple[_Topic, _Holder]],
+        broadcast: bool,
+        name: str,
+        prefetch: int,
     ) -> None:
+        # Un-acked deliveries this subscription holds, bounded by ``prefetch``.
+        self.unacked = 0
+        self.prefetch = prefetch
+        self.room = asyncio.Event()
         self._transport = transport
         self._holders = holders
         self._broadcast = broadcast
@@ -189,6 +203,9 @@ class _MemorySubscription(TransportSubscription):
     async def _pump(self, holder: _Holder, sink: DeliverySink) -> None:
         ready = holder.ready
         while True:
+            while self.unacked >= self.prefetch:
+                self.room.clear()
+                await self.room.wait()
             if ready:
                 entry = ready.popleft()
                 if len(ready) < holder.maxsize:
@@ -196,7 +213,8 @@ class _MemorySubscription(TransportSubscription):
             else:
                 entry = await holder.get()
             holder.inflight += 1
-            delivery = _MemoryDelivery(entry, holder)
+            self.unacked += 1
+            delivery = _MemoryDelivery(entry, holder, self)
             holder.taken[delivery] = time.monotonic()
             try:
                 await sink(delivery)
@@ -364,7 +382,9 @@ class MemoryTransport(Transport):
                     topic.groups[spec.group] = holder
                     topic.holders.append(holder)
             holders.append((topic, holder))
-        sub = _MemorySubscription(self, holders, broadcast=spec.group is None, name=spec.consumer_name)
+        sub = _MemorySubscription(
+            self, holders, broadcast=spec.group is None, name=spec.consumer_name, prefetch=spec.prefetch
+        )
         sub.start(sink, spec.consumer_name)
         self._subs.add(sub)
         return sub
@@ -429,7 +449,9 @@ def read_persistence_log(path: str | Path) -> Iterator[Message]:
 
     Replay them with ``await bus.transport.publish(list(read_persistence_log(path)))``.
     """
-    with Path(path).open(encoding="utf-8") as handle:
+    # Text that is not UTF-8 is kept as lone surrogates (the transports' rule for
+    # received headers), so the core dead-letters such a message when it is replayed.
+    with Path(path).open(encoding="utf-8", errors="surrogateescape") as handle:
         for line in handle:
             if not line.strip():
                 continue

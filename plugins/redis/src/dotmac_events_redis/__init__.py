@@ -5,13 +5,17 @@ This module holds only the plugin's hook implementations and its public names.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from dotmac.events import EventBus, TransportSpec, create_bus, hookimpl
+from dotmac.events import EventBus, Transport, TransportSpec, create_bus, hookimpl
 from dotmac.events.registry import Registry
 
 from .config import RedisConfig, parse_redis_url
 from .transport import CAPABILITIES, DATA_FIELD, KEY_FIELD, RedisTransport
+
+if TYPE_CHECKING:
+    from dotmac.events.doctor import DoctorCheck
 
 __all__ = ["DATA_FIELD", "KEY_FIELD", "RedisConfig", "RedisTransport", "create_redis_bus"]
 
@@ -34,3 +38,10 @@ def dotmac_events_register_transports(register: Registry) -> None:
             description="Redis Streams: consumer groups with pending-entry reclaim",
         )
     )
+
+
+@hookimpl
+def dotmac_events_doctor_checks(transport: Transport) -> Sequence[DoctorCheck] | None:
+    from .doctor import checks
+
+    return checks(transport)

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import ssl
 import time
 import warnings
 from collections import deque
@@ -40,16 +39,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    NoPermissionError,
     NoScriptError,
-    ReadOnlyError,
     RedisError,
     ResponseError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
@@ -66,10 +61,11 @@ from dotmac.events import (
     TransportUnavailableError,
 )
 from dotmac.events.bus import REPLY_TOPIC_PREFIX
-from dotmac.events.errors import BusStateError
+from dotmac.events.errors import AuthenticationError, BusStateError, ConfigurationError, EventBusError
 from dotmac.events.transport import DeliverySink
 
 from . import _scripts
+from . import errors as _errors
 from .config import RedisConfig
 from .groups import stream_groups
 
@@ -126,50 +122,14 @@ def _text(value: Any) -> str:
 
 def _retriable(exc: BaseException) -> bool:
     """Whether repeating the operation later may succeed (a lost or busy server)."""
-    if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
-        return False
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)):
-        return not _tls_rejected(exc)
-    if isinstance(exc, ResponseError):
-        return str(exc).startswith(("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ", "CLUSTERDOWN"))
-    return False
+    return _errors.is_retriable(exc)
 
 
-def _tls_rejected(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return True
-        if "CERTIFICATE_VERIFY_FAILED" in str(current) or "Hostname mismatch" in str(current):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+_redis_message = _errors.redis_message
 
 
-def _redis_message(exc: BaseException) -> str:
-    """The server's message, without the command text redis-py adds for pipelines
-    (it would copy event contents into error messages and logs)."""
-    text = str(exc)
-    marker = "of pipeline caused error: "
-    if marker in text:
-        text = text.split(marker, 1)[1].strip("()',\"")
-    return text
-
-
-def _transport_error(what: str, exc: BaseException) -> TransportError:
-    retriable = _retriable(exc)
-    detail = f"{type(exc).__name__}: {_redis_message(exc)}"
-    if _tls_rejected(exc):
-        return TransportError(
-            f"{what}: the server's TLS certificate was rejected ({detail})", retriable=False
-        )
-    if isinstance(exc, (AuthenticationError, AuthorizationError, NoPermissionError)):
-        return TransportError(f"{what}: Redis refused the credentials or command ({detail})", retriable=False)
-    if retriable:
-        return TransportUnavailableError(f"{what}: Redis is unreachable ({detail})")
-    return TransportError(f"{what}: {detail}", retriable=False)
+def _transport_error(what: str, exc: BaseException) -> EventBusError:
+    return _errors.transport_error(what, exc)
 
 
 def _entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
@@ -1150,7 +1110,10 @@ class _AckWriter(_Coalescer[_AckItem]):
                     log.debug("ack write failed, retrying: %r", exc)
                     await asyncio.sleep(backoff.next())
                     continue
-                error = _transport_error("acknowledgement not written", exc)
+                what = "acknowledgement not written"
+                if _retriable(exc):
+                    what += f" (retried for {transport.config.ack_timeout}s)"
+                error = _transport_error(what, exc)
                 break
             for result in results:
                 if isinstance(result, ResponseError) and "NOGROUP" in str(result):
@@ -1240,8 +1203,14 @@ class _Publisher(_Coalescer[Sequence[Message]]):
                     log.debug("publish failed, retrying: %r", exc)
                     await asyncio.sleep(backoff.next())
                     continue
-                error = _transport_error("publish failed", exc)
-                if not isinstance(error, TransportUnavailableError):
+                retried = _retriable(exc)
+                what = (
+                    f"publish failed (retried for {config.publish_timeout}s)" if retried else "publish failed"
+                )
+                error = _transport_error(what, exc)
+                if isinstance(error, TransportError) and not isinstance(
+                    error, (TransportUnavailableError, AuthenticationError)
+                ):
                     error = PublishError(str(error), retriable=error.retriable)
                 for _messages, future in batch:
                     if not future.done():
@@ -1251,8 +1220,11 @@ class _Publisher(_Coalescer[Sequence[Message]]):
         failed: dict[int, BaseException] = {}
         for (index, key, _message), result in zip(flat, results, strict=False):
             if isinstance(result, Exception) and index not in failed:
-                failed[index] = PublishError(
-                    f"Redis refused the entry for stream {key!r}: {_redis_message(result)}"
+                refused = _transport_error(f"Redis refused the entry for stream {key!r}", result)
+                failed[index] = (
+                    refused
+                    if isinstance(refused, (ConfigurationError, AuthenticationError))
+                    else PublishError(f"Redis refused the entry for stream {key!r}: {_redis_message(result)}")
                 )
         if maxlen is not None:
             # Trim before confirming, so a publish returns with the stream within its

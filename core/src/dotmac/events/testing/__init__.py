@@ -11,11 +11,22 @@ your transport and implement :meth:`TransportConformance.create_bus`::
             return create_bus("foo://localhost")
 
 Only pytest is needed; every test runs its scenario on a fresh event loop.
+
+``TestApp`` runs a service :class:`~dotmac.events.App` on a private ``memory://`` bus
+for the service's own tests (see docs/services.md).
 """
 
 from __future__ import annotations
 
-from .collect import Collector, wait_for
-from .conformance import TransportConformance
+import pytest
 
-__all__ = ["Collector", "TransportConformance", "wait_for"]
+# Plain asserts in the kit report what was expected and what was seen.
+pytest.register_assert_rewrite(
+    "dotmac.events.testing.conformance", "dotmac.events.testing.contract", "dotmac.events.testing.hostile"
+)
+
+from .app import TestApp  # noqa: E402
+from .collect import Collector, wait_for  # noqa: E402
+from .conformance import TransportConformance  # noqa: E402
+
+__all__ = ["Collector", "TestApp", "TransportConformance", "wait_for"]

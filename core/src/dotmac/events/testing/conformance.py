@@ -31,6 +31,7 @@ from ..retry import is_testing, set_testing
 from ..transport import Capabilities, Message
 from ..wire import parse_time
 from .collect import Collector, wait_for
+from .contract import ContractConformance
 from .hostile import HostileConformance
 
 __all__ = ["TransportConformance"]
@@ -40,12 +41,14 @@ class _Opaque:
     """A value no JSON codec can encode."""
 
 
-class TransportConformance(HostileConformance):
+class TransportConformance(ContractConformance, HostileConformance):
     """Contract tests every transport must pass. Implement :meth:`create_bus`.
 
     Class attributes tune the suite for slow brokers: ``timeout`` bounds every wait
     for an expected delivery, ``scenario_timeout`` a whole test, ``many_events`` and
-    ``parallel_publishes`` the sizes of the load cases.
+    ``parallel_publishes`` the sizes of the load cases, ``prompt_redelivery`` how soon
+    a released event must reach another member, ``idle_seconds`` how long the idle
+    case stays silent. :meth:`cleanup` removes what a test created on a real broker.
     """
 
     timeout: float = 30.0
@@ -64,6 +67,13 @@ class TransportConformance(HostileConformance):
         """The payload of the i-th test event. Keys ``i`` and ``text`` are read back."""
         return {"i": i, "text": f"event {i}", **extra}
 
+    async def cleanup(self, bus: EventBus, topics: list[str], groups: list[str]) -> None:
+        """Remove what one test created on the broker: ``topics`` (their dead-letter
+        topics are ``<topic>.dlq``) and consumer ``groups``. Called with a started bus
+        after every test; the default does nothing. Override it for a broker that keeps
+        streams, queues or consumers (or isolate tests another way, such as a key prefix
+        per test)."""
+
     # -- plumbing ------------------------------------------------------------------------
     def _capabilities(self) -> Capabilities:
         bus = self.create_bus()
@@ -80,18 +90,33 @@ class TransportConformance(HostileConformance):
     def run(self, scenario: Callable[[], Awaitable[None]]) -> None:
         previous = is_testing()
         set_testing(True)
+        self._created: tuple[list[str], list[str]] = ([], [])
         try:
             asyncio.run(asyncio.wait_for(scenario(), self.scenario_timeout))
         finally:
             set_testing(previous)
+            topics, groups = self._created
+            if topics or groups:
+                asyncio.run(self._cleanup(topics, groups))
 
-    @staticmethod
-    def topic(name: str) -> str:
-        return f"conformance.{name}.{uuid.uuid4().hex[:10]}"
+    async def _cleanup(self, topics: list[str], groups: list[str]) -> None:
+        async with self.create_bus() as bus:
+            await self.cleanup(bus, topics, groups)
 
-    @staticmethod
-    def group(name: str) -> str:
-        return f"conformance-{name}-{uuid.uuid4().hex[:8]}"
+    def _record(self, kind: int, name: str) -> None:
+        created: tuple[list[str], list[str]] | None = getattr(self, "_created", None)
+        if created is not None:
+            created[kind].append(name)
+
+    def topic(self, name: str) -> str:
+        topic = f"conformance.{name}.{uuid.uuid4().hex[:10]}"
+        self._record(0, topic)
+        return topic
+
+    def group(self, name: str) -> str:
+        group = f"conformance-{name}-{uuid.uuid4().hex[:8]}"
+        self._record(1, group)
+        return group
 
     @contextlib.asynccontextmanager
     async def buses(self, n: int = 1) -> AsyncIterator[list[EventBus]]:

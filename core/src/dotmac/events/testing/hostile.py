@@ -116,12 +116,10 @@ class HostileConformance:
     def payload(self, i: int, **extra: Any) -> dict[str, Any]:
         raise NotImplementedError
 
-    @staticmethod
-    def topic(name: str) -> str:
+    def topic(self, name: str) -> str:
         raise NotImplementedError
 
-    @staticmethod
-    def group(name: str) -> str:
+    def group(self, name: str) -> str:
         raise NotImplementedError
 
     def _capabilities(self) -> Capabilities:

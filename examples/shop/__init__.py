@@ -1,0 +1,1 @@
+"""A two-service example: an order service and a billing worker."""

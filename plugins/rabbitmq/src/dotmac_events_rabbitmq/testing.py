@@ -1,0 +1,243 @@
+"""Test helpers: a throw-away vhost on a running broker, and a private RabbitMQ node.
+
+>>> with TemporaryVhost() as vhost:            # rabbitmqctl add_vhost / delete_vhost
+...     bus = create_bus(f"amqp://guest:guest@127.0.0.1:5672/{vhost.quoted}")
+>>> with RabbitMQNode() as node:               # its own node name, ports and data
+...     node.restart()                         # stop, start again with the same data
+
+Only the standard library is used, so other packages' test suites can reuse it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+__all__ = [
+    "BrokerUnusable",
+    "RabbitMQNode",
+    "TemporaryVhost",
+    "broker_reachable",
+    "free_port",
+    "rabbitmq_server_available",
+    "scratch_broker_url",
+    "url_fixture",
+]
+
+ENV_URL = "RABBITMQ_URL"
+
+_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+_CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def broker_reachable(host: str = "127.0.0.1", port: int = 5672, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _binary(path: str, name: str) -> str | None:
+    return path if os.access(path, os.X_OK) else shutil.which(name)
+
+
+def rabbitmq_server_available() -> bool:
+    """Whether a private node can be started here (the server and ``rabbitmqctl``)."""
+    return _binary(_SERVER, "rabbitmq-server") is not None and _binary(_CTL, "rabbitmqctl") is not None
+
+
+class TemporaryVhost:
+    """A uniquely named vhost on the broker behind ``rabbitmqctl``, deleted (with every
+    queue and exchange in it) on exit; ``user`` gets full permissions on it."""
+
+    def __init__(self, *, user: str = "guest", node: str | None = None, ctl: str = "rabbitmqctl") -> None:
+        self.name = f"dotmac-test-{uuid.uuid4().hex[:12]}"
+        self.user = user
+        self._ctl = [ctl, *(["-n", node] if node else [])]
+
+    @property
+    def quoted(self) -> str:
+        """The name as the path of an AMQP URL."""
+        return quote(self.name, safe="")
+
+    def _run(self, *args: str) -> None:
+        command = [*self._ctl, *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)  # noqa: S603 - argv built here
+
+    def __enter__(self) -> TemporaryVhost:
+        self._run("add_vhost", self.name)
+        self._run("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._run("delete_vhost", self.name)
+
+
+class BrokerUnusable(Exception):
+    """No broker to test against; the message says why (tests skip with it)."""
+
+
+@contextlib.contextmanager
+def scratch_broker_url(host: str = "127.0.0.1", port: int = 5672) -> Iterator[str]:
+    """``$RABBITMQ_URL`` as it is, or a fresh vhost on the broker at ``host:port``
+    (deleted on exit). Raises :class:`BrokerUnusable` when neither is possible."""
+    url = os.environ.get(ENV_URL)
+    if url:
+        yield url
+        return
+    if not broker_reachable(host, port):
+        raise BrokerUnusable(f"no RabbitMQ at {host}:{port} and ${ENV_URL} is not set")
+    vhost = TemporaryVhost()
+    try:
+        vhost.__enter__()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BrokerUnusable(
+            f"cannot create a vhost with rabbitmqctl ({type(exc).__name__}); set ${ENV_URL}"
+        ) from exc
+    try:
+        yield f"amqp://guest:guest@{host}:{port}/{vhost.quoted}"
+    finally:
+        vhost.__exit__(None, None, None)
+
+
+def url_fixture(scope: Literal["session", "module"] = "session") -> Any:
+    """A pytest fixture ``rabbitmq_url`` over :func:`scratch_broker_url` that skips
+    the test when there is no broker: ``rabbitmq_url = url_fixture("module")``."""
+    import pytest
+
+    @pytest.fixture(scope=scope, name="rabbitmq_url")
+    def rabbitmq_url() -> Iterator[str]:
+        try:
+            with scratch_broker_url() as url:
+                yield url
+        except BrokerUnusable as exc:
+            pytest.skip(str(exc))
+
+    return rabbitmq_url
+
+
+class RabbitMQNode:
+    """A RabbitMQ node of its own: unique node name, free AMQP and distribution ports,
+    data and logs in a temporary directory kept across restarts.
+
+    ``stop()`` is a clean shutdown, ``kill()`` a SIGKILL of the node's Erlang VM;
+    ``start()`` brings it back on the same port with the same data.
+    """
+
+    def __init__(self, *, startup_timeout: float = 60.0) -> None:
+        server, ctl = _binary(_SERVER, "rabbitmq-server"), _binary(_CTL, "rabbitmqctl")
+        if server is None or ctl is None:
+            raise RuntimeError("rabbitmq-server is not installed")
+        self._server, self._ctl = server, ctl
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"dotmac-test-{uuid.uuid4().hex[:10]}@localhost"
+        self.startup_timeout = startup_timeout
+        self._dir = Path(tempfile.mkdtemp(prefix="dotmac-rabbitmq-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _env(self) -> dict[str, str]:
+        d = self._dir
+        (d / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        (d / "enabled_plugins").write_text("[].\n")
+        return {
+            **os.environ,
+            "HOME": str(d),  # the node's Erlang cookie lives here
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(d / "pid"),
+        }
+
+    def start(self) -> None:
+        log = (self._dir / "server.out").open("ab")
+        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no arguments
+            [self._server], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        while not broker_reachable("127.0.0.1", self.port, timeout=0.2):
+            if self._process.poll() is not None:
+                raise RuntimeError(f"rabbitmq-server exited with {self._process.returncode}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"rabbitmq-server did not listen within {self.startup_timeout}s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        subprocess.run(  # noqa: S603 - argv built here
+            [self._ctl, "-n", self.node, "stop"], env=self._env(), capture_output=True, timeout=60
+        )
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._process = None
+        self._wait_port_closed()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group of the node, like a crash of its machine."""
+        if self._process is None:
+            return
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._process.wait(timeout=30)
+        self._process = None
+        self._wait_port_closed()
+
+    def _wait_port_closed(self) -> None:
+        # The Erlang VM lets go of its listener a moment after the signal.
+        deadline = time.monotonic() + 30
+        while broker_reachable("127.0.0.1", self.port, timeout=0.2):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RabbitMQ node {self.node} still listens after it was stopped")
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> RabbitMQNode:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -50,6 +50,7 @@ class OpsState:
         loop_lag_threshold: float = 1.0,
         readiness_timeout: float = 2.0,
         expect_subscriptions: int = 0,
+        asyncapi: dict[str, Any] | None = None,
     ) -> None:
         import prometheus_client as prom
 
@@ -63,6 +64,7 @@ class OpsState:
         self.probe = LoopLagProbe(threshold=loop_lag_threshold)
         self.readiness_timeout = readiness_timeout
         self.expect_subscriptions = expect_subscriptions
+        self.asyncapi = asyncapi
 
     @property
     def writable(self) -> bool:
@@ -126,7 +128,19 @@ async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     state = _state(request)
+    sampler = state.sampler
+    if set(sampler.topics()) - set(sampler.groups) - set(sampler.errors):
+        # Topics subscribed since the last refresh (an app subscribes after the server
+        # started): ask for them now rather than report nothing until the next round.
+        await sampler.refresh()
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def asyncapi_json(request: Request) -> Response:
+    document = _state(request).asyncapi
+    if document is None:
+        return PlainTextResponse("no AsyncAPI document: the server runs a bus, not an app", status_code=404)
+    return JSONResponse(document)
 
 
 # -- groups ------------------------------------------------------------------------------------
@@ -301,6 +315,7 @@ def create_app(state: OpsState, *, ui: bool = True) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/asyncapi.json", asyncapi_json),
     ]
     if ui:
         routes += [
@@ -339,7 +354,8 @@ class OpsServer:
     the write actions of the page (dead-letter replay); without it the page is
     read-only. ``ui=False`` serves the probes and metrics only. ``/readyz`` stays false
     until the bus has ``expect_subscriptions`` live subscriptions (a service knows how
-    many it opens; the probe then waits for all of them).
+    many it opens; the probe then waits for all of them). ``asyncapi`` is served at
+    ``/asyncapi.json``.
     """
 
     def __init__(
@@ -356,6 +372,7 @@ class OpsServer:
         lag_interval: float = 5.0,
         loop_lag_threshold: float = 1.0,
         expect_subscriptions: int = 0,
+        asyncapi: dict[str, Any] | None = None,
     ) -> None:
         self.state = OpsState(
             bus,
@@ -366,6 +383,7 @@ class OpsServer:
             lag_interval=lag_interval,
             loop_lag_threshold=loop_lag_threshold,
             expect_subscriptions=expect_subscriptions,
+            asyncapi=asyncapi,
         )
         self.app = create_app(self.state, ui=ui)
         self.host = host

@@ -9,10 +9,13 @@ import json
 import logging
 import os
 import signal
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dotmac.events.config import ENV_URL
 from dotmac.events.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dotmac.events.app import App
 
 __all__ = ["ENV_TOKEN", "register"]
 
@@ -108,7 +111,99 @@ async def _ui(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _asyncapi(args: argparse.Namespace, out: TextIO) -> int:
+    from dotmac.events.app.serve import load_app
+
+    from .asyncapi import asyncapi_document
+
+    app = load_app(args.app, args.app_dir)
+    document = asyncapi_document(app, url=args.url, title=args.title, version=args.version)
+    if args.format == "yaml":
+        import yaml
+
+        out.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
+    else:
+        out.write(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+def _http_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected [HOST]:PORT, got {text!r}")
+    return (host or "0.0.0.0", int(port))  # noqa: S104 - a probe endpoint must be reachable by the kubelet
+
+
+def attach_http(app: App, host: str, port: int, token: str | None = None) -> None:
+    """Serve ``app``'s probes, metrics, page and AsyncAPI document while it runs: the
+    server starts once the bus is connected (before intake, so ``/readyz`` is false
+    until every subscription is live) and stops after the drain."""
+    from .app import OpsServer
+    from .asyncapi import asyncapi_document
+
+    holder: dict[str, Any] = {}
+
+    @app.on_startup
+    async def _start_ops_server() -> None:
+        server = OpsServer(
+            app.bus,
+            host=host,
+            port=port,
+            token=token,
+            expect_subscriptions=len(app.subscribers),
+            asyncapi=asyncapi_document(app),
+        )
+        await server.start()
+        holder["server"] = server
+        log.info("ops endpoints of %s on %s", app.name, server.url)
+
+    @app.on_shutdown
+    async def _stop_ops_server() -> None:
+        server = holder.pop("server", None)
+        if server is not None:
+            await server.stop()
+
+
+def _wrap_run(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``--http [HOST]:PORT`` to the core's ``run`` command."""
+    run = subparsers.choices.get("run")
+    if run is None:
+        return
+    inner = run.get_default("func")
+    run.add_argument(
+        "--http",
+        type=_http_address,
+        metavar="[HOST]:PORT",
+        help="serve /healthz, /readyz, /metrics, /asyncapi.json and the ops page (dotmac-events-ops)",
+    )
+
+    def run_with_http(args: argparse.Namespace, out: TextIO) -> Any:
+        if args.http is not None:
+            from dotmac.events.app.serve import load_app
+
+            if len(args.apps) != 1 or args.workers != 1:
+                raise ConfigurationError(
+                    "--http serves one app in one worker: pass one MODULE:APP and --workers 1"
+                )
+            host, port = args.http
+            # load_app imports the module once: the runner gets this same App object.
+            attach_http(load_app(args.apps[0], args.app_dir), host, port, os.environ.get(ENV_TOKEN) or None)
+        return inner(args, out)
+
+    run.set_defaults(func=run_with_http)
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    _wrap_run(subparsers)
+    a = subparsers.add_parser("asyncapi", help="the AsyncAPI 3.0 document of a service app")
+    a.add_argument("app", metavar="MODULE:APP", help="e.g. shop.billing:app")
+    a.add_argument("--format", choices=("json", "yaml"), default="json")
+    a.add_argument("--url", default=None, help="the server to name (default: the app's own URL)")
+    a.add_argument("--title", default=None, help="document title (default: the app's name)")
+    a.add_argument("--version", default="0.1.0", help="document version (default: 0.1.0)")
+    a.add_argument("--app-dir", default=".", help="directory put on sys.path first (default: .)")
+    a.set_defaults(func=_asyncapi)
+
     url_help = f"transport URL (default: ${ENV_URL}, else memory://)"
     g = subparsers.add_parser("groups", help="consumer groups of topics: lag, pending, members")
     g.add_argument("--url", default=None, help=url_help)

@@ -26,7 +26,7 @@ class LoopLagProbe:
     failure too).
     """
 
-    def __init__(self, *, threshold: float = 1.0, interval: float = 0.25, window: float = 10.0) -> None:
+    def __init__(self, *, threshold: float = 1.0, interval: float = 0.25, window: float = 5.0) -> None:
         self.threshold = threshold
         self.interval = interval
         self.window = window

@@ -51,6 +51,12 @@ def test_run_serves_probes_metrics_and_asyncapi(redis_server: Callable[[], Redis
             time.sleep(0.2)
         document = httpx.get(f"http://127.0.0.1:{port}/asyncapi.json").json()
         assert document["asyncapi"] == "3.0.0" and document["info"]["title"] == "billing"
+        page = httpx.get(f"http://127.0.0.1:{port}/asyncapi")
+        assert page.status_code == 200
+        assert (
+            'id="channel-orders.created"' in page.text
+            and "Bills an order and issues its invoice." in page.text
+        )
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         assert 'events_consumer_lag{consumer_group="billing",topic="orders.created"} 0.0' in metrics
     finally:

@@ -143,6 +143,15 @@ async def asyncapi_json(request: Request) -> Response:
     return JSONResponse(document)
 
 
+async def asyncapi_html(request: Request) -> Response:
+    state = _state(request)
+    if state.asyncapi is None:
+        return PlainTextResponse("no AsyncAPI document: the server runs a bus, not an app", status_code=404)
+    return _TEMPLATES.TemplateResponse(
+        request, "asyncapi.html", {"doc": state.asyncapi, "writable": state.writable}
+    )
+
+
 # -- groups ------------------------------------------------------------------------------------
 def group_rows(state: OpsState) -> list[dict[str, Any]]:
     rows = []
@@ -321,6 +330,7 @@ def create_app(state: OpsState, *, ui: bool = True) -> Starlette:
         routes += [
             Route("/", index),
             Route("/api/groups", api_groups),
+            Route("/asyncapi", asyncapi_html),
             Route("/dlq", dlq_page),
             Route("/dlq/replay", dlq_replay, methods=["GET", "POST"]),
             Route("/dlq/{dlq_topic}/{event_id}", dlq_letter),

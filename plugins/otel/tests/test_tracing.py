@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from opentelemetry import trace
@@ -23,6 +24,15 @@ from dotmac.events.errors import MessageTooLargeError
 from dotmac.events.event import MAX_HEADER_COUNT
 
 NO_WAIT = ConsumerOptions(max_retries=3, backoff_base_ms=0, retry_policy="fixed")
+
+
+def _setter(flag: asyncio.Event) -> Callable[[Event], Awaitable[None]]:
+    """An async handler that sets ``flag`` (on the loop: asyncio.Event is not thread-safe)."""
+
+    async def handler(event: Event) -> None:
+        flag.set()
+
+    return handler
 
 
 def traceparent_of(span: Any) -> str:
@@ -87,7 +97,7 @@ async def test_producer_span_is_child_of_the_callers_span(telemetry, make_bus, n
     topic = new_topic()
     handled = asyncio.Event()
     async with make_bus() as bus:
-        await bus.subscribe(topic, lambda e: handled.set())
+        await bus.subscribe(topic, _setter(handled))
         with telemetry.tracer.start_as_current_span("request handler") as outer:
             await bus.publish(Event(topic=topic, payload={}))
             # The PRODUCER span is current only while publishing.
@@ -107,7 +117,7 @@ async def test_consumer_span_ignores_the_subscribers_context(telemetry, make_bus
     handled = asyncio.Event()
     async with make_bus() as bus:
         with telemetry.tracer.start_as_current_span("startup"):
-            await bus.subscribe(topic, lambda e: handled.set())
+            await bus.subscribe(topic, _setter(handled))
         # Sent past the observer: no traceparent header.
         await bus.transport.publish([bus.encode(Event(topic=topic, payload={}))])
         await asyncio.wait_for(handled.wait(), 5)
@@ -152,7 +162,7 @@ async def test_dead_letter_sets_error_status_and_event(telemetry, make_bus, new_
         raise ValueError("cannot bill order 7")
 
     async with make_bus() as bus:
-        await bus.subscribe(f"{topic}.dlq", lambda e: dead.set())
+        await bus.subscribe(f"{topic}.dlq", _setter(dead))
         await bus.subscribe(
             topic,
             broken,
@@ -189,7 +199,7 @@ async def test_non_retryable_error_goes_straight_to_the_dead_letter(telemetry, m
         raise NonRetryableError("malformed order")
 
     async with make_bus() as bus:
-        await bus.subscribe(f"{topic}.dlq", lambda e: dead.set())
+        await bus.subscribe(f"{topic}.dlq", _setter(dead))
         await bus.subscribe(topic, reject, options=NO_WAIT)
         await bus.publish(Event(topic=topic, payload={}))
         await asyncio.wait_for(dead.wait(), 5)
@@ -239,7 +249,7 @@ async def test_publish_many_spans_are_siblings(telemetry, make_bus, new_topic):
     got: list[Event] = []
     all_in = asyncio.Event()
 
-    def handle(event: Event) -> None:
+    async def handle(event: Event) -> None:
         got.append(event)
         if len(got) == 3:
             all_in.set()
@@ -330,7 +340,7 @@ async def test_republished_event_links_to_its_first_trace(telemetry, make_bus, n
     handled = asyncio.Event()
     received: list[Event] = []
 
-    def handle(event: Event) -> None:
+    async def handle(event: Event) -> None:
         received.append(event)
         handled.set()
 
@@ -358,7 +368,7 @@ async def test_full_headers_skip_propagation_instead_of_failing(telemetry, make_
     handled = asyncio.Event()
     received: list[Event] = []
 
-    def handle(event: Event) -> None:
+    async def handle(event: Event) -> None:
         received.append(event)
         handled.set()
 
@@ -381,7 +391,7 @@ async def test_tracing_off_records_no_spans_but_metrics(telemetry, new_topic, me
     topic = new_topic()
     handled = asyncio.Event()
     async with create_bus(memory_url, observers=[telemetry.observer(tracing=False)]) as bus:
-        await bus.subscribe(topic, lambda e: handled.set())
+        await bus.subscribe(topic, _setter(handled))
         await bus.publish(Event(topic=topic, payload={}))
         await asyncio.wait_for(handled.wait(), 5)
     assert telemetry.spans() == []
@@ -392,7 +402,7 @@ async def test_errors_outside_the_handler_are_recorded_on_the_consumer_span(tele
     topic = new_topic()
     handled = asyncio.Event()
 
-    def answer_badly(event: Event) -> int:
+    async def answer_badly(event: Event) -> int:
         handled.set()
         return 42  # a request handler must return a dict or an Event: the reply fails
 

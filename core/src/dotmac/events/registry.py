@@ -42,6 +42,7 @@ FIRST_PARTY: tuple[FirstPartyPlugin, ...] = (
     FirstPartyPlugin("kafka", "dotmac_events_kafka", ("kafka",), ("KafkaConfig", "create_kafka_bus")),
     FirstPartyPlugin("avro", "dotmac_events_avro", ("avro",), ("AvroCodec",)),
     FirstPartyPlugin("otel", "dotmac_events_otel", ("otel",)),
+    FirstPartyPlugin("nats", "dotmac_events_nats", ("nats",), ("NatsConfig", "create_nats_bus")),
     FirstPartyPlugin("outbox", "dotmac_events_outbox"),
     FirstPartyPlugin(
         "rabbitmq",

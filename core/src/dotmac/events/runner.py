@@ -699,6 +699,9 @@ class Subscription:
                     await self._host.publish(build_reply(request, result))
                     return
                 except (ValidationError, CodecError) as exc:  # it cannot be a reply
+                    self.errors += 1
+                    log.warning("the handler's result cannot be a reply to %s: %r", request.topic, exc)
+                    self._observers.error("reply", exc, {"topic": request.topic, "group": self.group})
                     error = exc
             await self._host.publish(error_reply(request, error))
         except Exception as exc:

@@ -1,0 +1,70 @@
+"""Fixtures: a private nats-server (or ``$NATS_URL``), per-test streams, fault figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dotmac_events_nats.testing import NatsUnavailableError, delete_stream, nats_url_for_tests
+
+# Figures of the fault tests, printed at the end of the run (visible with -q).
+FIGURES: list[tuple[str, dict[str, Any]]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("nats fault-test figures")
+    for name, figures in FIGURES:
+        line = ", ".join(f"{k}={v}" for k, v in figures.items())
+        terminalreporter.write_line(f"{name}: {line}")
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest, record_property: Callable[[str, object], None]) -> Any:
+    """``report(**figures)``: record a fault test's figures for the summary."""
+
+    def add(**figures: Any) -> None:
+        FIGURES.append((request.node.name, figures))
+        for key, value in figures.items():
+            record_property(key, value)
+        print(f"\n[{request.node.name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+    return add
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """``$NATS_URL``, or a private nats-server with JetStream on a free port for the session.
+
+    Skips when neither is available; a server that listens but misbehaves fails the tests.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(nats_url_for_tests())
+        except NatsUnavailableError as exc:
+            pytest.skip(str(exc))
+        yield url
+
+
+@pytest.fixture
+def bus_url(nats_url: str) -> Iterator[Callable[..., str]]:
+    """``bus_url(**query)``: a URL on a stream and subject prefix of this test's own.
+
+    The stream is deleted after the test. Extra query parameters are appended.
+    """
+    tag = uuid.uuid4().hex[:10]
+    stream = f"test_{tag}"
+
+    def make(**query: Any) -> str:
+        params = {"stream": stream, "subject_prefix": f"t{tag}", "pull_expires": "0.5", **query}
+        return nats_url + "?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+    make.stream = stream  # type: ignore[attr-defined]
+    yield make
+    asyncio.run(delete_stream(nats_url, stream))

@@ -66,3 +66,14 @@ async def test_a_partition_without_commit_makes_lag_unknown(
         (info,) = await bus.groups(topic)
         # Where the group starts on partition 1 depends on its reset policy: no guess.
         assert (info.group, info.lag) == (group, None)
+
+
+def test_member_assignments_name_their_topics() -> None:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    from dotmac_events_kafka.groups import _assigned_topics
+
+    encoded = ConsumerProtocolMemberAssignment(0, [("orders", [0, 2]), ("refunds", [1])], b"").encode()
+    assert _assigned_topics(encoded) == {"orders", "refunds"}
+    assert _assigned_topics(b"") is None  # a broker that sends no assignment
+    assert _assigned_topics(b"\x00") is None  # one of another protocol

@@ -70,8 +70,10 @@ async def _members(admin: AIOKafkaAdminClient, group: str, topic: str) -> tuple[
     members: set[str] = set()
     for response in await admin.describe_consumer_groups([group]):
         for described in response.groups:
-            for member in described[5]:  # (member_id, client_id, client_host, metadata, assignment)
-                topics = _assigned_topics(member[4])
+            # A member is (member_id, [group_instance_id from v4 on,] client_id,
+            # client_host, metadata, assignment): the assignment is always last.
+            for member in described[5]:
+                topics = _assigned_topics(member[-1])
                 if topics is None or topic in topics:
                     members.add(member[0])
     return tuple(sorted(members))

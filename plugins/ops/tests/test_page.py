@@ -94,6 +94,27 @@ async def test_browse_filter_and_replay_dead_letters(
             assert events[2].event_id not in {e.event_id for e in seen.events}  # not selected, not replayed
 
 
+async def test_letters_are_escaped_and_bad_topics_refused(
+    registry: CollectorRegistry, topic: str, http: httpx.AsyncClient
+) -> None:
+    hostile = "<script>alert(1)</script>"
+    seen = Collector(fail=lambda e, c: NonRetryableError(hostile))
+    async with create_bus("memory://") as bus, OpsServer(bus, port=0, registry=registry) as ops:
+        await bus.subscribe(topic, seen, group="g", options=ConsumerOptions(max_retries=0))
+        event = Event(topic=topic, payload={"note": hostile})
+        await bus.publish(event)
+        deadline = time.monotonic() + T
+        while not (letters := await bus.dlq.list(f"{topic}.dlq")):
+            assert time.monotonic() < deadline, "no dead letter"
+            await asyncio.sleep(0.02)
+        for url in (f"{ops.url}/dlq", f"{ops.url}/dlq/{topic}.dlq/{event.event_id}"):
+            page = await http.get(url)
+            assert page.status_code == 200 and hostile not in page.text
+        assert "&lt;script&gt;" in page.text  # shown, as text
+        assert (await http.get(f"{ops.url}/dlq/bad topic!/x")).status_code == 400
+        assert letters[0].event_id == event.event_id
+
+
 async def test_read_only_page_offers_no_replay(registry: CollectorRegistry, http: httpx.AsyncClient) -> None:
     async with create_bus("memory://") as bus, OpsServer(bus, port=0, registry=registry) as ops:
         page = await http.get(f"{ops.url}/dlq")

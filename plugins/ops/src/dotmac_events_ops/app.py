@@ -279,7 +279,10 @@ async def dlq_page(request: Request) -> Response:
 async def dlq_letter(request: Request) -> Response:
     state = _state(request)
     dlq_topic, event_id = request.path_params["dlq_topic"], request.path_params["event_id"]
-    letters = await _letters(state, [dlq_topic], {})
+    try:
+        letters = await _letters(state, [dlq_topic], {})
+    except EventBusError as exc:
+        return PlainTextResponse(f"{type(exc).__name__}: {exc}", status_code=400)
     found = next((row for row in letters if row["event_id"] == event_id), None)
     if found is None:
         return PlainTextResponse(f"no dead letter {event_id} in {dlq_topic}", status_code=404)

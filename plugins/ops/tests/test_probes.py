@@ -129,3 +129,18 @@ async def test_token_never_reaches_logs_or_reprs(
         assert secret not in repr(ops) + repr(ops.state)
     assert secret not in caplog.text
     assert "replay refused" in caplog.text
+
+
+async def test_readiness_without_a_sampler_asks_the_broker_itself(topic: str) -> None:
+    from dotmac_events_ops import readiness
+
+    bus = create_bus("memory://")
+    assert await readiness(bus) == (False, {"started": False})
+    async with bus:
+        await bus.subscribe(topic, Collector(), group="g")
+        ok, checks = await readiness(bus, expect_subscriptions=1)
+        assert ok and checks["broker"] == "ok"
+        ok, checks = await readiness(bus, expect_subscriptions=2)
+        assert not ok and checks["subscriptions"] == 1
+    ok, checks = await readiness(bus)
+    assert not ok and checks == {"started": False}

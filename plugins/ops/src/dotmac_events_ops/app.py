@@ -119,7 +119,10 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     state = _state(request)
     ok, checks = await readiness(
-        state.bus, timeout=state.readiness_timeout, expect_subscriptions=state.expect_subscriptions
+        state.bus,
+        timeout=state.readiness_timeout,
+        expect_subscriptions=state.expect_subscriptions,
+        sampler=state.sampler,
     )
     return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
 

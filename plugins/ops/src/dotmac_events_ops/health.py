@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from dotmac.events import EventBus
+from dotmac.events.metrics import LagSampler
 
 __all__ = ["LoopLagProbe", "readiness"]
 
@@ -75,16 +76,20 @@ class LoopLagProbe:
 
 
 async def readiness(
-    bus: EventBus, *, timeout: float = 2.0, expect_subscriptions: int = 0
+    bus: EventBus, *, timeout: float = 2.0, expect_subscriptions: int = 0, sampler: LagSampler | None = None
 ) -> tuple[bool, dict[str, Any]]:
     """Whether ``bus`` is ready to work, and the checks behind the answer.
 
     Ready means: the bus is started, it has at least ``expect_subscriptions``
     subscriptions and every one is live (:attr:`Subscription.active`), and the broker
-    answers. The broker is asked through
-    :meth:`EventBus.groups` for a subscribed topic when the transport supports
-    introspection (a round trip, bounded by ``timeout``); without it the transport's
-    own reconnect state is all there is, and only the first two checks apply.
+    answers. The broker is asked through :meth:`EventBus.groups` when the transport
+    supports introspection; without it the transport's own reconnect state is all
+    there is, and only the first two checks apply.
+
+    With a running ``sampler`` (a :class:`LagSampler` of the bus) its last round
+    answers for the broker, so a probe costs no broker request; a round older than
+    two intervals, or one that missed a subscribed topic, is refreshed on the spot
+    (bounded by ``timeout``). Without one, every call asks for one subscribed topic.
     """
     checks: dict[str, Any] = {"started": bus.started}
     if not bus.started:
@@ -94,7 +99,10 @@ async def readiness(
     checks["subscriptions"] = len(subs)
     checks["inactive_subscriptions"] = inactive
     ok = not inactive and len(subs) >= expect_subscriptions
-    if bus.capabilities.introspection:
+    if bus.capabilities.introspection and sampler is not None:
+        broker_ok, checks["broker"] = await _sampled_broker(sampler, timeout)
+        ok = ok and broker_ok
+    elif bus.capabilities.introspection:
         topic = next((t for s in subs for t in s.topics if not t.startswith("dotmac.reply.")), None)
         if topic is not None:
             try:
@@ -104,3 +112,20 @@ async def readiness(
                 checks["broker"] = f"{type(exc).__name__}: {exc}"
                 ok = False
     return ok, checks
+
+
+async def _sampled_broker(sampler: LagSampler, timeout: float) -> tuple[bool, str]:
+    watched = sampler.topics()
+    if not watched:
+        return True, "not asked (no topic to ask about)"
+    age = None if sampler.refreshed_at is None else time.time() - sampler.refreshed_at
+    missed = set(watched) - set(sampler.groups) - set(sampler.errors)
+    if age is None or age > 2 * sampler.interval or missed:
+        try:
+            await asyncio.wait_for(sampler.refresh(), timeout)
+        except asyncio.TimeoutError:
+            return False, f"the broker did not answer within {timeout:g} s"
+    failed = [sampler.errors[t] for t in watched if t in sampler.errors]
+    if failed:
+        return False, failed[0]
+    return True, "ok"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import pytest
 
@@ -29,21 +30,65 @@ class _Delivery(Delivery):
         pass
 
 
-async def test_an_ack_that_does_not_wait_is_done_at_once() -> None:
+async def test_the_default_runs_the_ack_in_a_task() -> None:
     delivery = _Delivery()
-    assert delivery.ack_nowait() is None
+    future = delivery.ack_nowait()
+    assert future is not None
+    await asyncio.wait_for(future, 1)
     assert delivery.acked
 
 
-async def test_an_ack_that_waits_is_finished_in_a_task() -> None:
+async def test_an_ack_that_waits_settles_its_future_when_it_is_done() -> None:
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     delivery = _Delivery(gate)
     future = delivery.ack_nowait()
     assert future is not None
-    assert not delivery.acked
+    await asyncio.sleep(0)
+    assert not delivery.acked and not future.done()
     gate.set_result(None)
     await asyncio.wait_for(future, 1)
     assert delivery.acked
+
+
+class _Timed(_Delivery):
+    """An ack that relies on its own task: the default imposes no rule against it."""
+
+    __slots__ = ()
+
+    async def ack(self) -> None:
+        assert asyncio.current_task() is not None
+        async with asyncio.timeout(1):
+            await super().ack()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
+async def test_an_ack_may_use_its_task_and_a_timeout() -> None:
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    delivery = _Timed(gate)
+    future = delivery.ack_nowait()
+    assert future is not None
+    asyncio.get_running_loop().call_soon(gate.set_result, None)
+    await asyncio.wait_for(future, 2)
+    assert delivery.acked
+
+
+async def test_the_memory_ack_is_done_at_once(memory_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dotmac.events import Event, create_bus
+    from dotmac.events.testing import wait_for
+    from dotmac_events_memory.transport import _MemoryDelivery
+
+    results: list[tuple[object, bool]] = []
+    original = _MemoryDelivery.ack_nowait
+
+    def recording(self: _MemoryDelivery) -> None:
+        results.append((original(self), self._done))
+
+    monkeypatch.setattr(_MemoryDelivery, "ack_nowait", recording)
+    async with create_bus(memory_url) as bus:
+        sub = await bus.subscribe("t", lambda _e: None, group="g")
+        await bus.publish(Event(topic="t"))
+        await wait_for(lambda: sub.handled == 1, 5, what="one event acked")
+    assert results == [(None, True)]
 
 
 async def test_an_ack_that_fails_fails_its_future() -> None:

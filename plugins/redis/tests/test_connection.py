@@ -1,74 +1,176 @@
-"""The transport's connection class (command packing, bounded socket writes) and entry parsing."""
+"""The transport's own connections (packing, replies, bounded socket waits), entry
+parsing, and that the plugin leans on nothing private of redis-py or hiredis."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import DataError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    DataError,
+    ExecAbortError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from dotmac_events_redis.transport import _Connection, _entry_message
+import dotmac_events_redis
+from dotmac_events_redis import RedisConfig
+from dotmac_events_redis._common import entry_message
+from dotmac_events_redis._connection import Endpoint, Link, RespConnection, _pack, reply_error
+
+from .conftest import config_for
+
+SOURCE = Path(dotmac_events_redis.__file__).parent
 
 
+# -- packing and replies -----------------------------------------------------------------
 @pytest.mark.parametrize(
     "args",
     [
         ("XADD", "stream", "*", "ce_id", "é" * 3, "@data", b"\x00\xff" * 100),
         ("EVALSHA", "a" * 40, 1, "key", 0, 2, "n", 1.5, 10**20, -3),
-        ("SCRIPT LOAD", "return 1"),
-        (b"CLIENT ID",),
-        ("SET", bytearray(b"k"), memoryview(b"v")),
         ("SET", "k", b"x" * 100_000),
     ],
 )
 def test_commands_are_packed_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
-    ours = b"".join(bytes(chunk) for chunk in _Connection().pack_command(*args))
     theirs = b"".join(bytes(chunk) for chunk in Connection().pack_command(*args))
-    assert ours == theirs
+    assert _pack(args) == theirs
 
 
-@pytest.mark.parametrize("value", [True, None, object()])
-def test_values_redis_py_refuses_are_refused(value: object) -> None:
-    with pytest.raises(DataError):
-        _Connection().pack_command("SET", "k", value)  # type: ignore[arg-type]
+@pytest.mark.parametrize("value", [True, None, object(), bytearray(b"secret")])
+def test_values_redis_cannot_take_are_refused_without_showing_them(value: object) -> None:
+    with pytest.raises(DataError) as caught:
+        _pack(("SET", "secret-key", value))
+    assert type(value).__name__ in str(caught.value) and "secret" not in str(caught.value)
 
 
-# lib_name=None keeps redis-py from sending CLIENT SETINFO to a server that never answers.
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-async def test_a_write_the_server_does_not_take_times_out_and_disconnects() -> None:
+@pytest.mark.parametrize(
+    ("message", "cls"),
+    [
+        ("NOSCRIPT No matching script. Please use EVAL.", NoScriptError),
+        ("WRONGPASS invalid username-password pair or user is disabled.", AuthenticationError),
+        ("NOAUTH Authentication required.", AuthenticationError),
+        ("ERR invalid password", AuthenticationError),
+        (
+            "ERR AUTH <password> called without any password configured for the default user.",
+            AuthenticationError,
+        ),
+        ("NOPERM User u has no permissions to run the 'xadd' command", NoPermissionError),
+        ("READONLY You can't write against a read only replica.", ReadOnlyError),
+        ("LOADING Redis is loading the dataset in memory", BusyLoadingError),
+        ("OOM command not allowed when used memory > 'maxmemory'.", OutOfMemoryError),
+        ("EXECABORT Transaction discarded because of previous errors.", ExecAbortError),
+        ("ERR max number of clients reached", RedisConnectionError),
+        ("NOGROUP No such key 'k' or consumer group 'g'", ResponseError),
+        ("ERR unknown command 'FOO'", ResponseError),
+    ],
+)
+def test_error_replies_become_redis_py_exception_classes(message: str, cls: type[Exception]) -> None:
+    error = reply_error(message)
+    assert type(error) is cls
+    assert str(error) == message
+    parser = hiredis.Reader(replyError=reply_error)
+    parser.feed(f"-{message}\r\n".encode())
+    assert type(parser.gets()) is cls
+
+
+@pytest.fixture
+async def link(redis_url: str) -> AsyncIterator[Link]:
+    link = Link(Endpoint(config_for(redis_url)))
+    yield link
+    link.shut()
+
+
+async def test_a_link_runs_commands_pipelines_and_transactions(link: Link, raw: aioredis.Redis) -> None:
+    key = f"conn-test-{id(link)}"
+    try:
+        assert await link.command("SET", key, b"\x00v") == b"OK"
+        assert await link.command("GET", key) == b"\x00v"
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await link.command("XLEN", key)
+        # An error reply leaves the connection in use, in order.
+        replies = await link.pipeline([("GET", key), ("XLEN", key), ("STRLEN", key)])
+        assert replies[0] == b"\x00v" and isinstance(replies[1], ResponseError) and replies[2] == 2
+        # A command refused at queue time fails; so does the rest, which never ran.
+        refused = await link.pipeline([("SET", key, "x"), ("NOSUCHCOMMAND",)], transaction=True)
+        assert isinstance(refused[0], ExecAbortError) and isinstance(refused[1], ResponseError)
+        assert await raw.get(key) == "\x00v"
+        # A command that fails while running fails alone.
+        ran = await link.pipeline([("XLEN", key), ("SET", key, "y")], transaction=True)
+        assert isinstance(ran[0], ResponseError) and ran[1] == b"OK"
+        assert await raw.get(key) == "y"
+    finally:
+        await raw.delete(key)
+
+
+async def test_a_link_reconnects_after_its_connection_is_killed(link: Link, raw: aioredis.Redis) -> None:
+    client_id = await link.command("CLIENT", "ID")
+    assert await raw.client_kill_filter(_id=client_id) == 1
+    with pytest.raises(RedisConnectionError):
+        await link.command("PING")
+    assert await link.command("PING") == b"PONG"
+    assert await link.command("CLIENT", "ID") != client_id
+
+
+# -- bounded waits -----------------------------------------------------------------------
+@pytest.fixture
+async def silent_server() -> AsyncIterator[Callable[[], int]]:
+    """A server that accepts connections and never reads or answers."""
     peers: list[asyncio.StreamWriter] = []
 
     async def never_read(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peers.append(writer)
 
     server = await asyncio.start_server(never_read, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    conn = _Connection(
-        host="127.0.0.1",
-        port=port,
-        socket_timeout=0.2,
-        retry=Retry(NoBackoff(), 0),
-        protocol=2,
-        lib_name=None,
-        lib_version=None,
-    )
+    yield lambda: int(server.sockets[0].getsockname()[1])
+    for writer in peers:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_write_the_server_does_not_take_times_out_and_disconnects(
+    silent_server: Callable[[], int],
+) -> None:
+    endpoint = Endpoint(RedisConfig(host="127.0.0.1", port=silent_server(), socket_timeout=0.2))
+    conn = await RespConnection.open(endpoint, timeout=0.2)
     try:
-        await conn.connect()  # type: ignore[no-untyped-call]
         # Far more than the socket buffers hold, so the write has to wait for a reader.
         with pytest.raises(RedisTimeoutError):
-            await conn.send_packed_command(b"x" * 64_000_000)
-        assert not conn.is_connected
+            await asyncio.wait_for(conn.call("SET", "k", b"x" * 64_000_000), 5)
+        assert not conn.connected
     finally:
-        await conn.disconnect()
-        for writer in peers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+        conn.close()
+
+
+async def test_a_reply_that_never_comes_times_out_and_disconnects(silent_server: Callable[[], int]) -> None:
+    endpoint = Endpoint(RedisConfig(host="127.0.0.1", port=silent_server()))
+    conn = await RespConnection.open(endpoint, timeout=0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(conn.call("PING"), 5)
+        assert 0.15 < loop.time() - started < 2
+        assert not conn.connected
+    finally:
+        conn.close()
 
 
 # -- parsing stream entries ----------------------------------------------------------------
@@ -77,13 +179,14 @@ async def test_a_write_the_server_does_not_take_times_out_and_disconnects() -> N
     [
         ([b"h", b"v", b"@key", b"k", b"@data", b"{}"], {"h": "v"}),
         ({b"h": b"v", b"@key": b"k", b"@data": b"{}"}, {"h": "v"}),
-        # Not UTF-8: decoded with replacement characters rather than refused.
-        ([b"h", b"\xff", b"@key", b"k", b"@data", b"{}"], {"h": "\ufffd"}),
+        # Not UTF-8: the byte survives as a lone surrogate, which the core's decode
+        # refuses (the entry is dead-lettered) instead of changing it silently.
+        ([b"h", b"\xff", b"@key", b"k", b"@data", b"{}"], {"h": "\udcff"}),
         (["h", "v", b"@key", b"k", b"@data", b"{}"], {"h": "v"}),
     ],
 )
 def test_entries_become_messages(fields: Any, headers: dict[str, str]) -> None:
-    message = _entry_message("orders", b"1-2", fields)
+    message = entry_message("orders", b"1-2", fields)
     assert message.topic == "orders"
     assert message.position == "1-2"
     assert message.key == "k"
@@ -92,5 +195,100 @@ def test_entries_become_messages(fields: Any, headers: dict[str, str]) -> None:
 
 
 def test_an_entry_without_key_or_data_is_an_empty_message() -> None:
-    message = _entry_message("orders", b"1-2", [b"h", b"v"])
+    message = entry_message("orders", b"1-2", [b"h", b"v"])
     assert (message.key, message.value, message.headers) == (None, b"", {"h": "v"})
+
+
+# -- nothing private of redis-py or hiredis --------------------------------------------------
+def _modules() -> dict[str, ast.Module]:
+    return {path.name: ast.parse(path.read_text(), str(path)) for path in sorted(SOURCE.glob("*.py"))}
+
+
+def _own_private_names(trees: dict[str, ast.Module]) -> set[str]:
+    """Private names the plugin defines itself (attributes, methods, module names)."""
+    names = {path.stem for path in SOURCE.glob("_*.py")}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)  # __slots__ entries
+            elif isinstance(node, ast.alias) and node.name.startswith("_"):
+                names.add(node.asname or node.name)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _redis_private_names() -> set[str]:
+    """Private attributes of the redis-py objects the plugin handles: those their
+    classes define, and every ``self._x`` the modules of those classes assign."""
+    client = aioredis.Redis()
+    objects: list[Any] = [client, client.connection_pool, client.pipeline(), client.register_script("")]
+    objects.append(Connection())
+    names: set[str] = set()
+    modules: set[str] = set()
+    for obj in objects:
+        names.update(getattr(obj, "__dict__", {}))
+        for cls in type(obj).__mro__:
+            if cls.__module__.startswith("redis"):
+                names.update(vars(cls))
+                modules.add(cls.__module__)
+    for module in modules:
+        tree = ast.parse(inspect.getsource(sys.modules[module]))
+        names.update(
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+        )
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def test_no_private_module_or_name_of_redis_py_or_hiredis_is_imported() -> None:
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] in ("redis", "hiredis"):
+                    assert not any(part.startswith("_") for part in node.module.split(".")), (
+                        name,
+                        node.module,
+                    )
+                    assert not any(a.name.startswith("_") for a in node.names), (name, node.module)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] in ("redis", "hiredis"):
+                        assert not any(p.startswith("_") for p in alias.name.split(".")), (name, alias.name)
+
+
+def test_no_class_of_the_plugin_extends_a_redis_py_class() -> None:
+    for name, tree in _modules().items():
+        imported = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("redis")
+            for alias in node.names
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(base).split(".")[0].split("[")[0] for base in node.bases}
+                assert not bases & (imported | {"aioredis", "redis", "hiredis"}), (name, node.name)
+
+
+def test_every_private_attribute_used_is_the_plugins_own() -> None:
+    trees = _modules()
+    own = _own_private_names(trees)
+    # Were the plugin to name something of its own like a private attribute of
+    # redis-py, an access to redis-py's would pass unseen below.
+    assert not own & _redis_private_names()
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                assert node.attr in own, f"{name}:{node.lineno}: .{node.attr} is not the plugin's own"

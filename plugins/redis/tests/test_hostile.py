@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from dotmac.events import ConsumerOptions, Event, EventBus
@@ -87,3 +88,65 @@ async def test_poison_entries_never_strand_the_group(
         pending_after=0,
         seconds=round(time.monotonic() - started, 2),
     )
+
+
+async def test_undecodable_and_repeated_fields_are_dead_lettered(
+    buses: Callable[..., EventBus], redis_url: str, prefix: str
+) -> None:
+    """Header bytes that are not UTF-8 and a field given twice with different values
+    (XADD accepts both) are dead-lettered with reason ``decode``; nothing is changed."""
+    topic = "hostile.fields"
+    stream = f"{prefix}{topic}"
+    recorder = ReasonRecorder()
+    raw = aioredis.Redis.from_url(redis_url)
+    bus = buses()
+    bus.add_observer(recorder)
+    try:
+        async with bus:
+            seen = Collector()
+            sub = await bus.subscribe(topic, seen, group="g", options=ConsumerOptions(max_retries=0))
+            bad_utf8 = _fields("bad-utf8-header", b"{}")
+            bad_utf8["x-note"] = b"caf\xe9"
+            await raw.xadd(stream, bad_utf8)
+            repeated = [
+                "ce_id",
+                "repeated",
+                *sum(([k, v] for k, v in _fields("repeated", b"{}").items()), []),
+            ]
+            await raw.execute_command("XADD", stream, "*", *repeated, "ce_tenantid", "a", "ce_tenantid", "b")
+            await raw.xadd(stream, _fields("fine", b"{}"))
+            await seen.wait_count(1, 20)
+            await wait_for(lambda: len(recorder.letters) >= 2, 20, what="the dead letters")
+            assert sorted(recorder.letters, key=str) == [
+                ("bad-utf8-header", "decode"),
+                ("repeated", "decode"),
+            ]
+            assert [e.event_id for e in seen.events] == ["fine"]
+            assert sub.active
+            # The dead letter carries the bytes that arrived, not a replacement character.
+            dead = {fields[b"ce_id"]: fields for _id, fields in await raw.xrange(f"{stream}.dlq")}
+            assert dead[b"bad-utf8-header"][b"x-note"] == b"caf\xe9"
+    finally:
+        await raw.aclose()
+
+
+async def test_namespaces_sharing_a_key_prefix_cannot_reach_each_other(
+    buses: Callable[..., EventBus],
+) -> None:
+    from dotmac.events import InvalidTopicError
+
+    tenant = buses(namespace="acme")
+    other = buses(namespace="globex")
+    plain = buses()
+    async with tenant, other, plain:
+        seen = Collector()
+        await tenant.subscribe("orders", seen, group="billing")
+        await other.publish(Event(topic="orders", payload={"from": "globex"}))
+        await plain.publish(Event(topic="orders", payload={"from": "no namespace"}))
+        with pytest.raises(InvalidTopicError):
+            Event(topic="acme:orders", payload={})  # the only way to spell the tenant's key
+        await tenant.publish(Event(topic="orders", payload={"from": "acme"}))
+        await seen.wait_count(1, 20)
+        assert seen.payloads("from") == ["acme"]
+        key = tenant.transport.config.stream_key("orders")  # type: ignore[attr-defined]
+        assert key.endswith("acme:orders") and key != plain.transport.config.stream_key("orders")  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,12 +13,22 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import trustme
+from cryptography.hazmat.primitives import serialization
+from redis.asyncio.connection import SSLConnection
 
-from dotmac.events import AuthenticationError, ConsumerOptions, Event, EventBus, TransportError
+from dotmac.events import (
+    AuthenticationError,
+    ConfigurationError,
+    ConsumerOptions,
+    Event,
+    EventBus,
+    TransportError,
+)
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_redis.testing import RedisServer, redis_server_available
 
 T = 15.0
+KEY_PASSWORD = "key-secret-7d1f"
 
 # The ACL rules docs/transports/redis.md documents for an application user; KEYS is
 # the key pattern of the application's prefix.
@@ -42,9 +53,26 @@ def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     ca_file = directory / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     servers: dict[str, Any] = {"ca": str(ca_file)}
+    # A client certificate whose key is encrypted with a password.
+    client = ca.issue_cert("dotmac-client")
+    servers["client_cert"] = str(directory / "client.pem")
+    servers["client_key"] = str(directory / "client.key")
+    client.cert_chain_pems[0].write_to_path(servers["client_cert"])
+    key = serialization.load_pem_private_key(client.private_key_pem.bytes(), password=None)
+    (directory / "client.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(KEY_PASSWORD.encode()),
+        )
+    )
     started: list[RedisServer] = []
     try:
-        for label, names in (("good", ("localhost", "127.0.0.1")), ("wrong_host", ("redis.example",))):
+        for label, names, client_certs in (
+            ("good", ("localhost", "127.0.0.1"), "no"),
+            ("wrong_host", ("redis.example",), "no"),
+            ("mutual", ("localhost", "127.0.0.1"), "yes"),
+        ):
             cert = ca.issue_cert(*names)
             cert_file, key_file = directory / f"{label}.pem", directory / f"{label}.key"
             for blob in cert.cert_chain_pems:
@@ -56,7 +84,7 @@ def tls_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
                     "tls-cert-file": str(cert_file),
                     "tls-key-file": str(key_file),
                     "tls-ca-cert-file": str(ca_file),
-                    "tls-auth-clients": "no",
+                    "tls-auth-clients": client_certs,
                 }
             )
             started.append(server)
@@ -116,6 +144,49 @@ async def test_tls_host_checks_off_only_when_said_so_and_then_logged(
     )
     await round_trip(bus)
     assert any("checks OFF" in r.getMessage() for r in caplog.records)
+
+
+async def test_tls_client_certificate_with_an_encrypted_key(
+    tls_servers: dict[str, Any], buses: Callable[..., EventBus]
+) -> None:
+    server = tls_servers["mutual"]
+    bus = buses(
+        f"rediss://localhost:{server.port}/0",
+        ssl_ca_certs=tls_servers["ca"],
+        ssl_certfile=tls_servers["client_cert"],
+        ssl_keyfile=tls_servers["client_key"],
+        ssl_password=KEY_PASSWORD,
+    )
+    if "ssl_password" in inspect.signature(SSLConnection.__init__).parameters:
+        await round_trip(bus)
+        return
+    with pytest.raises(ConfigurationError, match="redis-py 7.2") as info:
+        await bus.start()
+    assert KEY_PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("problem", ["wrong key password", "missing CA file"])
+async def test_tls_files_that_cannot_be_used_fail_start_for_good(
+    tls_servers: dict[str, Any], buses: Callable[..., EventBus], problem: str, tmp_path: Path
+) -> None:
+    server = tls_servers["mutual"]
+    options: dict[str, Any]
+    if problem == "wrong key password":
+        if "ssl_password" not in inspect.signature(SSLConnection.__init__).parameters:
+            pytest.skip("this redis-py takes no key password")
+        options = {
+            "ssl_ca_certs": tls_servers["ca"],
+            "ssl_certfile": tls_servers["client_cert"],
+            "ssl_keyfile": tls_servers["client_key"],
+            "ssl_password": "not-" + KEY_PASSWORD,
+        }
+    else:
+        options = {"ssl_ca_certs": str(tmp_path / "no-such-ca.pem")}
+    bus = buses(f"rediss://localhost:{server.port}/0", **options)
+    with pytest.raises(TransportError, match="TLS") as info:
+        await bus.start()
+    assert not info.value.retriable
+    assert KEY_PASSWORD not in str(info.value)
 
 
 @pytest.fixture

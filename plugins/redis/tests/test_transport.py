@@ -24,8 +24,9 @@ from dotmac.events import (
 )
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_redis import RedisConfig, RedisTransport
+from dotmac_events_redis._group import GroupSubscription
 from dotmac_events_redis.testing import RedisServer, free_port
-from dotmac_events_redis.transport import RELEASED_IDLE_MS, _GroupSubscription
+from dotmac_events_redis.transport import RELEASED_IDLE_MS
 
 T = 15.0  # seconds to wait for anything that should happen promptly
 
@@ -39,8 +40,8 @@ def transport_of(bus: EventBus) -> RedisTransport:
     return bus.transport
 
 
-def group_sub(bus: EventBus) -> _GroupSubscription:
-    subs = [s for s in transport_of(bus)._subs if isinstance(s, _GroupSubscription)]
+def group_sub(bus: EventBus) -> GroupSubscription:
+    subs = [s for s in transport_of(bus)._subs if isinstance(s, GroupSubscription)]
     assert len(subs) == 1
     return subs[0]
 

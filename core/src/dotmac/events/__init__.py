@@ -13,9 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .batch import BatchHandler, BatchSubscription
 from .bus import EventBus, PayloadValidator
 from .codec import Codec, JsonCodec
 from .config import create_bus, load_toml_config
+from .delay import DelayScheduler
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
     AuthenticationError,
@@ -65,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = [
     "App",
     "AuthenticationError",
+    "BatchHandler",
+    "BatchSubscription",
     "BusStateError",
     "Capabilities",
     "Codec",
@@ -76,6 +80,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterQueue",
     "DecodeError",
+    "DelayScheduler",
     "Delivery",
     "EncodeError",
     "Event",

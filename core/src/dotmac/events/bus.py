@@ -9,12 +9,15 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
+from datetime import datetime
+from typing import Any, TypeVar, Union
 
 import pluggy
 from attrs import evolve
 
+from .batch import BatchHandler, BatchSubscription
 from .codec import Codec
+from .delay import DelayScheduler, due_time, schedule
 from .dlq import DeadLetterQueue
 from .dlq_headers import REPLY_ERROR_MESSAGE, REPLY_ERROR_TYPE
 from .errors import (
@@ -30,8 +33,9 @@ from .errors import (
 )
 from .event import Event, validate_topic
 from .observe import Observers, PublishInfo
-from .options import ConsumerOptions
+from .options import ConsumerOptions, retry_topic
 from .registry import Registry
+from .retry import RetryPolicy
 from .runner import Handler, Subscription, consumer_name
 from .transport import Capabilities, GroupInfo, Message, SubscriptionSpec, Transport
 from .wire import decode_message, envelope_headers
@@ -39,6 +43,8 @@ from .wire import decode_message, envelope_headers
 __all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
 
 log = logging.getLogger(__name__)
+
+_S = TypeVar("_S", bound=Subscription)
 
 PayloadValidator = Union[Callable[[dict[str, Any]], Any], Mapping[str, Any]]
 """A callable that raises (or returns ``False``) for a bad payload, or a JSON Schema dict."""
@@ -279,17 +285,36 @@ class EventBus:
         headers = envelope_headers(event, content_type=codec.content_type, source=self.source)
         return Message(topic=event.topic, value=body, key=event.key, headers=headers)
 
-    async def publish(self, event: Event) -> None:
-        """Validate, encode and send one event; returns when the transport accepted it."""
+    async def publish(
+        self, event: Event, *, deliver_at: datetime | None = None, delay: float | None = None
+    ) -> None:
+        """Validate, encode and send one event; returns when the transport accepted it.
+
+        ``deliver_at`` (a timezone-aware datetime) or ``delay`` (seconds) delivers it no
+        earlier than that: the event waits in a delay topic until a
+        :class:`~dotmac.events.delay.DelayScheduler` (``start_delay_scheduler``) moves
+        it to its topic. A time already past publishes at once.
+        """
         if self._state != "started":
             self._check_started()
         if not isinstance(event, Event):
             raise ValidationError(f"expected an Event, got {type(event).__name__}", field="event")
+        route: Callable[[Message], Message] | None = None
+        if deliver_at is not None or delay is not None:
+            due = due_time(deliver_at, delay)
+            now = time.time()
+            if due is not None and due > now:
+
+                def route(message: Message) -> Message:
+                    # Encoded as for an immediate publish, then parked in a delay topic.
+                    return schedule(message.topic, message.value, message.key, message.headers, due, now=now)
+
         observers = self._observers
         if observers.publish_context is None and observers.on_publish is None:
-            await self.transport.publish((self.encode(event),))
+            message = self.encode(event)
+            await self.transport.publish((message if route is None else route(message),))
             return
-        await self._publish_observed([event])
+        await self._publish_observed([event], route)
 
     async def publish_many(self, events: Iterable[Event]) -> None:
         """Send several events, batched where the transport can batch.
@@ -309,7 +334,9 @@ class EventBus:
             return
         await self._publish_observed(batch)
 
-    async def _publish_observed(self, events: Sequence[Event]) -> None:
+    async def _publish_observed(
+        self, events: Sequence[Event], route: Callable[[Message], Message] | None = None
+    ) -> None:
         observers = self._observers
         infos = [
             PublishInfo(transport=self.transport.name, topic=e.topic, batch_size=len(events)) for e in events
@@ -326,7 +353,8 @@ class EventBus:
                             extra.update(added)
                     if extra:
                         event = event.with_headers(**extra)
-                messages.append(self.encode(event))
+                message = self.encode(event)
+                messages.append(message if route is None else route(message))
                 sent.append(event)
             started = time.perf_counter()
             try:
@@ -389,6 +417,28 @@ class EventBus:
         returned or the event was written to the dead-letter topic.
         """
         self._check_started()
+        options = options or ConsumerOptions()
+        spec, policy = self._prepare_subscription(topics, group, options, handler, name)
+        return await self._run_subscription(Subscription(self, spec, handler, options, policy))
+
+    async def _run_subscription(self, sub: _S) -> _S:
+        self._subscriptions.add(sub)
+        try:
+            await sub._start()
+        except BaseException:
+            self._subscriptions.discard(sub)
+            raise
+        return sub
+
+    def _prepare_subscription(
+        self,
+        topics: str | Sequence[str],
+        group: str | None,
+        options: ConsumerOptions,
+        handler: Any,
+        name: str | None,
+    ) -> tuple[SubscriptionSpec, RetryPolicy]:
+        """Validate a subscription's arguments; its spec and retry policy."""
         names = (topics,) if isinstance(topics, str) else tuple(topics)
         if not names:
             raise ValidationError("at least one topic is required", field="topics")
@@ -398,9 +448,13 @@ class EventBus:
             validate_topic(group, field_name="group")
             if not self.capabilities.consumer_groups:
                 raise UnsupportedOperationError(f"the {self.transport.name} transport has no consumer groups")
-        options = options or ConsumerOptions()
+        if options.retry_topics and group is None:
+            # Every broadcast subscriber would see every retry, also of events it handled.
+            raise ConfigurationError("ConsumerOptions.retry_topics needs a consumer group (group=...)")
         for topic in names:
             validate_topic(options.dlq_for(topic), field_name="dlq_topic")
+            for stage in range(1, len(options.retry_topics) + 1):
+                validate_topic(retry_topic(topic, stage), field_name="retry_topics")
         if not callable(handler):
             raise ConfigurationError(f"handler must be callable, got {type(handler).__name__}")
         policy = self._registry.retry_policy(options.retry_policy)(options)
@@ -411,14 +465,62 @@ class EventBus:
             prefetch=options.prefetch_count,
             start_from=options.start_from,
         )
-        sub = Subscription(self, spec, handler, options, policy)
-        self._subscriptions.add(sub)
+        return spec, policy
+
+    async def subscribe_batch(
+        self,
+        topics: str | Sequence[str],
+        handler: BatchHandler,
+        *,
+        group: str | None = None,
+        max_size: int = 100,
+        max_wait_ms: int = 100,
+        options: ConsumerOptions | None = None,
+        name: str | None = None,
+    ) -> BatchSubscription:
+        """Consume ``topics`` with ``handler(events: list[Event])``; returns once live.
+
+        The handler gets up to ``max_size`` events, after at most ``max_wait_ms``
+        milliseconds of waiting for more, in the order they arrived; they are acked
+        together when it returns. A failing batch is retried per ``options`` and then
+        bisected so that only the events that fail on their own are dead-lettered
+        (see :mod:`dotmac.events.batch`). Batches run one at a time per subscription.
+        """
+        self._check_started()
+        for label, value, low in (("max_size", max_size, 1), ("max_wait_ms", max_wait_ms, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"{label} must be an int >= {low}, got {value!r}")
+        options = options or ConsumerOptions()
+        if options.concurrency != 1:
+            raise ConfigurationError("subscribe_batch runs one batch at a time; use concurrency=1")
+        if options.retry_topics:
+            raise ConfigurationError(
+                "subscribe_batch retries in place and bisects; retry_topics is not supported"
+            )
+        spec, policy = self._prepare_subscription(topics, group, options, handler, name)
+        spec = evolve(spec, prefetch=max(spec.prefetch, max_size))
+        return await self._run_subscription(
+            BatchSubscription(
+                self, spec, handler, options, policy, max_size=max_size, max_wait=max_wait_ms / 1000
+            )
+        )
+
+    async def start_delay_scheduler(self, *, capacity: int = 10_000) -> DelayScheduler:
+        """Start a scheduler that moves delayed events (``publish(..., delay=)``) to their
+        topics when due; it stops with the bus. Replicas on other buses share the work."""
+        self._check_started()
+        if not self.capabilities.consumer_groups:
+            raise UnsupportedOperationError(
+                f"the {self.transport.name} transport has no consumer groups, which the delay scheduler uses"
+            )
+        scheduler = DelayScheduler(self, capacity=capacity)
         try:
-            await sub._start()
+            for stage in scheduler.build():
+                scheduler.stages = (*scheduler.stages, await self._run_subscription(stage))
         except BaseException:
-            self._subscriptions.discard(sub)
+            await scheduler.stop(0)  # the stages started so far
             raise
-        return sub
+        return scheduler
 
     def forget(self, subscription: Subscription) -> None:
         """Called by a subscription once it stopped."""

@@ -126,27 +126,62 @@ async def _dlq_list(args: argparse.Namespace, out: TextIO) -> int:
     async with create_bus(args.url) as bus:
         letters = await bus.dlq.list(args.topic, limit=args.limit)
     for letter in letters:
-        record = {
-            "event_id": letter.event_id,
-            "original_topic": letter.original_topic,
-            "consumer_group": letter.consumer_group,
-            "error_type": letter.error_type,
-            "error_message": letter.error_message,
-            "reason": letter.reason,
-            "attempts": letter.attempts,
-            "failed_at": letter.failed_at.isoformat() if letter.failed_at else None,
-            "payload": letter.event.payload if letter.event is not None else None,
-        }
-        out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        out.write(json.dumps(letter.as_record(), ensure_ascii=False, default=str) + "\n")
     return 0
 
 
 async def _dlq_replay(args: argparse.Namespace, out: TextIO) -> int:
+    from .wire import parse_time
+
+    bounds = {}
+    for name in ("since", "until"):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                bounds[name] = parse_time(text)
+            except ValueError:
+                out.write(json.dumps({"error": f"--{name} is not an RFC 3339 time: {text!r}"}) + "\n")
+                return 2
+    filters: dict[str, Any] = {
+        "event_ids": args.event_id or None,
+        "error_type": args.error_type,
+        "group": args.group,
+        "limit": args.limit,
+        **bounds,
+    }
     async with create_bus(args.url) as bus:
+        if args.dry_run:
+            letters = await bus.dlq.select(args.topic, include_replayed=args.force, **filters)
+            for letter in letters:
+                out.write(json.dumps(letter.as_record(), ensure_ascii=False, default=str) + "\n")
+            out.write(json.dumps({"would_replay": len(letters), "from": args.topic, "dry_run": True}) + "\n")
+            return 0
         count = await bus.dlq.replay(
-            args.topic, event_ids=args.event_id or None, limit=args.limit, to_topic=args.to_topic
+            args.topic, to_topic=args.to_topic, all_groups=args.all_groups, force=args.force, **filters
         )
     out.write(json.dumps({"replayed": count, "from": args.topic}) + "\n")
+    return 0
+
+
+async def _delay_scheduler(args: argparse.Namespace, out: TextIO) -> int:
+    """Run a delay scheduler until SIGTERM/SIGINT (or ``--seconds``)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with create_bus(args.url) as bus:
+        scheduler = await bus.start_delay_scheduler(capacity=args.capacity)
+        out.write(
+            json.dumps({"scheduler": "started", "topics": [s.topics[0] for s in scheduler.stages]}) + "\n"
+        )
+        out.flush()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.seconds)
+        forwarded = scheduler.forwarded
+    out.write(json.dumps({"scheduler": "stopped", "forwarded": forwarded}) + "\n")
     return 0
 
 
@@ -467,13 +502,33 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--url", default=_default_url(), help=url_help)
     dl.add_argument("--limit", type=int, default=100)
     dl.set_defaults(func=_dlq_list)
-    dr = dsub.add_parser("replay", help="republish dead letters to their original topic")
+    dr = dsub.add_parser(
+        "replay",
+        help="republish dead letters to their original topic, for the group that failed, once",
+    )
     dr.add_argument("topic")
     dr.add_argument("--url", default=_default_url(), help=url_help)
     dr.add_argument("--event-id", action="append", help="replay only these events")
+    dr.add_argument("--error-type", help="replay only dead letters with this x-dlq-error-type")
+    dr.add_argument("--since", help="failed at or after this RFC 3339 time")
+    dr.add_argument("--until", help="failed at or before this RFC 3339 time")
+    dr.add_argument("--group", help="replay only dead letters of this consumer group")
     dr.add_argument("--to-topic", help="replay into this topic instead")
+    dr.add_argument("--all-groups", action="store_true", help="let every group handle the replay")
+    dr.add_argument("--force", action="store_true", help="replay again what the ledger says was replayed")
+    dr.add_argument("--dry-run", action="store_true", help="print what would be replayed; send nothing")
     dr.add_argument("--limit", type=int, default=1000)
     dr.set_defaults(func=_dlq_replay)
+
+    ds = sub.add_parser(
+        "delay-scheduler", help="move events published with delay=/deliver_at= to their topics when due"
+    )
+    ds.add_argument("--url", default=_default_url(), help=url_help)
+    ds.add_argument("--capacity", type=int, default=10_000, help="messages held at once per delay topic")
+    ds.add_argument(
+        "--seconds", type=float, default=None, help="stop after this long (default: until SIGTERM)"
+    )
+    ds.set_defaults(func=_delay_scheduler)
 
     m = sub.add_parser("demo", help="order-processing demo with retries and dead letters")
     m.add_argument("--url", default=_default_url(), help=url_help)

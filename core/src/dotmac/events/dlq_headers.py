@@ -16,8 +16,19 @@ __all__ = [
     "DLQ_HEADERS",
     "DLQ_ORIGINAL_TOPIC",
     "DLQ_REASON",
+    "HOLD_UNTIL",
+    "REPLAY_COUNT",
+    "REPLAY_GROUP",
     "REPLY_ERROR_MESSAGE",
     "REPLY_ERROR_TYPE",
+    "RETRY_ATTEMPTS",
+    "RETRY_FIRST_ERROR_MESSAGE",
+    "RETRY_FIRST_ERROR_TYPE",
+    "RETRY_HEADERS",
+    "RETRY_ORIGINAL_TOPIC",
+    "SCHEDULE_DELIVER_AT",
+    "SCHEDULE_DELIVER_TO",
+    "SCHEDULE_HEADERS",
 ]
 
 DLQ_ORIGINAL_TOPIC = "x-dlq-original-topic"
@@ -46,3 +57,35 @@ REPLY_ERROR_TYPE = "x-reply-error-type"
 """On a reply: the request's handler failed (or returned something that cannot be a
 reply); the requester raises :class:`~dotmac.events.errors.RemoteHandlerError`."""
 REPLY_ERROR_MESSAGE = "x-reply-error-message"
+
+HOLD_UNTIL = "x-hold-until"
+"""RFC 3339 UTC time before which a runner does not handle the message: it holds the
+delivery (un-acked) until then. Every message of a delay or retry topic carries it."""
+
+RETRY_ORIGINAL_TOPIC = "x-retry-original-topic"
+"""On a message of a retry topic: the topic the event was first consumed from."""
+RETRY_ATTEMPTS = "x-retry-attempts"
+"""On a message of a retry topic: handler calls made so far."""
+RETRY_FIRST_ERROR_TYPE = "x-retry-first-error-type"
+RETRY_FIRST_ERROR_MESSAGE = "x-retry-first-error-message"
+
+RETRY_HEADERS = (
+    RETRY_ORIGINAL_TOPIC,
+    RETRY_ATTEMPTS,
+    RETRY_FIRST_ERROR_TYPE,
+    RETRY_FIRST_ERROR_MESSAGE,
+    HOLD_UNTIL,
+)
+
+SCHEDULE_DELIVER_AT = "x-deliver-at"
+"""On a message of a delay topic: RFC 3339 UTC time it is due at its target."""
+SCHEDULE_DELIVER_TO = "x-deliver-to"
+"""On a message of a delay topic: the topic it is delivered to when due."""
+
+SCHEDULE_HEADERS = (SCHEDULE_DELIVER_AT, SCHEDULE_DELIVER_TO, HOLD_UNTIL)
+
+REPLAY_GROUP = "x-replay-group"
+"""On a replayed dead letter: the only consumer group that handles it (empty: only
+broadcast subscriptions); every other group's runner acks it without a handler call."""
+REPLAY_COUNT = "x-replay-count"
+"""On a replayed dead letter: how many times it was replayed."""

@@ -47,7 +47,7 @@ PROJECT_NAME = "dotmac_events"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 PublishOutcome = Literal["success", "error"]
-ConsumeOutcome = Literal["success", "dead_letter", "released"]
+ConsumeOutcome = Literal["success", "dead_letter", "released", "retry"]
 ErrorPlace = Literal["decode", "ack", "dead_letter", "transport", "reply", "observer"]
 
 
@@ -180,8 +180,9 @@ def dotmac_events_on_consume(
     error: BaseException | None,
     attempts: int,
 ) -> None:
-    """After a delivery was handled: ``outcome`` is ``"success"``, ``"dead_letter"`` or
-    ``"released"`` (shutdown left it for redelivery). ``duration`` covers every attempt.
+    """After a delivery was handled: ``outcome`` is ``"success"``, ``"dead_letter"``,
+    ``"released"`` (shutdown left it for redelivery) or ``"retry"`` (moved to a retry
+    topic, ``ConsumerOptions.retry_topics``). ``duration`` covers every attempt.
     """
 
 

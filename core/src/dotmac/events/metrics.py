@@ -11,7 +11,7 @@ and labels through the OpenTelemetry metrics API):
 ``events_published_total``         topic, transport, outcome (success / error)
 ``event_publish_duration_seconds`` topic, transport, outcome
 ``events_consumed_total``          topic, transport, consumer_group, outcome
-                                   (success / dead_letter / released)
+                                   (success / dead_letter / released / retry)
 ``event_consume_duration_seconds`` topic, transport, consumer_group, outcome
 ``events_retried_total``           topic, transport, consumer_group
 ``events_dlq_total``               topic, transport, consumer_group, reason

@@ -10,7 +10,12 @@ from .errors import ConfigurationError
 from .event import validate_topic
 from .transport import StartFrom
 
-__all__ = ["ConsumerOptions", "create_exponential_retry_options", "create_fixed_retry_options"]
+__all__ = [
+    "ConsumerOptions",
+    "create_exponential_retry_options",
+    "create_fixed_retry_options",
+    "retry_topic",
+]
 
 
 def _int_at_least(minimum: int) -> Any:
@@ -34,6 +39,20 @@ def _check_dlq(_inst: Any, _attr: Any, value: Any) -> None:
             validate_topic(value, field_name="dlq_topic")
         except ValueError as exc:
             raise ConfigurationError(f"ConsumerOptions.{exc}") from exc
+
+
+def _retry_delays(value: Any) -> Any:
+    # A list is as natural to write as a tuple; the options stay hashable and frozen.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_retry_topics(_inst: Any, _attr: Any, value: Any) -> None:
+    if not isinstance(value, tuple) or any(
+        isinstance(d, bool) or not isinstance(d, (int, float)) or not d >= 0 for d in value
+    ):
+        raise ConfigurationError(
+            f"ConsumerOptions.retry_topics must be a tuple of delays in seconds (>= 0), got {value!r}"
+        )
 
 
 def _check_start(_inst: Any, _attr: Any, value: Any) -> None:
@@ -73,6 +92,12 @@ class ConsumerOptions:
     - ``max_message_bytes``: a received message whose body is larger is dead-lettered
       with reason ``too_large`` without being decoded; ``None`` uses the bus's
       ``max_message_bytes`` (the same limit publishing enforces).
+    - ``retry_topics``: non-blocking retries. One delay in seconds per retry topic,
+      e.g. ``(1, 10, 60)``: a failed event is moved to ``<topic>.retry.1`` (handled
+      again after 1 s, by the same handler and group), then ``<topic>.retry.2``, and
+      so on, and the original is acked, so it does not hold up the events behind it.
+      After the last retry topic it is dead-lettered as usual. In this mode each
+      topic makes one handler call and ``max_retries`` is not used. Needs a group.
     """
 
     max_retries: int = field(default=3, validator=_int_at_least(0))
@@ -88,6 +113,9 @@ class ConsumerOptions:
     handler_timeout: float | None = field(default=None, validator=_optional_positive)
     sync_handlers: Literal["thread", "inline"] = field(default="thread", validator=_check_sync)
     max_message_bytes: int | None = field(default=None, validator=_optional_positive)
+    retry_topics: tuple[float, ...] = field(
+        default=(), converter=_retry_delays, validator=_check_retry_topics
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.sync_handlers == "inline" and self.handler_timeout is not None:
@@ -99,6 +127,11 @@ class ConsumerOptions:
 
     def dlq_for(self, topic: str) -> str:
         return self.dlq_topic or f"{topic}.dlq"
+
+
+def retry_topic(topic: str, stage: int) -> str:
+    """The name of ``topic``'s retry topic number ``stage`` (from 1)."""
+    return f"{topic}.retry.{stage}"
 
 
 def create_exponential_retry_options(

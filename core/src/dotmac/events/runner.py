@@ -14,6 +14,9 @@ it takes a window slot until exactly one of these settled it:
 a validator, a handler or an observer raises, the delivery reaches one of the three
 ends and the lane goes on. Only the runner's own cancellation is a shutdown;
 ``KeyboardInterrupt`` and ``SystemExit`` propagate after the delivery was released.
+Moving a failed event to a retry topic is a kind of dead-lettering: written there,
+then acked (released if the write fails). A delivery held until its ``x-hold-until``
+time, or skipped because a replay addresses another group, ends the same way.
 
 The runner depends on the bus only through :class:`ConsumerHost`.
 """
@@ -32,7 +35,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
@@ -48,8 +51,15 @@ from .dlq_headers import (
     DLQ_HEADERS,
     DLQ_ORIGINAL_TOPIC,
     DLQ_REASON,
+    HOLD_UNTIL,
+    REPLAY_GROUP,
     REPLY_ERROR_MESSAGE,
     REPLY_ERROR_TYPE,
+    RETRY_ATTEMPTS,
+    RETRY_FIRST_ERROR_MESSAGE,
+    RETRY_FIRST_ERROR_TYPE,
+    RETRY_ORIGINAL_TOPIC,
+    SCHEDULE_HEADERS,
 )
 from .errors import (
     CodecError,
@@ -64,8 +74,9 @@ from .errors import (
 )
 from .event import Event
 from .hookspecs import ConsumeInfo
+from .options import retry_topic
 from .transport import Delivery, Message, SubscriptionSpec, TransportSubscription
-from .wire import format_time
+from .wire import format_time, parse_time
 
 if TYPE_CHECKING:
     from .observe import Observers
@@ -207,6 +218,8 @@ class Subscription:
         handler: Handler,
         options: ConsumerOptions,
         policy: RetryPolicy,
+        *,
+        retry_stage: int = 0,
     ) -> None:
         self._host = host
         self._transport = host.transport
@@ -220,6 +233,13 @@ class Subscription:
         self._handler = handler
         self._policy = policy
         self._max_retries = policy.max_retries
+        # Non-blocking retries: each (retry) topic makes one call, the next attempt
+        # happens on the next retry topic. Stage 0 consumes the subscribed topics.
+        self._retry_delays = options.retry_topics
+        self._retry_stage = retry_stage
+        if self._retry_delays:
+            self._max_retries = 0
+        self.retry_subscriptions: tuple[Subscription, ...] = ()
         self._max_bytes = options.max_message_bytes or host.max_message_bytes
         max_deliveries = options.max_deliveries
         self._max_deliveries = (
@@ -242,6 +262,8 @@ class Subscription:
         self.released = 0
         self.errors = 0
         self.discarded = 0
+        self.skipped = 0
+        self._holds: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def _start(self) -> None:
@@ -253,11 +275,29 @@ class Subscription:
             lane.task = asyncio.create_task(self._work(lane), name=f"dotmac-events-worker-{self.name}")
         try:
             self._transport_sub = await self._transport.subscribe(self.spec, self._deliver)
+            if self._retry_delays and self._retry_stage == 0:
+                await self._start_retry_stages()
         except BaseException:
-            self._stopping.set()
-            await self._stop_workers(0)
-            self._shutdown_executor()
+            await self.stop(0)
             raise
+
+    async def _start_retry_stages(self) -> None:
+        """Subscribe the same handler and group to each retry topic, so retried events
+        are consumed wherever this subscription runs."""
+        children: list[Subscription] = []
+        self.retry_subscriptions = tuple(children)
+        for stage in range(1, len(self._retry_delays) + 1):
+            spec = evolve(
+                self.spec,
+                topics=tuple(retry_topic(t, stage) for t in self.topics),
+                consumer_name=f"{self.name}-retry{stage}",
+            )
+            child = Subscription(
+                self._host, spec, self._handler, self.options, self._policy, retry_stage=stage
+            )
+            children.append(child)
+            self.retry_subscriptions = tuple(children)
+            await child._start()
 
     @property
     def active(self) -> bool:
@@ -276,6 +316,10 @@ class Subscription:
             if timeout is None:
                 timeout = self._host.drain_timeout
             self._stopping.set()
+            for waiter in list(self._holds):
+                _wake(waiter)
+            if self.retry_subscriptions:
+                await asyncio.gather(*(c.stop(timeout) for c in self.retry_subscriptions))
             if self._transport_sub is not None:
                 try:
                     await self._transport_sub.stop()
@@ -306,8 +350,12 @@ class Subscription:
                 self._window.give()
             lane.wakeup.set()
 
+    def _worker_tasks(self) -> list[asyncio.Task[None]]:
+        """The tasks that settle deliveries; stop() waits for them, then cancels them."""
+        return [lane.task for lane in self._lanes if lane.task is not None]
+
     async def _stop_workers(self, timeout: float) -> None:
-        tasks = [lane.task for lane in self._lanes if lane.task is not None]
+        tasks = self._worker_tasks()
         if not tasks:
             return
         for lane in self._lanes:
@@ -346,13 +394,19 @@ class Subscription:
         return cancelling is not None and cancelling() > 0
 
     # -- intake ------------------------------------------------------------------------
-    async def _deliver(self, delivery: Delivery) -> None:
-        """The sink handed to the transport: waits for room, then queues the delivery."""
+    async def _take_slot(self, delivery: Delivery) -> bool:
+        """Wait for room in the window; ``False`` (the delivery released) if stopping."""
         if not self._window.try_take():
             await self._window.take()
         if self._stopping.is_set():
             self._window.give()
             await self._release(delivery)
+            return False
+        return True
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        """The sink handed to the transport: waits for room, then queues the delivery."""
+        if not await self._take_slot(delivery):
             return
         lanes = self._lanes
         if len(lanes) == 1:
@@ -365,15 +419,17 @@ class Subscription:
         lane.wakeup.set()
 
     async def _work(self, lane: _Lane) -> None:
-        queue = lane.queue
-        while True:
-            if not queue:
-                if self._stopping.is_set():
-                    return
-                lane.wakeup.clear()
-                await lane.wakeup.wait()
-                continue
-            await self._settle(queue.popleft())
+        while await self._has_work(lane):
+            await self._settle(lane.queue.popleft())
+
+    async def _has_work(self, lane: _Lane) -> bool:
+        """Wait until ``lane`` has a delivery queued; ``False`` once stopping with none."""
+        while not lane.queue:
+            if self._stopping.is_set():
+                return False
+            lane.wakeup.clear()
+            await lane.wakeup.wait()
+        return True
 
     # -- the life of one delivery -------------------------------------------------------
     async def _settle(self, delivery: Delivery) -> None:
@@ -393,22 +449,54 @@ class Subscription:
             self.errors += 1
             log.exception("unexpected error while processing a delivery on %s", list(self.topics))
         finally:
-            if outcome is None:
+            await self._conclude(delivery, outcome)
+
+    async def _conclude(self, delivery: Delivery, outcome: _Outcome) -> None:
+        """Carry out ``outcome`` (a release) and free the window slot once it settled."""
+        if outcome is None:
+            self._window.give()
+        elif isinstance(outcome, _Release):
+            try:
+                await asyncio.shield(self._release(delivery))
+            finally:
                 self._window.give()
-            elif isinstance(outcome, _Release):
-                try:
-                    await asyncio.shield(self._release(delivery))
-                finally:
-                    self._window.give()
-            else:
-                outcome.add_done_callback(self._window.give)
+        else:
+            outcome.add_done_callback(self._window.give)
 
     async def _process(self, delivery: Delivery) -> _Outcome:
+        admitted = await self._admit(delivery)
+        if not isinstance(admitted, Event):
+            return admitted
+        event = admitted
+        observers = self._observers
+        if observers.consume_context is None:
+            return await self._handle(delivery, event)
+        with contextlib.ExitStack() as stack:
+            managers = observers.consume_context(event=event, info=self._info(delivery))
+            observers.enter_all(stack, managers, "consume_context")
+            return await self._handle(delivery, event)
+
+    async def _admit(self, delivery: Delivery) -> Event | _Outcome:
+        """The event to hand to the handler, or the end the delivery already reached
+        (skipped, held past a stop, too large, undecodable, delivered too often)."""
         if delivery.withdrawn:
             # Another consumer owns it now: handling it here would duplicate it out of order.
             log.debug("skipping a withdrawn delivery of %s", delivery.message.topic)
             return None
         message = delivery.message
+        headers = message.headers
+        if REPLAY_GROUP in headers and headers[REPLAY_GROUP] != (self.group or ""):
+            # A replay addressed to another group: this group handled it already.
+            self.skipped += 1
+            log.debug(
+                "acking a replay of %s on %s addressed to group %r",
+                headers.get("ce_id"),
+                message.topic,
+                headers[REPLAY_GROUP],
+            )
+            return self._start_ack(delivery, handled=False)
+        if HOLD_UNTIL in headers and not await self._hold(headers[HOLD_UNTIL]):
+            return RELEASE
         if len(message.value) > self._max_bytes:
             too_large = MessageTooLargeError(
                 f"message is {len(message.value)} bytes, the consumer's maximum is {self._max_bytes}",
@@ -435,16 +523,32 @@ class Subscription:
             return await self._dead_letter(
                 delivery, event, too_many, delivery.delivery_count - 1, "max_deliveries"
             )
-        observers = self._observers
-        if observers.consume_context is None:
-            return await self._handle(delivery, event)
-        with contextlib.ExitStack() as stack:
-            managers = observers.consume_context(event=event, info=self._info(delivery))
-            observers.enter_all(stack, managers, "consume_context")
-            return await self._handle(delivery, event)
+        return event
 
-    async def _call(self, event: Event) -> Any:
-        """One handler call under ``handler_timeout``; sync handlers run in a thread."""
+    async def _hold(self, until: str) -> bool:
+        """Wait until ``until`` (RFC 3339); ``False`` if the subscription stops first."""
+        try:
+            due = parse_time(until).timestamp()
+        except ValueError:
+            log.warning("ignoring an unreadable %s header %r", HOLD_UNTIL, until)
+            return True
+        remaining = due - time.time()
+        if remaining > 0 and not self._stopping.is_set():
+            # A timer and a future rather than wait_for: a delay scheduler holds
+            # thousands of these at once, and stop() wakes them all.
+            waiter = asyncio.get_running_loop().create_future()
+            timer = asyncio.get_running_loop().call_later(remaining, _wake, waiter)
+            self._holds.add(waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._holds.discard(waiter)
+        return not self._stopping.is_set()
+
+    async def _call(self, event: Any) -> Any:
+        """One handler call under ``handler_timeout``; sync handlers run in a thread
+        (``event`` is a list of events for a batch subscription)."""
         timeout = self.options.handler_timeout
         if self._executor is not None:
             loop = asyncio.get_running_loop()
@@ -471,8 +575,16 @@ class Subscription:
                     self._consumed(delivery, event, "released", None, attempt, started)
                     raise
                 reason = self._final_reason(failure, attempt)
+                calls = attempt + self._prior_calls(delivery.message)
+                if reason == "max_retries" and self._retry_stage < len(self._retry_delays):
+                    outcome = await self._to_retry_topic(delivery, event, failure, calls)
+                    released = isinstance(outcome, _Release)
+                    self._consumed(
+                        delivery, event, "released" if released else "retry", failure, attempt, started
+                    )
+                    return outcome
                 if reason is not None:
-                    outcome = await self._dead_letter(delivery, event, failure, attempt, reason)
+                    outcome = await self._dead_letter(delivery, event, failure, calls, reason)
                     released = isinstance(outcome, _Release)
                     self._consumed(
                         delivery, event, "released" if released else "dead_letter", failure, attempt, started
@@ -604,6 +716,48 @@ class Subscription:
         except Exception as exc:
             log.warning("release failed on %s: %r", delivery.message.topic, exc)
 
+    def _original_topic(self, message: Message) -> str:
+        """The topic the event was first consumed from: on a retry topic, the one it
+        names; elsewhere the message's own (a retry header there is not ours)."""
+        if self._retry_stage > 0:
+            return message.headers.get(RETRY_ORIGINAL_TOPIC, message.topic)
+        return message.topic
+
+    def _prior_calls(self, message: Message) -> int:
+        """Handler calls the event had before this delivery (on earlier retry topics)."""
+        return _int_header(message.headers, RETRY_ATTEMPTS) if self._retry_stage > 0 else 0
+
+    async def _to_retry_topic(
+        self, delivery: Delivery, event: Event, failure: BaseException, calls: int
+    ) -> _Outcome:
+        """Write the message to the next retry topic, due after that topic's delay,
+        then ack it; released if the write fails."""
+        message = delivery.message
+        original = self._original_topic(message)
+        delay = float(self._retry_delays[self._retry_stage])
+        headers = dict(message.headers)
+        headers[RETRY_ORIGINAL_TOPIC] = original
+        headers[RETRY_ATTEMPTS] = str(calls)
+        if self._retry_stage == 0:  # whatever an earlier life of the event left there
+            headers[RETRY_FIRST_ERROR_TYPE] = type(failure).__qualname__
+            headers[RETRY_FIRST_ERROR_MESSAGE] = describe_error(failure)
+        headers[HOLD_UNTIL] = format_time(datetime.fromtimestamp(time.time() + delay, timezone.utc))
+        target = retry_topic(original, self._retry_stage + 1)
+        try:
+            await self._transport.publish((Message(target, message.value, message.key, headers),))
+        except Exception as write_exc:
+            self.errors += 1
+            log.error("could not move %s to %s (left for redelivery): %r", message.topic, target, write_exc)
+            self._observers.error("dead_letter", write_exc, {"topic": message.topic, "group": self.group})
+            return RELEASE
+        self.retried += 1
+        if self._observers.on_retry is not None:
+            self._observers.on_retry(
+                event=event, info=self._info(delivery), attempt=calls, delay=delay, error=failure
+            )
+        log.debug("moved event %s to %s after %d call(s): %r", event.event_id, target, calls, failure)
+        return self._start_ack(delivery, handled=False)
+
     async def _dead_letter(
         self,
         delivery: Delivery,
@@ -633,9 +787,17 @@ class Subscription:
             )
             self._observers.error("dead_letter", exc, {"topic": message.topic, "group": self.group})
             return self._start_ack(delivery, handled=False)
-        dlq_topic = self.options.dlq_for(message.topic)
-        headers = {k: v for k, v in message.headers.items() if k not in DLQ_HEADERS}
-        headers[DLQ_ORIGINAL_TOPIC] = message.topic
+        # An event that went through retry topics is a dead letter of its original topic.
+        original = self._original_topic(message)
+        dlq_topic = self.options.dlq_for(original)
+        headers = {
+            k: v
+            for k, v in message.headers.items()
+            # A replay's target group is not the dead letter's: subscribers of the
+            # dead-letter topic must see it whatever their group.
+            if k not in DLQ_HEADERS and k not in SCHEDULE_HEADERS and k != REPLAY_GROUP
+        }
+        headers[DLQ_ORIGINAL_TOPIC] = original
         headers[DLQ_CONSUMER_GROUP] = self.group or ""
         headers[DLQ_ERROR_TYPE] = type(exc).__qualname__
         headers[DLQ_ERROR_MESSAGE] = describe_error(exc)
@@ -711,6 +873,18 @@ class Subscription:
 
     def __repr__(self) -> str:
         return f"<Subscription {self.name} topics={list(self.topics)} group={self.group!r}>"
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int:
+    try:
+        return max(0, int(headers.get(name, "0")))
+    except ValueError:
+        return 0
 
 
 def build_reply(request: Event, result: Any) -> Event:

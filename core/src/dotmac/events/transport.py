@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Literal
 
 from attrs import frozen
 
@@ -105,25 +104,19 @@ class Delivery(abc.ABC):
 
     @abc.abstractmethod
     async def ack(self) -> None:
-        """The message was handled or dead-lettered; it must not be delivered again.
-
-        The runner starts an ack in its worker and, if the ack has to wait (a round
-        trip to the broker), lets it finish in a task of its own while the worker moves
-        on. So an ack must not depend on the task it runs in: no
-        ``asyncio.current_task()`` and no ``asyncio.timeout()`` before its first await
-        (hand the work to a writer and await its future, as the Redis transport does).
-        """
+        """The message was handled or dead-lettered; it must not be delivered again."""
 
     def ack_nowait(self) -> asyncio.Future[None] | None:
-        """Start :meth:`ack` without waiting for it: ``None`` if it finished already,
-        else a future that settles as ``ack()`` would have returned (or raised).
+        """Start :meth:`ack` without waiting for it: ``None`` if the message is acked
+        already, else a future that settles as ``ack()`` would have returned (or raised).
 
-        The runner acks through this. The default runs ``ack()`` until it first waits
-        and finishes it in a task of its own. A transport whose ack hands the work to a
-        writer may override it to return the writer's future itself, which spares a
-        task per acknowledged event.
+        The runner acks through this and moves on to the next message while the ack
+        travels. The default runs ``ack()`` in a task of its own. A transport may
+        override it to spare that task: one whose ack is in-process can finish it
+        here and return ``None``; one whose ack hands the work to a writer can return
+        the writer's future for it.
         """
-        return run_until_wait(self.ack())
+        return asyncio.ensure_future(self.ack())
 
     @abc.abstractmethod
     async def release(self) -> None:
@@ -138,42 +131,6 @@ class Delivery(abc.ABC):
         Kafka partition was revoked and another member owns it now). The core then drops
         it without calling the handler, acking or releasing it. Default ``False``."""
         return False
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
-    # Continue a coroutine that was stepped by hand, exactly as ``await`` would have:
-    # hand each suspension to the event loop, pass results and exceptions back in.
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration:
-                return
-
-
-async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    await _resume(coro, yielded)
-
-
-def run_until_wait(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
-    """Run ``coro`` until it first waits; ``None`` if it finished without waiting,
-    else a task that finishes it (an in-process ack completes at once, no task)."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration:
-        return None
-    except BaseException:
-        coro.close()
-        raise
-    return asyncio.get_running_loop().create_task(_finish(coro, yielded))
 
 
 DeliverySink = Callable[[Delivery], Awaitable[None]]

@@ -381,6 +381,10 @@ class _KafkaDelivery(Delivery):
     async def ack(self) -> None:
         self._sub._settle(self._entry, acked=True)
 
+    def ack_nowait(self) -> None:
+        # Settling is in-process (the commit loop commits later): done here, no task.
+        self._sub._settle(self._entry, acked=True)
+
     async def release(self) -> None:
         self._sub._settle(self._entry, acked=False)
 

@@ -162,6 +162,10 @@ class _MemoryDelivery(Delivery):
             owner.room.set()
 
     async def ack(self) -> None:
+        self.ack_nowait()
+
+    def ack_nowait(self) -> None:
+        # In-process: the ack is done here, so the runner needs no task for it.
         if not self._done:
             self._settle()
 

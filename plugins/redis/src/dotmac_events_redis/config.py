@@ -107,8 +107,10 @@ class RedisConfig:
     Keys
         Each topic is one stream at ``{key_prefix}{topic}``, or
         ``{key_prefix}{namespace}:{topic}`` with a ``namespace`` (a tenant or an
-        environment). Topic names cannot contain ``:``, so one namespace can never
-        address another's streams.
+        environment). Topic names cannot contain ``:``, so among buses that share one
+        ``key_prefix`` one namespace can never address another's streams. The
+        ``key_prefix`` is deployment configuration, not a tenant boundary: enforce one
+        with a Redis ACL user per tenant (docs/transports/redis.md).
 
     Retention
         ``max_stream_length`` caps each stream (``None``: no cap). ``trim_policy``

@@ -33,6 +33,7 @@ from ..wire import parse_time
 from .collect import Collector, wait_for
 from .contract import ContractConformance
 from .hostile import HostileConformance
+from .patterns import PatternConformance
 
 __all__ = ["TransportConformance"]
 
@@ -41,7 +42,7 @@ class _Opaque:
     """A value no JSON codec can encode."""
 
 
-class TransportConformance(ContractConformance, HostileConformance):
+class TransportConformance(ContractConformance, HostileConformance, PatternConformance):
     """Contract tests every transport must pass. Implement :meth:`create_bus`.
 
     Class attributes tune the suite for slow brokers: ``timeout`` bounds every wait

@@ -1,0 +1,208 @@
+"""The publisher: writes publishes, coalescing concurrent ones, and trims streams.
+
+A publish that finds nothing queued or being written goes out in the caller's task;
+those that come meanwhile are batched by the writer task (one script call per
+single-stream batch, a ``MULTI`` block otherwise). Streams are then trimmed per the
+configured policy before the publish returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dotmac.events import (
+    AuthenticationError,
+    ConfigurationError,
+    Message,
+    PublishError,
+    TransportError,
+    TransportUnavailableError,
+)
+from dotmac.events.bus import REPLY_TOPIC_PREFIX
+
+from . import _scripts
+from ._common import Backoff, entry_fields, redis_message, retriable, transport_error
+from ._connection import Link, Script
+from ._writers import Coalescer
+
+if TYPE_CHECKING:
+    from .transport import RedisTransport
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+ADD = Script(_scripts.ADD)
+# Dead letters are never trimmed: this header marks them.
+_DLQ_MARKER = "x-dlq-original-topic"
+_MAX_PUBLISH_BATCH = 1000
+
+
+class Publisher(Coalescer[Sequence[Message]]):
+    """Coalesces concurrent publishes into ``MULTI`` pipelines; then trims."""
+
+    def __init__(self, transport: RedisTransport) -> None:
+        super().__init__(transport, "dotmac-events-redis-publisher")
+        self._warned: dict[str, float] = {}
+
+    async def submit(self, messages: Sequence[Message]) -> None:
+        if self._quiet():
+            await self._write_now(messages)
+        else:
+            await self._enqueue(messages)
+
+    def _take(self) -> list[tuple[Sequence[Message], asyncio.Future[None]]]:
+        batch: list[tuple[Sequence[Message], asyncio.Future[None]]] = []
+        size = 0
+        while self._queue and (not batch or size + len(self._queue[0][0]) <= _MAX_PUBLISH_BATCH):
+            item = self._queue.popleft()
+            batch.append(item)
+            size += len(item[0])
+        return batch
+
+    async def _write(self, batch: list[tuple[Sequence[Message], asyncio.Future[None]]], link: Link) -> None:
+        transport = self._transport
+        config = transport.config
+        flat: list[tuple[int, str, Message]] = []
+        dead_letter_keys: set[str] = set()
+        reply_keys: set[str] = set()
+        for index, (messages, _future) in enumerate(batch):
+            for message in messages:
+                key = config.stream_key(message.topic)
+                flat.append((index, key, message))
+                if _DLQ_MARKER in message.headers:
+                    dead_letter_keys.add(key)
+                if message.topic.startswith(REPLY_TOPIC_PREFIX):
+                    reply_keys.add(key)
+        maxlen = config.max_stream_length
+        trim_keys: list[str] = []
+        if maxlen is not None:
+            trim_keys = sorted({key for _i, key, _m in flat} - dead_letter_keys - reply_keys)
+        deadline = time.monotonic() + config.publish_timeout
+        backoff = Backoff(config.reconnect_backoff_max)
+        while True:
+            try:
+                results = await self._send(flat, reply_keys, trim_keys, link)
+            except Exception as exc:
+                if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
+                    log.debug("publish failed, retrying: %r", exc)
+                    await asyncio.sleep(backoff.next())
+                    continue
+                what = "publish failed"
+                if retriable(exc):
+                    what += f" (retried for {config.publish_timeout}s)"
+                error = transport_error(what, exc)
+                if isinstance(error, TransportError) and not isinstance(
+                    error, (TransportUnavailableError, AuthenticationError)
+                ):
+                    error = PublishError(str(error), retriable=error.retriable)
+                for _messages, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            break
+        failed: dict[int, BaseException] = {}
+        for (index, key, _message), result in zip(flat, results, strict=False):
+            if isinstance(result, Exception) and index not in failed:
+                refused = transport_error(f"Redis refused the entry for stream {key!r}", result)
+                failed[index] = (
+                    refused
+                    if isinstance(refused, (ConfigurationError, AuthenticationError))
+                    else PublishError(f"Redis refused the entry for stream {key!r}: {redis_message(result)}")
+                )
+        if maxlen is not None:
+            # Trim before confirming, so a publish returns with the stream within its
+            # policy (a failed trim is logged and retried at the next publish).
+            lengths = results[len(results) - len(trim_keys) :]
+            slack = max(1, maxlen // 100)
+            for key, length in zip(trim_keys, lengths, strict=True):
+                if isinstance(length, int) and length > maxlen + slack:
+                    await self._trim(key, maxlen)
+        published = 0
+        for index, (messages, future) in enumerate(batch):
+            if index in failed:
+                if not future.done():
+                    future.set_exception(failed[index])
+            else:
+                published += len(messages)
+                if not future.done():
+                    future.set_result(None)
+        transport.counters["published"] += published
+
+    async def _send(
+        self, flat: list[tuple[int, str, Message]], reply_keys: set[str], trim_keys: list[str], link: Link
+    ) -> list[Any]:
+        """Write the entries; results per entry (``None`` or an error), then the lengths
+        of ``trim_keys``."""
+        transport = self._transport
+        keys = {key for _i, key, _m in flat}
+        ttl = int(transport.config.reply_ttl)
+        if len(keys) == 1:
+            (key,) = keys
+            if len(flat) == 1 and not trim_keys and key not in reply_keys:
+                # Nothing to trim or expire: a plain XADD does it.
+                await link.command("XADD", key, "*", *entry_fields(flat[0][2]))
+                return [None]
+            # One stream (the usual publish or publish_many): one script call, atomic
+            # like MULTI, and it returns the length for the trim check.
+            args: list[Any] = [ttl if key in reply_keys else 0]
+            for _index, _key, message in flat:
+                fields = entry_fields(message)
+                args.append(len(fields))
+                args.extend(fields)
+            length = await link.eval(ADD, [key], args)
+            return [None] * len(flat) + ([int(length)] if trim_keys else [])
+        commands: list[tuple[Any, ...]] = [("XADD", key, "*", *entry_fields(m)) for _i, key, m in flat]
+        commands += [("EXPIRE", key, ttl) for key in sorted(reply_keys)]
+        commands += [("XLEN", key) for key in trim_keys]
+        results = await link.pipeline(commands, transaction=True)
+        del results[len(flat) : len(flat) + len(reply_keys)]
+        return results
+
+    async def _trim(self, key: str, maxlen: int) -> None:
+        transport = self._transport
+        policy = transport.config.trim_policy
+        try:
+            result = await transport._script("trim")(
+                keys=[key], args=[maxlen, policy], client=transport._redis()
+            )
+            removed, kept, unread, unacked = (int(v) for v in result)
+        except Exception as exc:
+            log.warning("trimming %s failed (retried at the next publish): %r", key, exc)
+            return
+        counters = transport.counters
+        counters["trimmed"] += removed
+        counters["trimmed_unread"] += unread
+        counters["trimmed_unacknowledged"] += unacked
+        if kept:
+            counters["trim_deferred"] += 1
+            transport.over_limit[key] = kept
+        else:
+            transport.over_limit.pop(key, None)
+        now = time.monotonic()
+        if (kept or unread or unacked) and now - self._warned.get(key, -1e9) >= 60.0:
+            self._warned[key] = now
+            if kept:
+                log.warning(
+                    "stream %s is %d entries over max_stream_length=%d: consumer groups have not "
+                    "acknowledged them, so trim_policy='safe' keeps them",
+                    key,
+                    kept,
+                    maxlen,
+                )
+            if unread or unacked:
+                log.warning(
+                    "trimmed %d entries of %s that a consumer group had not read and %d it had "
+                    "not acknowledged (trim_policy='maxlen', max_stream_length=%d); "
+                    "%d unread and %d unacknowledged so far",
+                    unread,
+                    key,
+                    unacked,
+                    maxlen,
+                    counters["trimmed_unread"],
+                    counters["trimmed_unacknowledged"],
+                )

@@ -19,20 +19,33 @@ and labels through the OpenTelemetry metrics API):
 
 Each gets a ``tenant`` label when ``tenant_metrics=True``. ``consumer_group`` is empty
 for broadcast subscriptions, ``tenant`` for events without a tenant.
+
+Consumer lag is a gauge, ``events_consumer_lag`` (labels topic, consumer_group): the
+events of a topic a group has not been handed yet. The broker is asked for it by a
+:class:`LagSampler` every few seconds (never on the scrape itself); register it with
+:func:`register_lag_collector` (prometheus_client) or ``OtelObserver.observe_lag``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import threading
+import time
 import weakref
+from collections.abc import Iterable, Iterator
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .bus import REPLY_TOPIC_PREFIX
 from .errors import ConfigurationError, InvalidTenantError
 from .event import validate_tenant_id
 from .plugins import hookimpl
+from .transport import GroupInfo
 
 if TYPE_CHECKING:
+    from .bus import EventBus
     from .event import Event
     from .observe import ConsumeInfo, PublishInfo
     from .transport import Message
@@ -43,10 +56,14 @@ __all__ = [
     "REPLY_TOPIC_PREFIX",
     "REPLY_TOPIC_TEMPLATE",
     "LabelCap",
+    "LagSampler",
     "PrometheusObserver",
     "create_dotmac_observability_hooks",
+    "register_lag_collector",
     "topic_template",
 ]
+
+log = logging.getLogger(__name__)
 
 OTHER = "__other__"
 """Label value that replaces topics/tenants beyond the configured cap (and invalid tenants)."""
@@ -320,3 +337,155 @@ def create_dotmac_observability_hooks(
         )
         _observers[metrics_registry] = observer
         return observer
+
+
+DEFAULT_MAX_GROUPS = 200
+LAG_METRIC = "events_consumer_lag"
+
+
+class LagSampler:
+    """Polls :meth:`EventBus.groups` and keeps the latest lag of each topic and group.
+
+    ``topics`` are the topics to watch; without them, the topics of the bus's group
+    subscriptions (looked up at every refresh, so later subscriptions are included).
+    :meth:`refresh` asks the broker once; ``async with sampler:`` (or :meth:`start`)
+    refreshes every ``interval`` seconds in a task of the bus's event loop.
+
+    Label values are bounded: beyond ``max_topics`` topics or ``max_groups`` groups
+    the figures are summed under ``__other__``. A topic whose groups cannot be listed
+    (broker down) loses its figures until it answers again: a stale lag would say
+    that consumers keep up when nobody can tell. ``groups`` keeps the last reports
+    in full (members, pending, oldest pending age) for pages and probes.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        topics: Iterable[str] | None = None,
+        interval: float = 15.0,
+        max_topics: int = DEFAULT_MAX_TOPICS,
+        max_groups: int = DEFAULT_MAX_GROUPS,
+    ) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+            raise ConfigurationError(f"interval must be a number of seconds > 0, got {interval!r}")
+        self.bus = bus
+        self._topics = None if topics is None else tuple(topics)
+        self.interval = float(interval)
+        self._topic_cap = LabelCap(_check_limit("max_topics", max_topics))
+        self._group_cap = LabelCap(_check_limit("max_groups", max_groups))
+        self.groups: dict[str, tuple[GroupInfo, ...]] = {}
+        self.errors: dict[str, str] = {}
+        self.refreshed_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def topics(self) -> list[str]:
+        if self._topics is not None:
+            return list(self._topics)
+        found = {
+            topic
+            for sub in self.bus.subscriptions
+            if sub.group is not None
+            for topic in sub.topics
+            if not topic.startswith(REPLY_TOPIC_PREFIX)
+        }
+        return sorted(found)
+
+    async def refresh(self) -> None:
+        """Ask the broker for the groups of every watched topic (one topic at a time)."""
+        for topic in self.topics():
+            try:
+                infos = tuple(await self.bus.groups(topic))
+            except Exception as exc:
+                if topic not in self.errors:
+                    log.warning("cannot list the consumer groups of %s: %s", topic, exc)
+                self.errors[topic] = f"{type(exc).__name__}: {exc}"
+                self.groups.pop(topic, None)
+                continue
+            self.errors.pop(topic, None)
+            self.groups[topic] = infos
+        self.refreshed_at = time.time()
+
+    def lag(self) -> dict[tuple[str, str], int]:
+        """``{(topic label, group label): lag}`` with bounded labels; unknown lags left out."""
+        figures: dict[tuple[str, str], int] = {}
+        for topic, infos in self.groups.items():
+            for info in infos:
+                if info.lag is None:
+                    continue
+                key = (self._topic_cap(topic_template(topic)), self._group_cap(info.group))
+                figures[key] = figures.get(key, 0) + info.lag
+        return figures
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # a bug in a transport must not end the sampling for good
+                log.exception("consumer lag refresh failed")
+            await asyncio.sleep(self.interval)
+
+    async def start(self) -> None:
+        if self._task is None:
+            await self.refresh()
+            self._task = asyncio.create_task(self._run(), name="dotmac-events-lag-sampler")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> LagSampler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return f"<LagSampler topics={self._topics!r} interval={self.interval}>"
+
+
+class _LagCollector:
+    def __init__(self, sampler: LagSampler, name: str) -> None:
+        self._sampler = sampler
+        self._name = name
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(
+            self._name,
+            "Events of a topic not yet handed to a consumer group",
+            labels=("topic", "consumer_group"),
+        )
+        for (topic, group), lag in sorted(self._sampler.lag().items()):
+            family.add_metric((topic, group), lag)
+        yield family
+
+    def describe(self) -> Iterator[Any]:
+        # An empty description keeps registration from calling collect() (no figures yet).
+        return iter(())
+
+
+def register_lag_collector(sampler: LagSampler, metrics_registry: Any = None, *, namespace: str = "") -> Any:
+    """Expose ``sampler``'s figures as the gauge ``events_consumer_lag`` (labels topic,
+    consumer_group) in ``metrics_registry`` (the default registry when ``None``).
+
+    Returns the collector (``registry.unregister(collector)`` removes it).
+    """
+    try:
+        import prometheus_client as prom
+    except ImportError as exc:
+        raise ConfigurationError(
+            'Prometheus metrics need prometheus_client: pip install "dotmac-events[prometheus]"'
+        ) from exc
+    registry = metrics_registry if metrics_registry is not None else prom.REGISTRY
+    name = f"{namespace}_{LAG_METRIC}" if namespace else LAG_METRIC
+    collector = _LagCollector(sampler, name)
+    registry.register(collector)
+    return collector

@@ -50,6 +50,7 @@ FIRST_PARTY: tuple[FirstPartyPlugin, ...] = (
         ("amqp", "amqps", "rabbitmq"),
         ("RabbitMQConfig", "create_rabbitmq_bus"),
     ),
+    FirstPartyPlugin("ops", "dotmac_events_ops"),
 )
 
 KNOWN_EXTRAS: Mapping[str, str] = {name: plugin.extra for plugin in FIRST_PARTY for name in plugin.provides}

@@ -42,6 +42,7 @@ from aiokafka.helpers import create_ssl_context
 from dotmac.events import (
     Capabilities,
     Delivery,
+    GroupInfo,
     Message,
     PublishError,
     SubscriptionSpec,
@@ -56,6 +57,7 @@ from dotmac.events.wire import headers_from_pairs
 
 from . import errors as _errors
 from .config import KafkaConfig
+from .groups import topic_groups
 
 __all__ = ["CAPABILITIES", "KafkaTransport", "build_ssl_context"]
 
@@ -71,6 +73,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=True,
     batch_publish=True,
+    introspection=True,
 )
 
 # Broker-side errors of CreateTopics that mean the request itself is wrong.
@@ -1271,6 +1274,13 @@ class KafkaTransport(Transport):
             self._subs.discard(sub)
             raise
         return sub
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        self._require()
+        if topic not in await self._existing_topics():
+            return []
+        assert self._admin is not None
+        return await topic_groups(self._admin, self._client_options, topic, await self._partitions(topic))
 
     async def read(self, topic: str, *, limit: int = 100) -> list[Message]:
         """Up to ``limit`` records of ``topic`` from the beginning, oldest first.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,9 @@ from dotmac.events.metrics import (
     DEFAULT_MAX_TENANTS,
     DEFAULT_MAX_TOPICS,
     DURATION_BUCKETS,
+    LAG_METRIC,
     LabelPolicy,
+    LagSampler,
     topic_template,
 )
 
@@ -164,6 +167,26 @@ class OtelObserver:
         self._dead_lettered = meter.create_counter(
             "events_dlq_total", unit="{event}", description="Events written to a dead-letter topic"
         )
+        self._lag_samplers: weakref.WeakSet[LagSampler] = weakref.WeakSet()
+        self._lag_gauge: Any = None
+        self._meter = meter
+
+    def observe_lag(self, sampler: LagSampler) -> None:
+        """Report ``sampler``'s figures as the observable gauge ``events_consumer_lag``
+        (attributes ``topic``, ``consumer_group``), read at each metric collection."""
+        self._lag_samplers.add(sampler)
+        if self._lag_gauge is None:
+            self._lag_gauge = self._meter.create_observable_gauge(
+                LAG_METRIC,
+                callbacks=[self._observe_lag],
+                unit="{event}",
+                description="Events of a topic not yet handed to a consumer group",
+            )
+
+    def _observe_lag(self, _options: otel_metrics.CallbackOptions) -> Iterable[otel_metrics.Observation]:
+        for sampler in list(self._lag_samplers):
+            for (topic, group), lag in sampler.lag().items():
+                yield otel_metrics.Observation(lag, {"topic": topic, "consumer_group": group})
 
     def __repr__(self) -> str:
         return (

@@ -41,6 +41,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=True,
     batch_publish=True,
+    introspection=True,
 )
 
 # Stream entry fields besides the headers. '@' is not an HTTP token character, so no

@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from dotmac.events import Message, SubscriptionSpec, Transport, TransportSubscription
+from dotmac.events import GroupInfo, Message, SubscriptionSpec, Transport, TransportSubscription
 from dotmac.events.errors import BusStateError, ConfigurationError
 from dotmac.events.transport import DeliverySink
 
@@ -46,6 +46,7 @@ from ._publisher import Publisher
 from ._subscription import BroadcastSubscription, Subscription
 from ._writers import AckWriter
 from .config import RedisConfig
+from .groups import stream_groups
 
 __all__ = ["CAPABILITIES", "DATA_FIELD", "KEY_FIELD", "RELEASED_IDLE_MS", "RedisTransport"]
 
@@ -269,3 +270,9 @@ class RedisTransport(Transport):
         except RedisError as exc:
             raise transport_error(f"cannot read {topic!r}", exc) from exc
         return [entry_message(topic, entry_id, fields) for entry_id, fields in entries or ()]
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        try:
+            return await stream_groups(self._redis(), self.config.stream_key(topic), topic)
+        except RedisError as exc:
+            raise transport_error(f"cannot list the groups of {topic!r}", exc) from exc

@@ -1,0 +1,79 @@
+"""Consumer-group introspection (``bus.groups``) against a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from dotmac.events import Event, EventBus, GroupInfo
+from dotmac.events.testing import Collector
+
+MakeBus = Callable[..., EventBus]
+T = 20.0
+
+
+async def groups_until(
+    bus: EventBus, topic: str, predicate: Callable[[list[GroupInfo]], bool], what: str
+) -> list[GroupInfo]:
+    """Poll ``bus.groups(topic)`` until ``predicate`` holds (offsets are committed in the background)."""
+    deadline = time.monotonic() + T
+    while True:
+        infos = list(await bus.groups(topic))
+        if predicate(infos):
+            return infos
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last report: {infos}")
+        await asyncio.sleep(0.1)
+
+
+async def test_lag_is_exact_for_a_known_backlog(make_bus: MakeBus, topic: str, group: str) -> None:
+    n, m = 13, 5
+    async with make_bus() as bus:
+        assert bus.capabilities.introspection
+        assert await bus.groups(topic) == []  # no topic yet
+        seen = Collector()
+        sub = await bus.subscribe(topic, seen, group=group)
+        await bus.publish_many([Event(topic=topic, payload={"i": i}, key=str(i)) for i in range(m)])
+        await seen.wait_count(m, T)
+        (info,) = await groups_until(bus, topic, lambda g: len(g) == 1 and g[0].lag == 0, "commits")
+        assert (info.topic, info.group, info.pending, info.oldest_pending_age) == (topic, group, 0, None)
+        assert len(info.members) == 1
+        await sub.stop()
+
+        # Consumed m of n (keys spread the rest over the partitions): lag is n - m.
+        await bus.publish_many([Event(topic=topic, payload={"i": i}, key=str(i)) for i in range(m, n)])
+        # The publish was acknowledged by the broker, the member stopped: no waiting.
+        (info,) = await bus.groups(topic)
+        assert info.lag == n - m
+
+
+async def test_a_partition_without_commit_makes_lag_unknown(
+    make_bus: MakeBus, kafka_servers: str, topic: str, group: str
+) -> None:
+    async with make_bus(num_partitions=2) as bus:
+        await bus.publish_many([Event(topic=topic, payload={"i": i}) for i in range(4)])
+        raw = AIOKafkaConsumer(bootstrap_servers=kafka_servers, group_id=group, enable_auto_commit=False)
+        await raw.start()
+        raw.assign([TopicPartition(topic, 0)])
+        try:
+            await raw.commit({TopicPartition(topic, 0): OffsetAndMetadata(0, "")})
+        finally:
+            await raw.stop()
+        (info,) = await bus.groups(topic)
+        # Where the group starts on partition 1 depends on its reset policy: no guess.
+        assert (info.group, info.lag) == (group, None)
+
+
+def test_member_assignments_name_their_topics() -> None:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    from dotmac_events_kafka.groups import _assigned_topics
+
+    encoded = ConsumerProtocolMemberAssignment(0, [("orders", [0, 2]), ("refunds", [1])], b"").encode()
+    assert _assigned_topics(encoded) == {"orders", "refunds"}
+    assert _assigned_topics(b"") is None  # a broker that sends no assignment
+    assert _assigned_topics(b"\x00") is None  # one of another protocol

@@ -21,8 +21,8 @@ a user would type. The info string after the opening fence says what a block is:
     A piece shown for its shape (it needs a host, a package index, a secret, or
     runs for ever): Python is compiled (top-level ``await`` allowed), shell is
     parsed with ``bash -n``; neither runs.
-``text``, ``output``, ``sql``
-    Output, messages or statements for another program: not run.
+``text``, ``output``, ``sql``, ``yaml``
+    Output, messages, statements or manifests for another program: not run.
 ``json``, ``toml``
     Parsed, so they stay valid.
 
@@ -62,7 +62,7 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<mark>`{3,}|~{3,})(?P<info>[^`]*)$")
 RUNNABLE = {"python", "bash", "sh", "console"}
-INERT = {"text", "output", "sql", "json", "toml"}
+INERT = {"text", "output", "sql", "yaml", "json", "toml"}
 TIMEOUT = 90.0
 # Streams the README's blocks make on the shared Redis.
 DOCS_TOPICS = ("orders.created", "orders.created.dlq", "failed.events")
@@ -194,7 +194,7 @@ def test_every_block_says_what_it_is() -> None:
 @pytest.mark.parametrize("block", ALL, ids=[b.id for b in ALL])
 def test_block(block: Block, workdirs: dict[Path, Path]) -> None:
     workdir = workdirs[block.path]
-    if block.language in ("text", "output", "sql"):
+    if block.language in ("text", "output", "sql", "yaml"):
         pytest.skip("output or statements for another program")
     if block.language == "json":
         json.loads(block.source)

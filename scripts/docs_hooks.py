@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import html
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,18 @@ def _commands(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, arg
 
 def cli() -> str:
     from dotmac.events.cli import build_parser
+    from dotmac.events.config import ENV_URL
 
+    # Defaults read $DOTMAC_EVENTS_URL when the parser is built: the page shows the
+    # documented default, never the URL (and its password) of the machine building it.
+    saved = os.environ.pop(ENV_URL, None)
+    try:
+        root = build_parser()
+    finally:
+        if saved is not None:
+            os.environ[ENV_URL] = saved
     out = []
-    for path, parser in _commands(build_parser(), "dotmac-events"):
+    for path, parser in _commands(root, "dotmac-events"):
         level = "#" * min(2 + path.count(" "), 4)
         out.append(f"{level} `{path}`\n")
         if parser.description:

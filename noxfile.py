@@ -433,6 +433,9 @@ def docs(session: nox.Session) -> None:
     """
     _install(session, *PLUGINS)
     session.install("-r", str(ROOT / "requirements-docs.txt"))
+    # What the observability page tells a reader to install next to the otel plugin
+    # (its range follows the OpenTelemetry SDK that the plugin's test extra resolves).
+    session.install("opentelemetry-exporter-prometheus")
     session.run("pytest", str(ROOT / "tests" / "docs"), *session.posargs)
     site = Path(session.create_tmp()) / "site"
     env = {"NO_MKDOCS_2_WARNING": "1"}

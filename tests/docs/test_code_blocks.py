@@ -80,7 +80,8 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        where = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
+        return f"{where}:{self.line}"
 
     @property
     def fragment(self) -> bool:
@@ -287,3 +288,16 @@ def test_quick_start_prints_on_every_transport_it_names(
         script.write_text(block.source)
         out = _run([sys.executable, str(script), url], Path(tmp), block)
     assert "billing order 7" in out.splitlines()
+
+
+def test_the_collector_reads_info_strings_and_a_failing_block_fails(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Text.\n\n```python fragment\nawait x\n```\n\n  ```bash\n  exit 3\n  ```\n\n```\nbare\n```\n"
+    )
+    fragment, shell, bare = blocks(page)
+    assert (fragment.language, fragment.fragment, fragment.line) == ("python", True, 3)
+    assert (shell.language, shell.source) == ("bash", "exit 3\n")  # indented fences are dedented
+    assert bare.language == ""  # what test_every_block_says_what_it_is refuses
+    with pytest.raises(pytest.fail.Exception, match="exit 3"):
+        _run(["bash", "-euo", "pipefail"], tmp_path, shell, stdin=_shell(shell))

@@ -42,6 +42,7 @@ and must print the handler's line each time.
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import os
 import re
@@ -283,11 +284,32 @@ def test_quick_start_prints_on_every_transport_it_names(
         url = f"kafka://{request.getfixturevalue('kafka_servers')}"
     elif transport == "nats":
         url = request.getfixturevalue("nats_url")
-    with tempfile.TemporaryDirectory(prefix="dotmac-quickstart-") as tmp:
-        script = Path(tmp) / "quickstart.py"
-        script.write_text(block.source)
-        out = _run([sys.executable, str(script), url], Path(tmp), block)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dotmac-quickstart-") as tmp:
+            script = Path(tmp) / "quickstart.py"
+            script.write_text(block.source)
+            out = _run([sys.executable, str(script), url], Path(tmp), block)
+    finally:
+        if transport == "amqp":
+            asyncio.run(_delete_rabbitmq_queues(url))
     assert "billing order 7" in out.splitlines()
+
+
+async def _delete_rabbitmq_queues(url: str) -> None:
+    """The quick start's group queue on the shared RabbitMQ, and the topic's retained one."""
+    import aio_pika
+
+    from dotmac_events_rabbitmq import RabbitMQConfig
+
+    config = RabbitMQConfig()
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for topic in DOCS_TOPICS:
+            for suffix in ("billing", "@retained"):
+                await channel.queue_delete(config.queue_name(topic, suffix))
+    finally:
+        await connection.close()
 
 
 def test_the_collector_reads_info_strings_and_a_failing_block_fails(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from dotmac.events import ConsumerOptions, Event, EventBus, TransportError
+from dotmac.events import ConsumerOptions, Event, EventBus, TransportError, TransportUnavailableError
 from dotmac.events.testing.collect import wait_for
 from dotmac_events_kafka import create_kafka_bus
 from dotmac_events_kafka.testing import TansuBroker, fast_config
@@ -341,9 +341,15 @@ async def test_broker_restart_during_publishing(
     # Read back with the default request timeout: reading the whole topic from a broker
     # whose log just came back from S3 may take longer than the 2 s publishes are given.
     async with create_kafka_bus(fast_config(s3_broker.bootstrap_servers)) as reader:
-        stored = {
-            json.loads(m.value)["i"] for m in await reader.transport.read(topic, limit=len(outcomes) + 10)
-        }
+        for attempt in range(3):  # read() raises a retriable error when the broker is slow to answer
+            try:
+                records = await reader.transport.read(topic, limit=len(outcomes) + 10)
+            except TransportUnavailableError:
+                if attempt == 2:
+                    raise
+                continue
+            break
+        stored = {json.loads(m.value)["i"] for m in records}
     failures = [e for _i, ok, *_, e in outcomes if not ok]
     false_successes = [i for i, ok, t0, t1, _e in outcomes if ok and t0 > down and t1 < up]
     kinds = Counter(f"{type(e).__name__}(retriable={getattr(e, 'retriable', None)})" for e in failures)

@@ -44,6 +44,7 @@ from dotmac.events import (
     Delivery,
     GroupInfo,
     Message,
+    PartialPublishError,
     PublishError,
     SubscriptionSpec,
     Transport,
@@ -1191,9 +1192,20 @@ class KafkaTransport(Transport):
             if isinstance(failure, (*_UNREACHABLE, asyncio.TimeoutError)):
                 # aiokafka retried the send until the request timeout before giving up.
                 what += f" (retried for up to request_timeout_ms={self.config.request_timeout_ms})"
-            raise _publish_error(
-                what, failure, await self._publish_fatal(what, failure, messages)
-            ) from failure
+            error = _publish_error(what, failure, await self._publish_fatal(what, failure, messages))
+            if confirmed:
+                # Part of the batch is stored: say exactly which, so a retry of the rest
+                # duplicates nothing.
+                stored = [not isinstance(r, BaseException) for r in results]
+                stored += [False] * (len(messages) - len(stored))
+                ids = [m.headers.get("ce_id") or f"#{i}" for i, m in enumerate(messages)]
+                raise PartialPublishError(
+                    f"{error} (stored {confirmed} of {len(messages)}; retry only PartialPublishError.unsent)",
+                    sent=tuple(i for i, ok in zip(ids, stored, strict=True) if ok),
+                    unsent=tuple(i for i, ok in zip(ids, stored, strict=True) if not ok),
+                    retriable=bool(getattr(error, "retriable", False)),
+                ) from error
+            raise error from failure
 
     async def _publish_fatal(
         self, what: str, exc: BaseException, messages: Sequence[Message]

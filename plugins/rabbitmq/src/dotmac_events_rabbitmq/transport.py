@@ -21,6 +21,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustExchange
 
+from dotmac.events.dlq import LEDGER_REPLAYED_AT
+from dotmac.events.dlq_headers import DLQ_ORIGINAL_TOPIC
 from dotmac.events.errors import PublishError, TransportError, TransportUnavailableError
 from dotmac.events.transport import (
     Capabilities,
@@ -51,7 +53,7 @@ CAPABILITIES = Capabilities(
 )
 
 RETAINED_SUFFIX = "@retained"
-DLQ_MARKER_HEADER = "x-dlq-original-topic"
+DLQ_MARKER_HEADER = DLQ_ORIGINAL_TOPIC
 """The core adds this header to every dead letter; a topic that receives one gets a
 retained queue, whatever its name, so dead letters are never dropped as unroutable."""
 
@@ -60,7 +62,9 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, OSErro
 
 
 def _is_retained_topic(message: Message) -> bool:
-    return message.topic.endswith(".dlq") or DLQ_MARKER_HEADER in message.headers
+    # Dead letters, and the replay ledger the core keeps beside a dead-letter topic.
+    headers = message.headers
+    return message.topic.endswith(".dlq") or DLQ_MARKER_HEADER in headers or LEDGER_REPLAYED_AT in headers
 
 
 class RabbitMQTransport(Transport):

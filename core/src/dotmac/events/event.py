@@ -34,11 +34,13 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "RESERVED_HEADER_PREFIXES",
     "MAX_PAYLOAD_DEPTH",
+    "RESERVED_EXTENSION_NAMES",
     "Event",
     "EventMetadata",
     "FrozenDict",
     "FrozenList",
     "thaw",
+    "validate_extension_name",
     "validate_header_name",
     "validate_header_value",
     "validate_tenant_id",
@@ -61,7 +63,31 @@ MAX_PAYLOAD_DEPTH = 256
 RESERVED_HEADER_PREFIXES = ("ce_",)
 RESERVED_HEADERS = frozenset({"content-type"})
 
+# CloudEvents context attribute names that have a field of their own (or are the body
+# itself): an extension may not take them, or two values would claim one header.
+RESERVED_EXTENSION_NAMES = frozenset(
+    {
+        "specversion",
+        "id",
+        "type",
+        "source",
+        "time",
+        "subject",
+        "dataschema",
+        "datacontenttype",
+        "data",
+        "tenantid",
+        "correlationid",
+        "causationid",
+        "replyto",
+        "schemaversion",
+    }
+)
+# An extension travels as the header ``ce_<name>``, which must stay a header name.
+MAX_EXTENSION_NAME_LENGTH = MAX_HEADER_NAME_LENGTH - len("ce_")
+
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]+")
+_EXTENSION_RE = re.compile(r"[a-z0-9]+")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TENANT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
@@ -272,6 +298,30 @@ def validate_header_name(name: object, *, field_name: str = "headers") -> str:
     return name
 
 
+def validate_extension_name(name: object, *, field_name: str = "metadata.extensions") -> str:
+    """Check a CloudEvents extension attribute name; return it or raise :class:`ValidationError`.
+
+    CloudEvents allows lower-case ASCII letters and digits only. It recommends at most
+    20 characters; longer names are accepted (up to ``MAX_EXTENSION_NAME_LENGTH``)
+    because producers that are not this library use them, and refusing one would
+    dead-letter an otherwise valid event.
+    """
+    if not isinstance(name, str):
+        raise ValidationError(f"extension names must be str, got {type(name).__name__}", field=field_name)
+    if not name or len(name) > MAX_EXTENSION_NAME_LENGTH or not _EXTENSION_RE.fullmatch(name):
+        raise ValidationError(
+            f"extension name {name!r} must be 1 to {MAX_EXTENSION_NAME_LENGTH} lower-case "
+            "letters a-z and digits 0-9 (CloudEvents attribute naming)",
+            field=field_name,
+        )
+    if name in RESERVED_EXTENSION_NAMES:
+        raise ValidationError(
+            f"extension name {name!r} is a CloudEvents or envelope attribute with a field of its own",
+            field=field_name,
+        )
+    return name
+
+
 def validate_header_value(value: object, *, field_name: str) -> str:
     if not isinstance(value, str):
         raise HeaderValidationError(f"must be a str, got {type(value).__name__}", field=field_name)
@@ -365,6 +415,30 @@ def _headers_field(value: Any) -> Mapping[str, str]:
             f"headers take {total} characters, the maximum is {MAX_HEADERS_TOTAL}", field="headers"
         )
     return headers
+
+
+def _extensions_field(value: Any) -> Mapping[str, str]:
+    if value.__class__ is not FrozenDict and not isinstance(value, Mapping):
+        raise ValidationError(
+            f"must be a mapping of str to str, got {type(value).__name__}", field="metadata.extensions"
+        )
+    if len(value) > MAX_HEADER_COUNT:
+        raise ValidationError(
+            f"{len(value)} extensions, the maximum is {MAX_HEADER_COUNT}", field="metadata.extensions"
+        )
+    extensions = value if value.__class__ is FrozenDict else _frozen_headers(value)
+    for name, text in extensions.items():
+        validate_extension_name(name)
+        validate_header_value(text, field_name=f"metadata.extensions[{name!r}]")
+    return extensions
+
+
+def _attribute_field(value: Any, name: str) -> None:
+    # subject and dataschema come from producers that are not this library: longer
+    # than an id may be, bounded like a header value since that is how they travel.
+    validate_header_value(value, field_name=f"metadata.{name}")
+    if not value:
+        raise ValidationError("must not be empty", field=f"metadata.{name}")
 
 
 _EMPTY_PAYLOAD: FrozenDict[str, Any] = FrozenDict()
@@ -486,6 +560,11 @@ class EventMetadata:
     ``event_id`` is generated when omitted and never changes across retries,
     redeliveries, dead-lettering and replay, so handlers can deduplicate on it.
     ``event_type`` defaults to the event's topic and ``source`` to the bus's source.
+    ``subject`` and ``data_schema`` are the CloudEvents ``subject`` and ``dataschema``
+    attributes. ``extensions`` holds every other CloudEvents extension attribute by
+    name (lower-case letters and digits, see :func:`validate_extension_name`) with
+    its value as text; it is read-only, kept from a received event and written again
+    when the event is published, forwarded, dead-lettered or replayed.
     """
 
     # No defaults here: the hand-written __init__ below is the one source of them.
@@ -498,6 +577,9 @@ class EventMetadata:
     reply_to: str | None
     content_type: str | None
     schema_version: str | None
+    subject: str | None
+    data_schema: str | None
+    extensions: Mapping[str, str]
 
     def __init__(
         self,
@@ -510,6 +592,9 @@ class EventMetadata:
         reply_to: str | None = None,
         content_type: str | None = None,
         schema_version: str | None = None,
+        subject: str | None = None,
+        data_schema: str | None = None,
+        extensions: Mapping[str, str] | None = _NOTHING,
     ) -> None:
         # Validation written out field by field: this runs for every event published
         # and every event received.
@@ -532,6 +617,18 @@ class EventMetadata:
             _text_field(content_type, "content_type")
         if schema_version is not None and not _text_ok(schema_version):
             _text_field(schema_version, "schema_version")
+        if subject is not None:
+            _attribute_field(subject, "subject")
+        if data_schema is not None:
+            _attribute_field(data_schema, "data_schema")
+        if (
+            extensions is _NOTHING
+            or extensions is None
+            or (extensions.__class__ is FrozenDict and not extensions)
+        ):
+            extensions = _EMPTY_HEADERS
+        else:
+            extensions = _extensions_field(extensions)
         _set(self, "event_id", event_id)
         _set(self, "event_type", event_type)
         _set(self, "source", source)
@@ -541,6 +638,9 @@ class EventMetadata:
         _set(self, "reply_to", reply_to)
         _set(self, "content_type", content_type)
         _set(self, "schema_version", schema_version)
+        _set(self, "subject", subject)
+        _set(self, "data_schema", data_schema)
+        _set(self, "extensions", extensions)
 
 
 @frozen(init=False)

@@ -10,8 +10,10 @@ body is the codec's bytes; envelope attributes travel as headers::
     ce_source       metadata.source (defaults to the bus's source)
     ce_time         metadata.occurred_at, RFC 3339 UTC
     content-type    the codec's content type
-    ce_tenantid, ce_correlationid, ce_causationid, ce_replyto, ce_schemaversion
+    ce_tenantid, ce_correlationid, ce_causationid, ce_replyto, ce_schemaversion,
+    ce_subject, ce_dataschema
                     when set
+    ce_<name>       each entry of metadata.extensions
 
 User headers travel as themselves. The event key is the message key. The transport
 contract (``transport.py``) builds on this module, never the other way round.
@@ -28,7 +30,7 @@ from attrs import field, frozen
 
 from .errors import DecodeError, SchemaValidationError, ValidationError
 from .event import _NOTHING as _DEFAULT
-from .event import Event, EventMetadata, _frozen_headers
+from .event import Event, EventMetadata, _frozen_headers, validate_extension_name
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -114,7 +116,23 @@ CE_ATTRIBUTES: dict[str, str] = {
     "causation_id": "ce_causationid",
     "reply_to": "ce_replyto",
     "schema_version": "ce_schemaversion",
+    "subject": "ce_subject",
+    "data_schema": "ce_dataschema",
 }
+
+# Envelope names that map to a field; any other ce_* name is an extension attribute.
+_KNOWN_ENVELOPE = frozenset(
+    {
+        "ce_specversion",
+        "ce_id",
+        "ce_type",
+        "ce_source",
+        "ce_time",
+        "content-type",
+        "ce_tenantid",
+        *CE_ATTRIBUTES.values(),
+    }
+)
 
 
 def format_time(value: datetime) -> str:
@@ -165,6 +183,13 @@ def envelope_headers(event: Event, *, content_type: str, source: str) -> dict[st
         headers["ce_replyto"] = meta.reply_to
     if meta.schema_version is not None:
         headers["ce_schemaversion"] = meta.schema_version
+    if meta.subject is not None:
+        headers["ce_subject"] = meta.subject
+    if meta.data_schema is not None:
+        headers["ce_dataschema"] = meta.data_schema
+    if meta.extensions:
+        for name, value in meta.extensions.items():
+            headers["ce_" + name] = value
     return headers
 
 
@@ -192,8 +217,8 @@ def _header_kind(name: str) -> str | None:
     if problem is not None:
         raise DecodeError(f"a header name {problem}: {name!r}")
     if not _TOKEN.fullmatch(name):
-        # Checked here for envelope names too: an unknown ce_* attribute is dropped, and
-        # one that is not even a token would be dropped silently.
+        # Checked here for envelope names too: a ce_* attribute becomes an extension,
+        # whose name must also be a header name when it is written again.
         raise DecodeError(f"header name {name!r} is not a token")
     lowered = name.lower()
     kind = lowered if lowered.startswith("ce_") or lowered == "content-type" else None
@@ -256,6 +281,9 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
         raise DecodeError(
             f"message on {topic!r} has ce_specversion {version!r}; only {SPEC_VERSION!r} is read"
         )
+    extensions: dict[str, str] | None = None
+    if not envelope.keys() <= _KNOWN_ENVELOPE:
+        extensions = _extensions(topic, envelope)
     time_text = get("ce_time")
     try:
         occurred_at = _DEFAULT if time_text is None else parse_time(time_text)
@@ -278,10 +306,31 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
                 get("ce_replyto"),
                 get("content-type"),
                 get("ce_schemaversion"),
+                get("ce_subject"),
+                get("ce_dataschema"),
+                extensions,
             ),
         )
     except ValidationError as exc:
         raise DecodeError(f"message on {topic!r} has an invalid envelope: {exc}") from exc
+
+
+def _extensions(topic: str, envelope: dict[str, str]) -> dict[str, str]:
+    """The CloudEvents extension attributes among the envelope headers, by name."""
+    extensions = {}
+    for name, value in envelope.items():
+        if name in _KNOWN_ENVELOPE:
+            continue
+        # Not ValidationError's wording alone: say which header it was.
+        ext = name[3:]
+        try:
+            validate_extension_name(ext)
+        except ValidationError as exc:
+            raise DecodeError(
+                f"message on {topic!r} has header {name!r}, which is not a CloudEvents attribute: {exc}"
+            ) from exc
+        extensions[ext] = value
+    return extensions
 
 
 def content_type_of(headers: Mapping[str, str]) -> str | None:

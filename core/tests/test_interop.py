@@ -20,7 +20,7 @@ from dotmac.events import (
     create_bus,
 )
 from dotmac.events.codec import Codec
-from dotmac.events.event import MAX_EXTENSION_NAME_LENGTH, RESERVED_EXTENSION_NAMES, FrozenDict
+from dotmac.events.event import MAX_EXTENSION_NAME_LENGTH, RESERVED_EXTENSION_NAMES, FrozenDict, FrozenList
 from dotmac.events.testing import Collector
 from dotmac.events.wire import decode_message
 
@@ -99,7 +99,7 @@ def test_extensions_are_read_only_and_copied() -> None:
         ({"": "eu"}, "'' must be"),
         ({"a" * (MAX_EXTENSION_NAME_LENGTH + 1): "x"}, "must be 1 to"),
         ({"subject": "x"}, "'subject' is a CloudEvents or envelope attribute"),
-        ({"tenantid": "x"}, "'tenantid' is a CloudEvents or envelope attribute"),
+        ({"tenantid": "acme"}, "'acme' is a valid tenant id: set Event.tenant_id instead"),
         ({"region": 1}, r"metadata.extensions\['region'\]: must be a str"),
         ({"region": "a\nb"}, "must not contain CR, LF or NUL"),
         ({1: "x"}, "extension names must be str"),
@@ -185,3 +185,104 @@ async def test_a_dead_letter_and_its_replay_keep_every_attribute(memory_url: str
     assert replayed == 1
     assert seen.events[0].metadata.extensions == {"region": "eu"}
     assert seen.events[0].metadata.subject == "s"
+
+
+# -- every valid binary-mode CloudEvent is read --------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "payload"),
+    [
+        (b'[1, {"a": [2]}]', [1, {"a": [2]}]),
+        (b'"text"', "text"),
+        (b"42", 42),
+        (b"1.5", 1.5),
+        (b"true", True),
+        (b"null", None),
+        (b"", None),
+    ],
+)
+async def test_json_data_that_is_not_an_object_is_the_payload(
+    memory_url: str, body: bytes, payload: Any
+) -> None:
+    async with create_bus(memory_url) as bus:
+        event = bus._decode(foreign({"content-type": "application/json"}, body))
+        assert event.payload == payload
+        # Published again it is the same data (JSON null and no data are both None,
+        # written as no data).
+        again = bus.encode(event)
+        assert bus._decode(again).payload == payload
+        assert again.value == (b"" if payload is None else body.replace(b" ", b""))
+
+
+def test_a_non_object_payload_is_read_only() -> None:
+    event = Event(topic="t", payload=[1, {"a": [2]}])
+    assert isinstance(event.payload, FrozenList)
+    with pytest.raises(TypeError):
+        event.payload.append(3)
+    with pytest.raises(TypeError):
+        event.payload[1]["a"] = 1
+    assert Event(topic="t", payload=(1, 2)).payload == [1, 2]
+    assert Event(topic="t").payload == {}
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/vnd.acme+json", "application/problem+json; charset=utf-8"]
+)
+async def test_a_json_suffix_content_type_is_read_as_json(memory_url: str, content_type: str) -> None:
+    async with create_bus(memory_url) as bus:
+        event = bus._decode(foreign({"content-type": content_type}, b'{"a": 1}'))
+    assert event.payload == {"a": 1}
+    assert event.metadata.content_type == content_type
+
+
+async def test_an_unknown_content_type_without_json_suffix_is_still_refused(memory_url: str) -> None:
+    async with create_bus(memory_url) as bus:
+        with pytest.raises(DecodeError, match="no installed codec reads content type 'application/vnd.acme'"):
+            bus._decode(foreign({"content-type": "application/vnd.acme"}, b'{"a": 1}'))
+
+
+@pytest.mark.parametrize("tenant", ["acme.eu", "a/b", "x" * 65])
+async def test_a_foreign_tenantid_that_is_no_tenant_travels_as_an_extension(
+    memory_url: str, tenant: str
+) -> None:
+    async with create_bus(memory_url) as bus:
+        event = bus._decode(foreign({"ce_tenantid": tenant}))
+        assert event.tenant_id is None
+        assert event.metadata.extensions == {"tenantid": tenant}
+        again = bus.encode(event)
+    assert again.headers["ce_tenantid"] == tenant
+
+
+def test_a_valid_tenantid_is_the_tenant() -> None:
+    event = decode_message(foreign({"ce_tenantid": "acme"}), decoder_for)
+    assert event.tenant_id == "acme"
+    assert event.metadata.extensions == {}
+
+
+def test_a_tenant_and_a_tenantid_extension_together_are_refused() -> None:
+    with pytest.raises(ValidationError, match="keep one") as caught:
+        Event(topic="t", tenant_id="acme", metadata=EventMetadata(extensions={"tenantid": "acme.eu"}))
+    assert caught.value.field == "tenant_id"
+
+
+async def test_non_object_events_reach_a_subscriber_and_the_dead_letter_topic(memory_url: str) -> None:
+    seen = Collector()
+
+    async def reject_lists(event: Event) -> None:
+        if isinstance(event.payload, list):
+            raise RuntimeError("no lists here")
+        await seen(event)
+
+    async with create_bus(memory_url) as bus:
+        await bus.subscribe("orders", reject_lists, options=ConsumerOptions(max_retries=0))
+        await bus.transport.publish(
+            [
+                evolve(foreign({"ce_id": "scalar"}, b"7"), topic="orders"),
+                evolve(foreign({"ce_id": "empty"}, b""), topic="orders"),
+                evolve(foreign({"ce_id": "list"}, b"[1]"), topic="orders"),
+            ]
+        )
+        await seen.wait_count(2, 5)
+        letters = await read_until(bus, "orders.dlq", 1)
+    assert [(e.event_id, e.payload) for e in seen.events] == [("scalar", 7), ("empty", None)]
+    assert letters[0].headers["ce_id"] == "list"
+    assert letters[0].value == b"[1]"

@@ -354,6 +354,10 @@ class EventBus:
         codec = self._decoders.get(content_type)
         if codec is None:
             spec = self._registry.codecs_by_type.get(content_type)
+            if spec is None and content_type.endswith("+json"):
+                # A structured-syntax suffix (RFC 6839): application/vnd.acme+json is
+                # JSON, as the CloudEvents JSON format reads it.
+                spec = self._registry.codecs_by_type.get("application/json")
             if spec is None:
                 return None
             try:

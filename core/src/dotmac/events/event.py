@@ -76,7 +76,6 @@ RESERVED_EXTENSION_NAMES = frozenset(
         "dataschema",
         "datacontenttype",
         "data",
-        "tenantid",
         "correlationid",
         "causationid",
         "replyto",
@@ -322,6 +321,16 @@ def validate_extension_name(name: object, *, field_name: str = "metadata.extensi
     return name
 
 
+def _is_tenant(value: str) -> bool:
+    if value in _known_tenants:
+        return True
+    try:
+        validate_tenant_id(value)
+    except InvalidTenantError:
+        return False
+    return True
+
+
 def validate_header_value(value: object, *, field_name: str) -> str:
     if not isinstance(value, str):
         raise HeaderValidationError(f"must be a str, got {type(value).__name__}", field=field_name)
@@ -430,6 +439,14 @@ def _extensions_field(value: Any) -> Mapping[str, str]:
     for name, text in extensions.items():
         validate_extension_name(name)
         validate_header_value(text, field_name=f"metadata.extensions[{name!r}]")
+    tenant = extensions.get("tenantid")
+    if tenant is not None and _is_tenant(tenant):
+        # Only a foreign value the bus cannot use as a tenant travels here; a usable
+        # one is Event.tenant_id, and reading it back would move it there.
+        raise ValidationError(
+            f"{tenant!r} is a valid tenant id: set Event.tenant_id instead",
+            field="metadata.extensions['tenantid']",
+        )
     return extensions
 
 
@@ -445,14 +462,14 @@ _EMPTY_PAYLOAD: FrozenDict[str, Any] = FrozenDict()
 _STR_ONLY = frozenset({str})
 
 
-def _payload_field(payload: Any) -> dict[str, Any]:
+def _payload_field(payload: Any) -> Any:
     if payload is _NOTHING:
         return _EMPTY_PAYLOAD
     if payload.__class__ is FrozenDict:
         # Frozen all the way down already (evolve, with_headers, a payload passed on).
         return payload
     if not isinstance(payload, dict):
-        raise PayloadValidationError(f"must be a dict, got {type(payload).__name__}", field="payload")
+        return _other_payload(payload)
     if not _STR_ONLY.issuperset(map(type, payload)):
         for key in payload:
             if not isinstance(key, str):
@@ -460,6 +477,23 @@ def _payload_field(payload: Any) -> dict[str, Any]:
                     f"keys must be str, got {type(key).__name__} key {key!r}", field="payload"
                 )
     return _frozen_dict(payload, 0)
+
+
+# JSON values other than an object that a payload may be: CloudEvents data can be any
+# JSON value, and an event with no data at all has the payload None.
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _other_payload(payload: Any) -> Any:
+    if payload.__class__ is FrozenList or payload.__class__ in _SCALARS:
+        return payload
+    if isinstance(payload, (list, tuple)):
+        return _frozen(list(payload), 0)
+    raise PayloadValidationError(
+        f"must be a dict (or, for data that is not a JSON object, a list, str, int, float, "
+        f"bool or None), got {type(payload).__name__}",
+        field="payload",
+    )
 
 
 def _key_field(value: Any) -> None:
@@ -660,11 +694,17 @@ class Event:
     in a payload (datetimes, dataclasses, ...) are kept as given; do not mutate them
     after building the event. Build a changed event with ``attrs.evolve`` or
     :meth:`with_headers`; ``dict(event.payload)`` is a mutable shallow copy.
+
+    ``payload`` is a dict in the common case (and ``{}`` when omitted). An event whose
+    data is another JSON value (CloudEvents allows any) carries it as it is: a
+    :class:`FrozenList` for an array, a ``str``, ``int``, ``float`` or ``bool`` for a
+    scalar, and ``None`` for an event with no data (or JSON ``null``).
     """
 
     # No defaults here: the hand-written __init__ below is the one source of them.
     topic: str
-    payload: dict[str, Any]
+    # Any: a dict in the common case; see the class docstring for the other JSON values.
+    payload: Any
     key: str | None
     headers: Mapping[str, str]
     tenant_id: str | None
@@ -673,7 +713,7 @@ class Event:
     def __init__(
         self,
         topic: str,
-        payload: dict[str, Any] = _NOTHING,
+        payload: Any = _NOTHING,
         key: str | None = None,
         headers: Mapping[str, str] | None = _NOTHING,
         tenant_id: str | None = None,
@@ -686,6 +726,11 @@ class Event:
         headers = _headers_field(headers)
         if tenant_id is not None:
             _tenant_field(tenant_id)
+            if metadata is not _NOTHING and "tenantid" in metadata.extensions:
+                raise ValidationError(
+                    "is set while metadata.extensions holds a 'tenantid' too; keep one",
+                    field="tenant_id",
+                )
         if metadata is _NOTHING:
             metadata = EventMetadata()
         elif metadata.__class__ is not EventMetadata and not isinstance(metadata, EventMetadata):

@@ -30,7 +30,7 @@ from attrs import field, frozen
 
 from .errors import DecodeError, SchemaValidationError, ValidationError
 from .event import _NOTHING as _DEFAULT
-from .event import Event, EventMetadata, _frozen_headers, validate_extension_name
+from .event import Event, EventMetadata, _frozen_headers, _is_tenant, validate_extension_name
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -284,6 +284,15 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
     extensions: dict[str, str] | None = None
     if not envelope.keys() <= _KNOWN_ENVELOPE:
         extensions = _extensions(topic, envelope)
+    tenant = get("ce_tenantid")
+    if tenant is not None and not _is_tenant(tenant):
+        # A tenant id from another producer that cannot key this bus's namespaces
+        # (acme.eu: a dot could address another tenant's topics) is kept, unused, as
+        # the extension it is in CloudEvents terms, and written again as ce_tenantid.
+        if extensions is None:
+            extensions = {}
+        extensions["tenantid"] = tenant
+        tenant = None
     time_text = get("ce_time")
     try:
         occurred_at = _DEFAULT if time_text is None else parse_time(time_text)
@@ -295,7 +304,7 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
             payload,
             message.key,
             _frozen_headers(user),
-            get("ce_tenantid"),
+            tenant,
             EventMetadata(
                 event_id,
                 get("ce_type"),

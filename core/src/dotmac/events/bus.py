@@ -33,6 +33,7 @@ from .observe import Observers, PublishInfo
 from .options import ConsumerOptions
 from .registry import Registry
 from .runner import Handler, Subscription, consumer_name
+from .structured import check_content_mode, write_structured
 from .transport import Capabilities, GroupInfo, Message, SubscriptionSpec, Transport
 from .wire import decode_message, envelope_headers
 
@@ -102,6 +103,8 @@ class EventBus:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         observers: Iterable[object] = (),
         validators: Mapping[str, PayloadValidator] | None = None,
+        content_mode: str = "binary",
+        topic_modes: Mapping[str, str] | None = None,
     ) -> None:
         self.transport = transport
         self._registry = registry
@@ -114,6 +117,13 @@ class EventBus:
         self._decoders: dict[str, Codec] = {}
         self._codec = self._make_codec(codec, codec_options)
         self._topic_codecs = {t: self._make_codec(c, None) for t, c in (topic_codecs or {}).items()}
+        self.content_mode = check_content_mode(content_mode, field="content_mode")
+        self._topic_modes: dict[str, str] = {}
+        for topic, mode in (topic_modes or {}).items():
+            validate_topic(topic, field_name="topic_modes")
+            self._topic_modes[topic] = check_content_mode(mode, field=f"topic_modes[{topic!r}]")
+        # Only a bus that writes structured events anywhere pays for the lookup.
+        self._structured = content_mode == "structured" or "structured" in self._topic_modes.values()
         self._validators: dict[str, Callable[[dict[str, Any]], None]] = {}
         for topic, validator in (validators or {}).items():
             self.add_validator(topic, validator)
@@ -277,6 +287,13 @@ class EventBus:
                 field="payload",
             )
         headers = envelope_headers(event, content_type=codec.content_type, source=self.source)
+        if self._structured and self._topic_modes.get(event.topic, self.content_mode) == "structured":
+            headers, body = write_structured(headers, body)
+            if len(body) > self.max_message_bytes:
+                raise MessageTooLargeError(
+                    f"the structured event is {len(body)} bytes, the maximum is {self.max_message_bytes}",
+                    field="payload",
+                )
         return Message(topic=event.topic, value=body, key=event.key, headers=headers)
 
     async def publish(self, event: Event) -> None:

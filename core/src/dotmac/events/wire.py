@@ -350,6 +350,32 @@ def content_type_of(headers: Mapping[str, str]) -> str | None:
     return value.split(";", 1)[0].strip().lower()
 
 
+def _structured(
+    message: Message,
+    envelope: dict[str, str],
+    content_type: str,
+    decoder_for: Callable[[str | None], Codec | None],
+) -> Any:
+    from .structured import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, read_structured
+
+    topic = message.topic
+    if content_type == BATCH_CONTENT_TYPE:
+        raise DecodeError(
+            f"message on {topic!r} is a CloudEvents batch ({BATCH_CONTENT_TYPE}); batched mode is "
+            "not read: publish one event per message"
+        )
+    if content_type != STRUCTURED_CONTENT_TYPE:
+        raise DecodeError(f"no installed codec reads content type {content_type!r}")
+    try:
+        return read_structured(topic, bytes(message.value), envelope, decoder_for, message.headers)
+    except (DecodeError, ValidationError):
+        raise
+    except Exception as exc:
+        raise DecodeError(
+            f"a structured event on {topic!r} could not be read: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def decode_message(
     message: Message,
     decoder_for: Callable[[str | None], Codec | None],
@@ -378,17 +404,20 @@ def decode_message(
     content_type = envelope.get("content-type")
     if content_type is not None:
         content_type = content_type.split(";", 1)[0].strip().lower()
-    codec = decoder_for(content_type)
-    if codec is None:
-        raise DecodeError(f"no installed codec reads content type {content_type!r}")
-    try:
-        payload = codec.decode(value, topic=topic, headers=message.headers)
-    except (DecodeError, ValidationError):
-        raise
-    except Exception as exc:
-        raise DecodeError(
-            f"the {codec.name!r} codec could not read a message on {topic!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+    if content_type is not None and content_type.startswith("application/cloudevents"):
+        payload = _structured(message, envelope, content_type, decoder_for)
+    else:
+        codec = decoder_for(content_type)
+        if codec is None:
+            raise DecodeError(f"no installed codec reads content type {content_type!r}")
+        try:
+            payload = codec.decode(value, topic=topic, headers=message.headers)
+        except (DecodeError, ValidationError):
+            raise
+        except Exception as exc:
+            raise DecodeError(
+                f"the {codec.name!r} codec could not read a message on {topic!r}: {type(exc).__name__}: {exc}"
+            ) from exc
     event = _build(message, envelope, user, payload)
     if validate is not None:
         try:

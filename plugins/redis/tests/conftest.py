@@ -96,9 +96,17 @@ async def buses(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., Even
     """Factory of un-started buses on the session server; all are closed afterwards."""
     made: list[EventBus] = []
 
-    def make(url: str | None = None, *, observers: tuple[object, ...] = (), **overrides: Any) -> EventBus:
+    def make(
+        url: str | None = None,
+        *,
+        observers: tuple[object, ...] = (),
+        content_mode: str | None = None,
+        **overrides: Any,
+    ) -> EventBus:
         overrides.setdefault("key_prefix", prefix)
-        bus = create_bus(config_for(url or redis_url, **overrides), observers=observers)
+        bus = create_bus(
+            config_for(url or redis_url, **overrides), observers=observers, content_mode=content_mode
+        )
         made.append(bus)
         return bus
 

@@ -100,13 +100,12 @@ async def buses(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., Even
         url: str | None = None,
         *,
         observers: tuple[object, ...] = (),
-        content_mode: str | None = None,
+        bus_options: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> EventBus:
         overrides.setdefault("key_prefix", prefix)
-        bus = create_bus(
-            config_for(url or redis_url, **overrides), observers=observers, content_mode=content_mode
-        )
+        config = config_for(url or redis_url, **overrides)
+        bus = create_bus(config, observers=observers, **(bus_options or {}))
         made.append(bus)
         return bus
 

@@ -45,7 +45,7 @@ async def test_the_sdk_parses_what_the_bus_published(
     buses: Callable[..., EventBus], redis_url: str, prefix: str, mode: str
 ) -> None:
     event, expected = our_event("orders")
-    async with buses(content_mode=mode) as bus:
+    async with buses(bus_options={"content_mode": mode}) as bus:
         await bus.publish(event)
     raw = aioredis.Redis.from_url(redis_url)
     try:

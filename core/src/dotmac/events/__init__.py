@@ -14,7 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .bus import EventBus, PayloadValidator
-from .codec import Codec, JsonCodec
+from .codec import Codec, JsonCodec, RawCodec
 from .config import create_bus, load_toml_config
 from .dlq import DeadLetter, DeadLetterQueue
 from .errors import (
@@ -90,6 +90,7 @@ __all__ = [
     "InvalidTenantError",
     "InvalidTopicError",
     "JsonCodec",
+    "RawCodec",
     "Message",
     "MessageTooLargeError",
     "NoRetry",

@@ -35,7 +35,7 @@ from .registry import Registry
 from .runner import Handler, Subscription, consumer_name
 from .structured import check_content_mode, write_structured
 from .transport import Capabilities, GroupInfo, Message, SubscriptionSpec, Transport
-from .wire import decode_message, envelope_headers
+from .wire import decode_foreign, decode_message, envelope_headers
 
 __all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
 
@@ -392,6 +392,19 @@ class EventBus:
         )
 
     decode = _decode
+
+    def decode_foreign(self, message: Message) -> Event:
+        """The event in ``message``, which may have no envelope (``ConsumerOptions(intake="foreign")``)."""
+        validators = self._validators
+        return decode_foreign(
+            message,
+            self._decoder_for,
+            self._topic_codec,
+            validators.get(message.topic) if validators else None,
+        )
+
+    def _topic_codec(self, topic: str) -> Codec:
+        return self._topic_codecs.get(topic, self._codec) if self._topic_codecs else self._codec
 
     async def subscribe(
         self,

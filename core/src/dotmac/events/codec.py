@@ -23,7 +23,7 @@ from .event import FrozenDict, FrozenList
 if TYPE_CHECKING:
     from .event import Event
 
-__all__ = ["Codec", "JsonCodec"]
+__all__ = ["Codec", "JsonCodec", "RawCodec"]
 
 
 class Codec(abc.ABC):
@@ -168,3 +168,27 @@ class JsonCodec(Codec):
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"message on {topic!r} is not valid JSON: {exc}") from exc
+
+
+class RawCodec(Codec):
+    """The body as it is: the payload is ``bytes``, nothing is parsed.
+
+    For topics whose records are not JSON and have no codec of their own (images,
+    protobuf read by the handler, a producer's private format), typically with
+    ``ConsumerOptions(intake="foreign")``. Publishing needs a ``bytes`` payload.
+    """
+
+    name = "raw"
+    content_type = "application/octet-stream"
+
+    def encode(self, event: Event) -> bytes:
+        payload = event.payload
+        if payload.__class__ is not bytes:
+            raise EncodeError(
+                f"the raw codec writes bytes payloads; the payload of {event.topic!r} is a "
+                f"{type(payload).__name__}"
+            )
+        return payload
+
+    def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> Any:
+        return bytes(data)

@@ -481,7 +481,7 @@ def _payload_field(payload: Any) -> Any:
 
 # JSON values other than an object that a payload may be: CloudEvents data can be any
 # JSON value, and an event with no data at all has the payload None.
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = (str, int, float, bool, type(None), bytes)
 
 
 def _other_payload(payload: Any) -> Any:
@@ -491,7 +491,7 @@ def _other_payload(payload: Any) -> Any:
         return _frozen(list(payload), 0)
     raise PayloadValidationError(
         f"must be a dict (or, for data that is not a JSON object, a list, str, int, float, "
-        f"bool or None), got {type(payload).__name__}",
+        f"bool, None, or bytes for the raw codec), got {type(payload).__name__}",
         field="payload",
     )
 

@@ -102,6 +102,8 @@ class ConsumerHost(Protocol):
 
     def decode(self, message: Message) -> Event: ...
 
+    def decode_foreign(self, message: Message) -> Event: ...
+
     async def publish(self, event: Event) -> None: ...
 
     def forget(self, subscription: Subscription) -> None: ...
@@ -211,7 +213,7 @@ class Subscription:
         self._host = host
         self._transport = host.transport
         self._observers = host.observers
-        self._decode = host.decode
+        self._decode = host.decode_foreign if options.intake == "foreign" else host.decode
         self.spec = spec
         self.topics = spec.topics
         self.group = spec.group

@@ -22,6 +22,7 @@ contract (``transport.py``) builds on this module, never the other way round.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from attrs import field, frozen
 
 from .errors import DecodeError, SchemaValidationError, ValidationError
 from .event import _NOTHING as _DEFAULT
-from .event import Event, EventMetadata, _frozen_headers, _is_tenant, validate_extension_name
+from .event import MAX_ID_LENGTH, Event, EventMetadata, _frozen_headers, _is_tenant, validate_extension_name
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -40,7 +41,9 @@ __all__ = [
     "SPEC_VERSION",
     "Message",
     "WireHeaders",
+    "decode_foreign",
     "decode_message",
+    "foreign_event_id",
     "format_time",
     "headers_from_pairs",
     "parse_time",
@@ -54,7 +57,9 @@ class Message:
 
     ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
     user headers. ``position`` is the transport's own id for a received message
-    (stream id, ``partition:offset``) and is ``None`` when publishing.
+    (stream id, ``partition:offset``) and is ``None`` when publishing. ``timestamp``
+    is the broker's time of a received record (Kafka's record timestamp, the time in
+    a Redis stream entry id) where the transport has one; foreign intake uses it.
 
     A transport that receives header names or values as bytes decodes them with
     ``errors="surrogateescape"`` (so invalid UTF-8 reaches the core as lone
@@ -67,6 +72,7 @@ class Message:
     key: str | None = None
     headers: Mapping[str, str] = field(factory=dict)
     position: str | None = None
+    timestamp: datetime | None = None
 
 
 class WireHeaders(dict[str, str]):
@@ -376,6 +382,83 @@ def _structured(
         ) from exc
 
 
+_SEPARATOR = ":"
+
+
+def foreign_event_id(topic: str, position: str) -> str:
+    """The event id of a record without an envelope: ``<topic>:<position>``.
+
+    The same record always gets the same id (redeliveries and other groups alike), so
+    handlers deduplicate on it; ids longer than an id may be become a UUID 5 of it.
+    """
+    text = f"{topic}{_SEPARATOR}{position}"
+    if len(text) <= MAX_ID_LENGTH:
+        return text
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "dotmac-events:" + text))
+
+
+def decode_foreign(
+    message: Message,
+    decoder_for: Callable[[str | None], Codec | None],
+    codec_for_topic: Callable[[str], Codec],
+    validate: Callable[[Any], object] | None = None,
+) -> Event:
+    """Turn a received record that may have no envelope into an :class:`Event`.
+
+    A record with a ``ce_id`` header or a structured body is read by
+    :func:`decode_message`. Any other record becomes an event whose id is
+    :func:`foreign_event_id` of its position, whose time is the record's timestamp
+    (the time of decoding when the transport has none), whose payload is decoded by
+    the codec of its ``content-type`` header or else ``codec_for_topic(topic)``, and
+    whose key and headers are the record's (``content-type`` goes to
+    ``metadata.content_type``). Raises what :func:`decode_message` raises.
+    """
+    headers = message.headers
+    envelope, user = split_headers(headers)
+    content_type = envelope.get("content-type")
+    media = None if content_type is None else content_type.split(";", 1)[0].strip().lower()
+    if "ce_id" in envelope or (media is not None and media.startswith("application/cloudevents")):
+        return decode_message(message, decoder_for, validate)
+    topic = message.topic
+    position = message.position
+    if position is None:
+        raise DecodeError(
+            f"a record on {topic!r} has no envelope and its transport gives no position to derive an id from"
+        )
+    if envelope.keys() - {"content-type"}:
+        names = ", ".join(sorted(envelope.keys() - {"content-type"}))
+        raise DecodeError(f"a record on {topic!r} has envelope attributes ({names}) but no ce_id")
+    codec = decoder_for(media) if media is not None else codec_for_topic(topic)
+    if codec is None:
+        raise DecodeError(f"no installed codec reads content type {media!r}")
+    value = message.value
+    try:
+        payload = codec.decode(bytes(value), topic=topic, headers=headers)
+    except (DecodeError, ValidationError):
+        raise
+    except Exception as exc:
+        raise DecodeError(
+            f"the {codec.name!r} codec could not read a record on {topic!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        event = Event(
+            topic,
+            payload,
+            message.key,
+            _frozen_headers(user),
+            None,
+            EventMetadata(
+                foreign_event_id(topic, position),
+                occurred_at=message.timestamp or _DEFAULT,
+                content_type=content_type or codec.content_type,
+            ),
+        )
+    except ValidationError as exc:
+        raise DecodeError(f"a record on {topic!r} cannot be an event: {exc}") from exc
+    _validate(event, validate)
+    return event
+
+
 def decode_message(
     message: Message,
     decoder_for: Callable[[str | None], Codec | None],
@@ -420,14 +503,21 @@ def decode_message(
             ) from exc
     event = _build(message, envelope, user, payload)
     if validate is not None:
-        try:
-            ok = validate(event.payload)
-        except ValidationError:
-            raise
-        except Exception as exc:
-            raise SchemaValidationError(
-                f"the validator of {topic!r} raised {type(exc).__name__}: {exc}", field="payload"
-            ) from exc
-        if ok is False:
-            raise SchemaValidationError(f"rejected by the validator of {topic!r}", field="payload")
+        _validate(event, validate)
     return event
+
+
+def _validate(event: Event, validate: Callable[[Any], object] | None) -> None:
+    if validate is None:
+        return
+    topic = event.topic
+    try:
+        ok = validate(event.payload)
+    except ValidationError:
+        raise
+    except Exception as exc:
+        raise SchemaValidationError(
+            f"the validator of {topic!r} raised {type(exc).__name__}: {exc}", field="payload"
+        ) from exc
+    if ok is False:
+        raise SchemaValidationError(f"rejected by the validator of {topic!r}", field="payload")

@@ -33,6 +33,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, Generic, Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -149,7 +150,17 @@ def _entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
         key=None if key is None else _text(key),
         headers=headers,
         position=_text(entry_id),
+        timestamp=_entry_time(entry_id),
     )
+
+
+def _entry_time(entry_id: Any) -> datetime | None:
+    """The time in a stream entry id (``<milliseconds>-<sequence>``)."""
+    try:
+        millis = int(_text(entry_id).partition("-")[0])
+        return datetime.fromtimestamp(millis / 1000, timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _streams(reply: Any) -> Iterable[tuple[Any, Any]]:

@@ -150,3 +150,16 @@ async def test_the_raw_codec_publishes_bytes_and_refuses_anything_else(memory_ur
         assert bus._decode(message).payload == b"\x89PNG"
         with pytest.raises(EncodeError, match="writes bytes payloads"):
             bus.encode(Event(topic="blobs", payload={"a": 1}))
+
+
+async def test_plain_bytes_records_are_raw_events(memory_url: str) -> None:
+    seen = Collector()
+    async with create_bus(memory_url, topic_codecs={"blobs": "raw"}) as bus:
+        await bus.subscribe("blobs", seen, options=FOREIGN)
+        await bus.transport.publish([Message(topic="blobs", value=b"\x00\xffbinary", key="k")])
+        await seen.wait_count(1, 5)
+    event = seen.events[0]
+    assert event.payload == b"\x00\xffbinary"
+    assert event.key == "k"
+    assert event.event_id.startswith("blobs:")
+    assert event.metadata.content_type == "application/octet-stream"

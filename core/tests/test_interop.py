@@ -286,3 +286,19 @@ async def test_non_object_events_reach_a_subscriber_and_the_dead_letter_topic(me
     assert [(e.event_id, e.payload) for e in seen.events] == [("scalar", 7), ("empty", None)]
     assert letters[0].headers["ce_id"] == "list"
     assert letters[0].value == b"[1]"
+
+
+def test_every_cell_of_the_interop_matrix_names_a_test_that_exists() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "wire-format.md").read_text()
+    block = text.split("<!-- interop-tests -->", 1)[1].split("<!-- /interop-tests -->", 1)[0]
+    entries = re.findall(r"^- ([\w, ]+): `([^`]+)` `(\w+)`$", block, re.MULTILINE)
+    cells = {cell.strip() for names, _, _ in entries for cell in names.split(",")}
+    matrix = text.split("## Interop matrix", 1)[1].split("<!-- interop-tests -->", 1)[0]
+    assert set(re.findall(r"\[(\w+)\]", matrix)) == cells
+    for _, path, name in entries:
+        source = (root / path).read_text()
+        assert re.search(rf"^\s*(async )?def {name}\(", source, re.MULTILINE), f"{path} has no {name}"

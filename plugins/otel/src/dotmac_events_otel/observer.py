@@ -38,7 +38,7 @@ from . import attributes as a
 if TYPE_CHECKING:
     from dotmac.events import Event, Message, PublishInfo
 
-__all__ = ["INSTRUMENTATION_SCOPE", "METRIC_NAMES", "OtelObserver"]
+__all__ = ["INSTRUMENTATION_SCOPE", "METRIC_NAMES", "SEMCONV_METRIC_NAMES", "OtelObserver"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ METRIC_NAMES = (
     "events_retried_total",
     "events_dlq_total",
 )
+# The OpenTelemetry messaging semantic conventions' names, recorded beside the seed's
+# events_* series (which stay for dashboards built on them): seed name -> convention.
+SEMCONV_METRIC_NAMES = {
+    "events_published_total": "messaging.client.sent.messages",
+    "event_publish_duration_seconds": "messaging.client.operation.duration",
+    "events_consumed_total": "messaging.client.consumed.messages",
+    "event_consume_duration_seconds": "messaging.process.duration",
+}
 MAX_EXCEPTION_MESSAGE = 1024
 
 try:
@@ -163,6 +171,26 @@ class OtelObserver:
         )
         self._dead_lettered = meter.create_counter(
             "events_dlq_total", unit="{event}", description="Events written to a dead-letter topic"
+        )
+        self._sent = meter.create_counter(
+            SEMCONV_METRIC_NAMES["events_published_total"], unit="{message}", description="Messages sent"
+        )
+        self._operation_duration = meter.create_histogram(
+            SEMCONV_METRIC_NAMES["event_publish_duration_seconds"],
+            unit="s",
+            description="Duration of the send operation",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._received = meter.create_counter(
+            SEMCONV_METRIC_NAMES["events_consumed_total"],
+            unit="{message}",
+            description="Messages delivered to a handler",
+        )
+        self._process_duration = meter.create_histogram(
+            SEMCONV_METRIC_NAMES["event_consume_duration_seconds"],
+            unit="s",
+            description="Duration of processing a message, retries included",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
 
     def __repr__(self) -> str:
@@ -295,6 +323,25 @@ class OtelObserver:
             attrs["tenant"] = self._labels.tenant(event, message)
         return attrs
 
+    @staticmethod
+    def _semconv_attributes(
+        info: PublishInfo | ConsumeInfo, seed: dict[str, str], operation: str, error: BaseException | None
+    ) -> dict[str, str]:
+        # The same bounded topic and tenant values as the seed series, under the
+        # conventions' attribute names.
+        attrs = {
+            a.MESSAGING_SYSTEM: info.transport,
+            a.MESSAGING_OPERATION_NAME: operation,
+            a.MESSAGING_DESTINATION_NAME: seed["topic"],
+        }
+        if seed.get("consumer_group"):
+            attrs[a.MESSAGING_CONSUMER_GROUP_NAME] = seed["consumer_group"]
+        if "tenant" in seed:
+            attrs[a.DOTMAC_TENANT_ID] = seed["tenant"]
+        if error is not None:
+            attrs[a.ERROR_TYPE] = type(error).__qualname__
+        return attrs
+
     # -- tracing hooks -----------------------------------------------------------------
     @hookimpl
     def dotmac_events_publish_context(self, event: Event, info: PublishInfo) -> _PublishScope | None:
@@ -319,6 +366,9 @@ class OtelObserver:
         attrs["outcome"] = outcome
         self._published.add(1, attrs)
         self._publish_duration.record(duration, attrs)
+        semconv = self._semconv_attributes(info, attrs, "send", error)
+        self._sent.add(1, semconv)
+        self._operation_duration.record(duration, semconv)
 
     @hookimpl
     def dotmac_events_on_consume(
@@ -343,6 +393,9 @@ class OtelObserver:
             attrs["outcome"] = outcome
             self._consumed.add(1, attrs)
             self._consume_duration.record(duration, attrs)
+            semconv = self._semconv_attributes(info, attrs, "process", error)
+            self._received.add(1, semconv)
+            self._process_duration.record(duration, semconv)
 
     @hookimpl
     def dotmac_events_on_retry(

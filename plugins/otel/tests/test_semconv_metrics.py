@@ -19,7 +19,7 @@ async def test_convention_series_count_what_the_seed_series_count(telemetry, new
             await bus.publish(Event(topic=topic, payload={"kind": kind}))
         await outcomes.wait(3, topic)
     common = {"messaging.system": "memory", "messaging.destination.name": topic}
-    sent = {**common, "messaging.operation.name": "send"}
+    sent = {**common, "messaging.operation.name": "publish"}
     assert telemetry.value("messaging.client.sent.messages", **sent) == 3
     assert telemetry.value("messaging.client.operation.duration", **sent) == 3
     processed = {**common, "messaging.operation.name": "process", "messaging.consumer.group.name": "billing"}

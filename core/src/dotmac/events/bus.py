@@ -29,7 +29,7 @@ from .errors import (
     ValidationError,
 )
 from .event import Event, validate_topic
-from .observe import Observers, PublishInfo
+from .observe import Observers, PublishInfo, server_of
 from .options import ConsumerOptions
 from .registry import Registry
 from .runner import Handler, Subscription, consumer_name
@@ -128,6 +128,7 @@ class EventBus:
         for topic, validator in (validators or {}).items():
             self.add_validator(topic, validator)
         self._subscriptions: set[Subscription] = set()
+        self._server: tuple[str | None, int | None] = (None, None)
         self._state = "new"
         self._closed: asyncio.Event | None = None
         self._close_lock: asyncio.Lock | None = None
@@ -199,6 +200,7 @@ class EventBus:
         self._close_lock = asyncio.Lock()
         self._reply_lock = asyncio.Lock()
         self._observers = Observers(self._pm, self._extra_observers)
+        self._server = server_of(self.transport)
         await self.transport.start()
         self._state = "started"
         log.debug("bus started on %s", self.transport.describe())
@@ -329,7 +331,14 @@ class EventBus:
     async def _publish_observed(self, events: Sequence[Event]) -> None:
         observers = self._observers
         infos = [
-            PublishInfo(transport=self.transport.name, topic=e.topic, batch_size=len(events)) for e in events
+            PublishInfo(
+                transport=self.transport.name,
+                topic=e.topic,
+                batch_size=len(events),
+                server_address=self._server[0],
+                server_port=self._server[1],
+            )
+            for e in events
         ]
         with contextlib.ExitStack() as stack:
             messages = []

@@ -64,6 +64,7 @@ from .errors import (
 )
 from .event import Event
 from .hookspecs import ConsumeInfo
+from .observe import server_of
 from .transport import Delivery, Message, SubscriptionSpec, TransportSubscription
 from .wire import format_time
 
@@ -214,6 +215,7 @@ class Subscription:
         self._transport = host.transport
         self._observers = host.observers
         self._decode = host.decode_foreign if options.intake == "foreign" else host.decode
+        self._server = server_of(self._transport)
         self.spec = spec
         self.topics = spec.topics
         self.group = spec.group
@@ -562,6 +564,8 @@ class Subscription:
             consumer=self.name,
             delivery_count=delivery.delivery_count,
             position=delivery.message.position,
+            server_address=self._server[0],
+            server_port=self._server[1],
         )
 
     # -- the three ends ------------------------------------------------------------------

@@ -77,6 +77,13 @@ def _destination(topic: str, attrs: dict[str, Any]) -> str:
     return template
 
 
+def _server(info: PublishInfo | ConsumeInfo, attrs: dict[str, Any]) -> None:
+    if info.server_address is not None:
+        attrs[a.SERVER_ADDRESS] = info.server_address
+        if info.server_port is not None:
+            attrs[a.SERVER_PORT] = info.server_port
+
+
 def _check_type(name: str, value: object, expected: type) -> None:
     if value is not None and not isinstance(value, expected):
         raise ConfigurationError(
@@ -262,6 +269,7 @@ class OtelObserver:
             a.MESSAGING_MESSAGE_ID: event.metadata.event_id,
         }
         destination = _destination(info.topic, attrs)
+        _server(info, attrs)
         if info.batch_size > 1:
             attrs[a.MESSAGING_BATCH_MESSAGE_COUNT] = info.batch_size
         self._common(event.key, event.tenant_id, event.metadata.correlation_id, info.transport, attrs)
@@ -278,6 +286,7 @@ class OtelObserver:
             a.DOTMAC_DELIVERY_COUNT: info.delivery_count,
         }
         destination = _destination(info.topic, attrs)
+        _server(info, attrs)
         if info.group is not None:
             attrs[a.MESSAGING_CONSUMER_GROUP_NAME] = info.group
         position = info.position
@@ -366,7 +375,7 @@ class OtelObserver:
         attrs["outcome"] = outcome
         self._published.add(1, attrs)
         self._publish_duration.record(duration, attrs)
-        semconv = self._semconv_attributes(info, attrs, "send", error)
+        semconv = self._semconv_attributes(info, attrs, "publish", error)
         self._sent.add(1, semconv)
         self._operation_duration.record(duration, semconv)
 

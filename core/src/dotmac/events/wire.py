@@ -31,7 +31,15 @@ from attrs import field, frozen
 
 from .errors import DecodeError, SchemaValidationError, ValidationError
 from .event import _NOTHING as _DEFAULT
-from .event import MAX_ID_LENGTH, Event, EventMetadata, _frozen_headers, _is_tenant, validate_extension_name
+from .event import (
+    MAX_ID_LENGTH,
+    Event,
+    EventMetadata,
+    _frozen_headers,
+    _is_tenant,
+    _known_tenants,
+    validate_extension_name,
+)
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -291,7 +299,7 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
     if not envelope.keys() <= _KNOWN_ENVELOPE:
         extensions = _extensions(topic, envelope)
     tenant = get("ce_tenantid")
-    if tenant is not None and not _is_tenant(tenant):
+    if tenant is not None and tenant not in _known_tenants and not _is_tenant(tenant):
         # A tenant id from another producer that cannot key this bus's namespaces
         # (acme.eu: a dot could address another tenant's topics) is kept, unused, as
         # the extension it is in CloudEvents terms, and written again as ce_tenantid.

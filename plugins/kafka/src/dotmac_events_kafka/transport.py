@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -254,7 +255,18 @@ def record_to_message(record: Any) -> Message:
         key=key,
         headers=headers,
         position=f"{record.partition}:{record.offset}",
+        timestamp=_record_time(record.timestamp),
     )
+
+
+def _record_time(millis: int | None) -> datetime | None:
+    # -1 (or None) is a record written without a timestamp by an old client.
+    if millis is None or millis < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(millis / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 # -- commit tracking -----------------------------------------------------------------------

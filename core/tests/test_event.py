@@ -112,7 +112,7 @@ def test_good_tenant() -> None:
     assert Event(topic="t", tenant_id="acme_EU-1").tenant_id == "acme_EU-1"
 
 
-@pytest.mark.parametrize("payload", [[1, 2], "text", None, 5, {1: "int key"}])
+@pytest.mark.parametrize("payload", [{1, 2}, bytearray(b"b"), object(), {1: "int key"}])
 def test_bad_payloads(payload: object) -> None:
     with pytest.raises(PayloadValidationError) as info:
         Event(topic="t", payload=payload)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pluggy
+import pytest
 
 from dotmac.events import Event, hookimpl, hookspecs
 from dotmac.events.observe import Observers, PublishInfo, _Guarded
@@ -76,3 +77,30 @@ def test_wrappers_and_several_implementations_keep_pluggy_dispatch() -> None:
     both = Observers(_manager(first, second))
     assert not _direct(both.publish_context)
     assert both.publish_context(event=Event(topic="t"), info=INFO) == ["cm-t", "cm-t"]
+
+
+class _Described:
+    def __init__(self, facts: dict[str, object] | Exception) -> None:
+        self.facts = facts
+
+    def describe(self) -> dict[str, object]:
+        if isinstance(self.facts, Exception):
+            raise self.facts
+        return self.facts
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        ({"host": "redis.local", "port": 6380}, ("redis.local", 6380)),
+        ({"bootstrap_servers": "k1:9093,k2:9094"}, ("k1", 9093)),
+        ({"bootstrap_servers": ["[::1]:9092"]}, ("::1", 9092)),
+        ({"bootstrap_servers": "broker"}, ("broker", None)),
+        ({"transport": "memory", "name": "x"}, (None, None)),
+        (RuntimeError("no"), (None, None)),
+    ],
+)
+def test_server_of_reads_the_transport_description(facts: Any, expected: tuple[Any, Any]) -> None:
+    from dotmac.events.observe import server_of
+
+    assert server_of(_Described(facts)) == expected

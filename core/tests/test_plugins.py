@@ -62,7 +62,7 @@ def test_builtins_register_through_hooks() -> None:
     assert "json" in registry.codecs
     assert {"none", "fixed", "exponential"} <= set(registry.retry_policies)
     infos = {info["name"]: info for info in plugin_infos()}
-    assert infos["dotmac.events._builtin"]["codecs"] == ["json"]
+    assert infos["dotmac.events._builtin"]["codecs"] == ["json", "raw"]
 
 
 def test_third_party_transport_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

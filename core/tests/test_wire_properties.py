@@ -39,6 +39,7 @@ from dotmac.events import (
     ValidationError,
 )
 from dotmac.events.codec import Codec
+from dotmac.events.event import RESERVED_EXTENSION_NAMES
 from dotmac.events.wire import decode_message, envelope_headers, headers_from_pairs
 
 CODEC = JsonCodec()
@@ -59,6 +60,9 @@ line_text = st.text(st.characters(blacklist_characters="\r\n\x00"), max_size=30)
 ids = line_text.filter(bool)
 header_names = st.from_regex(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,20}", fullmatch=True).filter(
     lambda n: not n.lower().startswith("ce_") and n.lower() != "content-type"
+)
+extension_names = st.from_regex(r"[a-z0-9]{1,24}", fullmatch=True).filter(
+    lambda n: n not in RESERVED_EXTENSION_NAMES
 )
 tenants = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 json_scalars = st.one_of(
@@ -92,6 +96,9 @@ def events(draw: st.DrawFn) -> Event:
             reply_to=draw(st.none() | topics),
             content_type=draw(st.none() | st.just(CODEC.content_type)),
             schema_version=draw(optional),
+            subject=draw(optional),
+            data_schema=draw(optional),
+            extensions=draw(st.dictionaries(extension_names, line_text, max_size=4)),
         )
         return Event(
             topic=draw(topics),

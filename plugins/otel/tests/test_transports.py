@@ -99,6 +99,12 @@ async def test_trace_crosses_the_broker(broker_url, telemetry, new_topic, outcom
     assert consumer.attributes["dotmac.events.position"]
     assert [e.name for e in consumer.events] == ["dotmac.events.retry"]
     assert consumer.status.status_code is StatusCode.UNSET
+    # The broker the bus was given, on both sides (the first bootstrap server on Kafka).
+    netloc = broker_url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].split(",", 1)[0]
+    host, _, port = netloc.rpartition("@")[2].rpartition(":")
+    for span in (producer, consumer):
+        assert span.attributes["server.address"] == host
+        assert span.attributes["server.port"] == int(port)
     if transport == "kafka":
         assert producer.attributes["messaging.kafka.message.key"] == "order-7"
         assert consumer.attributes["messaging.kafka.message.key"] == "order-7"

@@ -96,9 +96,16 @@ async def buses(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., Even
     """Factory of un-started buses on the session server; all are closed afterwards."""
     made: list[EventBus] = []
 
-    def make(url: str | None = None, *, observers: tuple[object, ...] = (), **overrides: Any) -> EventBus:
+    def make(
+        url: str | None = None,
+        *,
+        observers: tuple[object, ...] = (),
+        bus_options: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> EventBus:
         overrides.setdefault("key_prefix", prefix)
-        bus = create_bus(config_for(url or redis_url, **overrides), observers=observers)
+        config = config_for(url or redis_url, **overrides)
+        bus = create_bus(config, observers=observers, **(bus_options or {}))
         made.append(bus)
         return bus
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .batch import BatchHandler, BatchSubscription
 from .bus import EventBus, PayloadValidator
-from .codec import Codec, JsonCodec
+from .codec import Codec, JsonCodec, RawCodec
 from .config import create_bus, load_toml_config
 from .delay import DelayScheduler
 from .dlq import DeadLetter, DeadLetterQueue
@@ -99,6 +99,7 @@ __all__ = [
     "InvalidTenantError",
     "InvalidTopicError",
     "JsonCodec",
+    "RawCodec",
     "Message",
     "MessageTooLargeError",
     "NoRetry",

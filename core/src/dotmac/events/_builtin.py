@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .codec import JsonCodec
+from .codec import JsonCodec, RawCodec
 from .plugins import hookimpl
 from .registry import CodecSpec
 from .retry import ExponentialBackoff, FixedDelay, NoRetry, RetryPolicy
@@ -42,6 +42,14 @@ def dotmac_events_register_codecs(register: Registry) -> None:
             content_type=JsonCodec.content_type,
             factory=JsonCodec,
             description="compact UTF-8 JSON with sorted keys (orjson)",
+        )
+    )
+    register.add_codec(
+        CodecSpec(
+            name="raw",
+            content_type=RawCodec.content_type,
+            factory=RawCodec,
+            description="the body as bytes, unparsed (payload is bytes)",
         )
     )
 

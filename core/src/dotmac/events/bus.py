@@ -32,13 +32,14 @@ from .errors import (
     ValidationError,
 )
 from .event import Event, validate_topic
-from .observe import Observers, PublishInfo
+from .observe import Observers, PublishInfo, server_of
 from .options import ConsumerOptions, retry_topic
 from .registry import Registry
 from .retry import RetryPolicy
 from .runner import Handler, Subscription, consumer_name
+from .structured import check_content_mode, write_structured
 from .transport import Capabilities, GroupInfo, Message, SubscriptionSpec, Transport
-from .wire import decode_message, envelope_headers
+from .wire import decode_foreign, decode_message, envelope_headers
 
 __all__ = ["REPLY_TOPIC_PREFIX", "EventBus", "PayloadValidator"]
 
@@ -108,6 +109,8 @@ class EventBus:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         observers: Iterable[object] = (),
         validators: Mapping[str, PayloadValidator] | None = None,
+        content_mode: str = "binary",
+        topic_modes: Mapping[str, str] | None = None,
     ) -> None:
         self.transport = transport
         self._registry = registry
@@ -120,10 +123,18 @@ class EventBus:
         self._decoders: dict[str, Codec] = {}
         self._codec = self._make_codec(codec, codec_options)
         self._topic_codecs = {t: self._make_codec(c, None) for t, c in (topic_codecs or {}).items()}
+        self.content_mode = check_content_mode(content_mode, field="content_mode")
+        self._topic_modes: dict[str, str] = {}
+        for topic, mode in (topic_modes or {}).items():
+            validate_topic(topic, field_name="topic_modes")
+            self._topic_modes[topic] = check_content_mode(mode, field=f"topic_modes[{topic!r}]")
+        # Only a bus that writes structured events anywhere pays for the lookup.
+        self._structured = content_mode == "structured" or "structured" in self._topic_modes.values()
         self._validators: dict[str, Callable[[dict[str, Any]], None]] = {}
         for topic, validator in (validators or {}).items():
             self.add_validator(topic, validator)
         self._subscriptions: set[Subscription] = set()
+        self._server: tuple[str | None, int | None] = (None, None)
         self._state = "new"
         self._closed: asyncio.Event | None = None
         self._close_lock: asyncio.Lock | None = None
@@ -195,6 +206,7 @@ class EventBus:
         self._close_lock = asyncio.Lock()
         self._reply_lock = asyncio.Lock()
         self._observers = Observers(self._pm, self._extra_observers)
+        self._server = server_of(self.transport)
         await self.transport.start()
         self._state = "started"
         log.debug("bus started on %s", self.transport.describe())
@@ -283,6 +295,13 @@ class EventBus:
                 field="payload",
             )
         headers = envelope_headers(event, content_type=codec.content_type, source=self.source)
+        if self._structured and self._topic_modes.get(event.topic, self.content_mode) == "structured":
+            headers, body = write_structured(headers, body)
+            if len(body) > self.max_message_bytes:
+                raise MessageTooLargeError(
+                    f"the structured event is {len(body)} bytes, the maximum is {self.max_message_bytes}",
+                    field="payload",
+                )
         return Message(topic=event.topic, value=body, key=event.key, headers=headers)
 
     async def publish(
@@ -339,7 +358,14 @@ class EventBus:
     ) -> None:
         observers = self._observers
         infos = [
-            PublishInfo(transport=self.transport.name, topic=e.topic, batch_size=len(events)) for e in events
+            PublishInfo(
+                transport=self.transport.name,
+                topic=e.topic,
+                batch_size=len(events),
+                server_address=self._server[0],
+                server_port=self._server[1],
+            )
+            for e in events
         ]
         with contextlib.ExitStack() as stack:
             messages = []
@@ -382,6 +408,10 @@ class EventBus:
         codec = self._decoders.get(content_type)
         if codec is None:
             spec = self._registry.codecs_by_type.get(content_type)
+            if spec is None and content_type.endswith("+json"):
+                # A structured-syntax suffix (RFC 6839): application/vnd.acme+json is
+                # JSON, as the CloudEvents JSON format reads it.
+                spec = self._registry.codecs_by_type.get("application/json")
             if spec is None:
                 return None
             try:
@@ -399,6 +429,19 @@ class EventBus:
         )
 
     decode = _decode
+
+    def decode_foreign(self, message: Message) -> Event:
+        """The event in ``message``, which may have no envelope (``ConsumerOptions(intake="foreign")``)."""
+        validators = self._validators
+        return decode_foreign(
+            message,
+            self._decoder_for,
+            self._topic_codec,
+            validators.get(message.topic) if validators else None,
+        )
+
+    def _topic_codec(self, topic: str) -> Codec:
+        return self._topic_codecs.get(topic, self._codec) if self._topic_codecs else self._codec
 
     async def subscribe(
         self,

@@ -23,7 +23,7 @@ from .event import FrozenDict, FrozenList
 if TYPE_CHECKING:
     from .event import Event
 
-__all__ = ["Codec", "JsonCodec"]
+__all__ = ["Codec", "JsonCodec", "RawCodec"]
 
 
 class Codec(abc.ABC):
@@ -42,8 +42,8 @@ class Codec(abc.ABC):
         """Return the bytes of ``event.payload``; raise :class:`EncodeError` if impossible."""
 
     @abc.abstractmethod
-    def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> dict[str, Any]:
-        """Return the payload dict; raise :class:`DecodeError` for bad bytes."""
+    def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> Any:
+        """Return the payload (a dict in the common case); raise :class:`DecodeError` for bad bytes."""
 
 
 def _default(obj: Any) -> Any:
@@ -67,9 +67,9 @@ _DICTS = frozenset({dict, FrozenDict})
 _isfinite = math.isfinite
 
 
-def _has_non_finite(payload: Mapping[str, Any]) -> bool:
+def _has_non_finite(payload: Any) -> bool:
     """Whether ``payload`` holds a NaN or an infinity (the fast check; no paths)."""
-    stack: list[Any] = list(payload.values())
+    stack: list[Any] = list(payload.values()) if payload.__class__ in _DICTS else [payload]
     pop, extend = stack.pop, stack.extend
     budget = 1_000_000  # a payload that contains itself stops here; the encoder refused it anyway
     while stack and budget:
@@ -92,7 +92,7 @@ def _has_non_finite(payload: Mapping[str, Any]) -> bool:
     return False
 
 
-def _non_finite_path(payload: Mapping[str, Any]) -> str | None:
+def _non_finite_path(payload: Any) -> str | None:
     """Where ``payload`` holds a NaN or an infinity, as ``payload['a'][0]``, or None."""
     stack: list[tuple[str, Any]] = [("payload", payload)]
     seen: set[int] = set()
@@ -133,6 +133,10 @@ class JsonCodec(Codec):
 
     NaN and infinities are refused with :class:`EncodeError`: JSON has no way to
     write them, and writing ``null`` instead would change the event silently.
+
+    A payload that is not an object (an array, a scalar) is written as that JSON
+    value. The payload ``None`` is an event with no data and is written as an empty
+    body; an empty body, and the JSON ``null``, are read back as ``None``.
     """
 
     name = "json"
@@ -140,6 +144,8 @@ class JsonCodec(Codec):
     _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
     def encode(self, event: Event) -> bytes:
+        if event.payload is None:
+            return b""
         try:
             body = orjson.dumps(event.payload, default=_default, option=self._OPTIONS)
         except (TypeError, orjson.JSONEncodeError) as exc:
@@ -154,11 +160,35 @@ class JsonCodec(Codec):
                 )
         return body
 
-    def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> Any:
+        if not data:
+            # CloudEvents binary mode: an empty body is an event with no data.
+            return None
         try:
-            value = orjson.loads(data)
+            return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"message on {topic!r} is not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise DecodeError(f"message on {topic!r} holds a JSON {type(value).__name__}, expected an object")
-        return value
+
+
+class RawCodec(Codec):
+    """The body as it is: the payload is ``bytes``, nothing is parsed.
+
+    For topics whose records are not JSON and have no codec of their own (images,
+    protobuf read by the handler, a producer's private format), typically with
+    ``ConsumerOptions(intake="foreign")``. Publishing needs a ``bytes`` payload.
+    """
+
+    name = "raw"
+    content_type = "application/octet-stream"
+
+    def encode(self, event: Event) -> bytes:
+        payload = event.payload
+        if payload.__class__ is not bytes:
+            raise EncodeError(
+                f"the raw codec writes bytes payloads; the payload of {event.topic!r} is a "
+                f"{type(payload).__name__}"
+            )
+        return payload
+
+    def decode(self, data: bytes, *, topic: str, headers: Mapping[str, str]) -> Any:
+        return bytes(data)

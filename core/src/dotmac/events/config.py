@@ -23,7 +23,9 @@ from .registry import TransportSpec
 __all__ = ["ENV_URL", "create_bus", "load_toml_config", "redact_url", "structure_config"]
 
 ENV_URL = "DOTMAC_EVENTS_URL"
-_BUS_KEYS = frozenset({"codec", "codec_options", "source", "drain_timeout", "max_message_bytes"})
+_BUS_KEYS = frozenset(
+    {"codec", "codec_options", "source", "drain_timeout", "max_message_bytes", "content_mode", "topic_modes"}
+)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -151,6 +153,8 @@ def create_bus(
     max_message_bytes: int | None = None,
     observers: Iterable[object] = (),
     validators: Mapping[str, PayloadValidator] | None = None,
+    content_mode: str | None = None,
+    topic_modes: Mapping[str, str] | None = None,
 ) -> EventBus:
     """Build an un-started :class:`EventBus`.
 
@@ -162,6 +166,12 @@ def create_bus(
     (``memory://`` when unset).
 
     ``observers`` are objects with ``@hookimpl`` observer hooks used by this bus only.
+
+    ``content_mode`` is how events are written: ``"binary"`` (the default: the body
+    is the payload, attributes travel as ``ce_*`` headers) or ``"structured"`` (the
+    body is a CloudEvents JSON document, ``application/cloudevents+json``).
+    ``topic_modes`` sets it per topic (``{"orders": "structured"}``). Both modes are
+    read on every topic whatever is set here.
     """
     bus_kwargs: dict[str, Any] = {}
     if target is None:
@@ -183,6 +193,8 @@ def create_bus(
         "source": source,
         "drain_timeout": drain_timeout,
         "max_message_bytes": max_message_bytes,
+        "content_mode": content_mode,
+        "topic_modes": topic_modes,
     }
     bus_kwargs.update({k: v for k, v in explicit.items() if v is not None})
     transport = spec.factory(config)

@@ -34,11 +34,13 @@ __all__ = [
     "MAX_TOPIC_LENGTH",
     "RESERVED_HEADER_PREFIXES",
     "MAX_PAYLOAD_DEPTH",
+    "RESERVED_EXTENSION_NAMES",
     "Event",
     "EventMetadata",
     "FrozenDict",
     "FrozenList",
     "thaw",
+    "validate_extension_name",
     "validate_header_name",
     "validate_header_value",
     "validate_tenant_id",
@@ -61,7 +63,30 @@ MAX_PAYLOAD_DEPTH = 256
 RESERVED_HEADER_PREFIXES = ("ce_",)
 RESERVED_HEADERS = frozenset({"content-type"})
 
+# CloudEvents context attribute names that have a field of their own (or are the body
+# itself): an extension may not take them, or two values would claim one header.
+RESERVED_EXTENSION_NAMES = frozenset(
+    {
+        "specversion",
+        "id",
+        "type",
+        "source",
+        "time",
+        "subject",
+        "dataschema",
+        "datacontenttype",
+        "data",
+        "correlationid",
+        "causationid",
+        "replyto",
+        "schemaversion",
+    }
+)
+# An extension travels as the header ``ce_<name>``, which must stay a header name.
+MAX_EXTENSION_NAME_LENGTH = MAX_HEADER_NAME_LENGTH - len("ce_")
+
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]+")
+_EXTENSION_RE = re.compile(r"[a-z0-9]+")
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TENANT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
@@ -272,6 +297,40 @@ def validate_header_name(name: object, *, field_name: str = "headers") -> str:
     return name
 
 
+def validate_extension_name(name: object, *, field_name: str = "metadata.extensions") -> str:
+    """Check a CloudEvents extension attribute name; return it or raise :class:`ValidationError`.
+
+    CloudEvents allows lower-case ASCII letters and digits only. It recommends at most
+    20 characters; longer names are accepted (up to ``MAX_EXTENSION_NAME_LENGTH``)
+    because producers that are not this library use them, and refusing one would
+    dead-letter an otherwise valid event.
+    """
+    if not isinstance(name, str):
+        raise ValidationError(f"extension names must be str, got {type(name).__name__}", field=field_name)
+    if not name or len(name) > MAX_EXTENSION_NAME_LENGTH or not _EXTENSION_RE.fullmatch(name):
+        raise ValidationError(
+            f"extension name {name!r} must be 1 to {MAX_EXTENSION_NAME_LENGTH} lower-case "
+            "letters a-z and digits 0-9 (CloudEvents attribute naming)",
+            field=field_name,
+        )
+    if name in RESERVED_EXTENSION_NAMES:
+        raise ValidationError(
+            f"extension name {name!r} is a CloudEvents or envelope attribute with a field of its own",
+            field=field_name,
+        )
+    return name
+
+
+def _is_tenant(value: str) -> bool:
+    if value in _known_tenants:
+        return True
+    try:
+        validate_tenant_id(value)
+    except InvalidTenantError:
+        return False
+    return True
+
+
 def validate_header_value(value: object, *, field_name: str) -> str:
     if not isinstance(value, str):
         raise HeaderValidationError(f"must be a str, got {type(value).__name__}", field=field_name)
@@ -367,18 +426,50 @@ def _headers_field(value: Any) -> Mapping[str, str]:
     return headers
 
 
+def _extensions_field(value: Any) -> Mapping[str, str]:
+    if value.__class__ is not FrozenDict and not isinstance(value, Mapping):
+        raise ValidationError(
+            f"must be a mapping of str to str, got {type(value).__name__}", field="metadata.extensions"
+        )
+    if len(value) > MAX_HEADER_COUNT:
+        raise ValidationError(
+            f"{len(value)} extensions, the maximum is {MAX_HEADER_COUNT}", field="metadata.extensions"
+        )
+    extensions = value if value.__class__ is FrozenDict else _frozen_headers(value)
+    for name, text in extensions.items():
+        validate_extension_name(name)
+        validate_header_value(text, field_name=f"metadata.extensions[{name!r}]")
+    tenant = extensions.get("tenantid")
+    if tenant is not None and _is_tenant(tenant):
+        # Only a foreign value the bus cannot use as a tenant travels here; a usable
+        # one is Event.tenant_id, and reading it back would move it there.
+        raise ValidationError(
+            f"{tenant!r} is a valid tenant id: set Event.tenant_id instead",
+            field="metadata.extensions['tenantid']",
+        )
+    return extensions
+
+
+def _attribute_field(value: Any, name: str) -> None:
+    # subject and dataschema come from producers that are not this library: longer
+    # than an id may be, bounded like a header value since that is how they travel.
+    validate_header_value(value, field_name=f"metadata.{name}")
+    if not value:
+        raise ValidationError("must not be empty", field=f"metadata.{name}")
+
+
 _EMPTY_PAYLOAD: FrozenDict[str, Any] = FrozenDict()
 _STR_ONLY = frozenset({str})
 
 
-def _payload_field(payload: Any) -> dict[str, Any]:
+def _payload_field(payload: Any) -> Any:
     if payload is _NOTHING:
         return _EMPTY_PAYLOAD
     if payload.__class__ is FrozenDict:
         # Frozen all the way down already (evolve, with_headers, a payload passed on).
         return payload
     if not isinstance(payload, dict):
-        raise PayloadValidationError(f"must be a dict, got {type(payload).__name__}", field="payload")
+        return _other_payload(payload)
     if not _STR_ONLY.issuperset(map(type, payload)):
         for key in payload:
             if not isinstance(key, str):
@@ -386,6 +477,23 @@ def _payload_field(payload: Any) -> dict[str, Any]:
                     f"keys must be str, got {type(key).__name__} key {key!r}", field="payload"
                 )
     return _frozen_dict(payload, 0)
+
+
+# JSON values other than an object that a payload may be: CloudEvents data can be any
+# JSON value, and an event with no data at all has the payload None.
+_SCALARS = (str, int, float, bool, type(None), bytes)
+
+
+def _other_payload(payload: Any) -> Any:
+    if payload.__class__ is FrozenList or payload.__class__ in _SCALARS:
+        return payload
+    if isinstance(payload, (list, tuple)):
+        return _frozen(list(payload), 0)
+    raise PayloadValidationError(
+        f"must be a dict (or, for data that is not a JSON object, a list, str, int, float, "
+        f"bool, None, or bytes for the raw codec), got {type(payload).__name__}",
+        field="payload",
+    )
 
 
 def _key_field(value: Any) -> None:
@@ -486,6 +594,11 @@ class EventMetadata:
     ``event_id`` is generated when omitted and never changes across retries,
     redeliveries, dead-lettering and replay, so handlers can deduplicate on it.
     ``event_type`` defaults to the event's topic and ``source`` to the bus's source.
+    ``subject`` and ``data_schema`` are the CloudEvents ``subject`` and ``dataschema``
+    attributes. ``extensions`` holds every other CloudEvents extension attribute by
+    name (lower-case letters and digits, see :func:`validate_extension_name`) with
+    its value as text; it is read-only, kept from a received event and written again
+    when the event is published, forwarded, dead-lettered or replayed.
     """
 
     # No defaults here: the hand-written __init__ below is the one source of them.
@@ -498,6 +611,9 @@ class EventMetadata:
     reply_to: str | None
     content_type: str | None
     schema_version: str | None
+    subject: str | None
+    data_schema: str | None
+    extensions: Mapping[str, str]
 
     def __init__(
         self,
@@ -510,6 +626,9 @@ class EventMetadata:
         reply_to: str | None = None,
         content_type: str | None = None,
         schema_version: str | None = None,
+        subject: str | None = None,
+        data_schema: str | None = None,
+        extensions: Mapping[str, str] | None = _NOTHING,
     ) -> None:
         # Validation written out field by field: this runs for every event published
         # and every event received.
@@ -532,6 +651,18 @@ class EventMetadata:
             _text_field(content_type, "content_type")
         if schema_version is not None and not _text_ok(schema_version):
             _text_field(schema_version, "schema_version")
+        if subject is not None:
+            _attribute_field(subject, "subject")
+        if data_schema is not None:
+            _attribute_field(data_schema, "data_schema")
+        if (
+            extensions is _NOTHING
+            or extensions is None
+            or (extensions.__class__ is FrozenDict and not extensions)
+        ):
+            extensions = _EMPTY_HEADERS
+        else:
+            extensions = _extensions_field(extensions)
         _set(self, "event_id", event_id)
         _set(self, "event_type", event_type)
         _set(self, "source", source)
@@ -541,6 +672,9 @@ class EventMetadata:
         _set(self, "reply_to", reply_to)
         _set(self, "content_type", content_type)
         _set(self, "schema_version", schema_version)
+        _set(self, "subject", subject)
+        _set(self, "data_schema", data_schema)
+        _set(self, "extensions", extensions)
 
 
 @frozen(init=False)
@@ -560,11 +694,17 @@ class Event:
     in a payload (datetimes, dataclasses, ...) are kept as given; do not mutate them
     after building the event. Build a changed event with ``attrs.evolve`` or
     :meth:`with_headers`; ``dict(event.payload)`` is a mutable shallow copy.
+
+    ``payload`` is a dict in the common case (and ``{}`` when omitted). An event whose
+    data is another JSON value (CloudEvents allows any) carries it as it is: a
+    :class:`FrozenList` for an array, a ``str``, ``int``, ``float`` or ``bool`` for a
+    scalar, and ``None`` for an event with no data (or JSON ``null``).
     """
 
     # No defaults here: the hand-written __init__ below is the one source of them.
     topic: str
-    payload: dict[str, Any]
+    # Any: a dict in the common case; see the class docstring for the other JSON values.
+    payload: Any
     key: str | None
     headers: Mapping[str, str]
     tenant_id: str | None
@@ -573,7 +713,7 @@ class Event:
     def __init__(
         self,
         topic: str,
-        payload: dict[str, Any] = _NOTHING,
+        payload: Any = _NOTHING,
         key: str | None = None,
         headers: Mapping[str, str] | None = _NOTHING,
         tenant_id: str | None = None,
@@ -586,6 +726,11 @@ class Event:
         headers = _headers_field(headers)
         if tenant_id is not None:
             _tenant_field(tenant_id)
+            if metadata is not _NOTHING and "tenantid" in metadata.extensions:
+                raise ValidationError(
+                    "is set while metadata.extensions holds a 'tenantid' too; keep one",
+                    field="tenant_id",
+                )
         if metadata is _NOTHING:
             metadata = EventMetadata()
         elif metadata.__class__ is not EventMetadata and not isinstance(metadata, EventMetadata):

@@ -53,16 +53,22 @@ ErrorPlace = Literal["decode", "ack", "dead_letter", "transport", "reply", "obse
 
 @frozen
 class PublishInfo:
-    """Context of a publish, passed to observer hooks."""
+    """Context of a publish, passed to observer hooks.
+
+    ``server_address`` and ``server_port`` name the broker the transport was given
+    (its first bootstrap server on Kafka), ``None`` when it has none (memory).
+    """
 
     transport: str
     topic: str
     batch_size: int = 1
+    server_address: str | None = None
+    server_port: int | None = None
 
 
 @frozen
 class ConsumeInfo:
-    """Context of a delivery, passed to observer hooks."""
+    """Context of a delivery, passed to observer hooks (``server_*`` as in :class:`PublishInfo`)."""
 
     transport: str
     topic: str
@@ -70,6 +76,8 @@ class ConsumeInfo:
     consumer: str
     delivery_count: int = 1
     position: str | None = None
+    server_address: str | None = None
+    server_port: int | None = None
 
 
 @hookspec

@@ -18,7 +18,7 @@ import pluggy
 from . import hookspecs
 from .hookspecs import ConsumeInfo, PublishInfo
 
-__all__ = ["ConsumeInfo", "Observers", "PublishInfo"]
+__all__ = ["ConsumeInfo", "Observers", "PublishInfo", "server_of"]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +166,31 @@ class Observers:
             return False  # an observer never swallows the error of what it wraps
 
         return exit_
+
+
+def server_of(transport: Any) -> tuple[str | None, int | None]:
+    """The (address, port) of the broker ``transport`` talks to, from its ``describe()``.
+
+    ``host``/``port`` where the transport names them (Redis, RabbitMQ), else the first
+    of its ``bootstrap_servers`` (Kafka); ``(None, None)`` when it has none or its
+    ``describe()`` fails.
+    """
+    try:
+        facts = transport.describe()
+    except Exception:
+        return None, None
+    host = facts.get("host")
+    port = facts.get("port")
+    if host is None:
+        servers = facts.get("bootstrap_servers")
+        if isinstance(servers, (list, tuple)):
+            servers = servers[0] if servers else None
+        if not isinstance(servers, str) or not servers:
+            return None, None
+        first = servers.split(",", 1)[0].strip()
+        host, _, port_text = first.rpartition(":")
+        if not host:
+            return first or None, None
+        host = host.strip("[]")
+        port = int(port_text) if port_text.isdigit() else None
+    return str(host), port if isinstance(port, int) and not isinstance(port, bool) else None

@@ -60,6 +60,11 @@ def _check_start(_inst: Any, _attr: Any, value: Any) -> None:
         raise ConfigurationError(f"ConsumerOptions.start_from must be 'latest' or 'earliest', got {value!r}")
 
 
+def _check_intake(_inst: Any, _attr: Any, value: Any) -> None:
+    if value not in ("cloudevents", "foreign"):
+        raise ConfigurationError(f"ConsumerOptions.intake must be 'cloudevents' or 'foreign', got {value!r}")
+
+
 def _check_sync(_inst: Any, _attr: Any, value: Any) -> None:
     if value not in ("thread", "inline"):
         raise ConfigurationError(f"ConsumerOptions.sync_handlers must be 'thread' or 'inline', got {value!r}")
@@ -98,6 +103,13 @@ class ConsumerOptions:
       so on, and the original is acked, so it does not hold up the events behind it.
       After the last retry topic it is dead-lettered as usual. In this mode each
       topic makes one handler call and ``max_retries`` is not used. Needs a group.
+    - ``intake``: what the subscribed topics hold. ``"cloudevents"`` (default): events
+      with an envelope (``ce_*`` headers or a structured body); a record without one is
+      dead-lettered. ``"foreign"``: records from producers that write no envelope (a
+      plain Kafka producer, Kafka Connect, ``redis-cli XADD``) are events too: the id
+      comes from the record's position, the time from its timestamp, the payload from
+      the topic's codec (see docs/interop.md). Records that do carry an envelope are
+      read as usual.
     """
 
     max_retries: int = field(default=3, validator=_int_at_least(0))
@@ -116,6 +128,7 @@ class ConsumerOptions:
     retry_topics: tuple[float, ...] = field(
         default=(), converter=_retry_delays, validator=_check_retry_topics
     )
+    intake: Literal["cloudevents", "foreign"] = field(default="cloudevents", validator=_check_intake)
 
     def __attrs_post_init__(self) -> None:
         if self.sync_handlers == "inline" and self.handler_timeout is not None:

@@ -74,6 +74,7 @@ from .errors import (
 )
 from .event import Event
 from .hookspecs import ConsumeInfo
+from .observe import server_of
 from .options import retry_topic
 from .transport import Delivery, Message, SubscriptionSpec, TransportSubscription
 from .wire import format_time, parse_time
@@ -112,6 +113,8 @@ class ConsumerHost(Protocol):
     def max_message_bytes(self) -> int: ...
 
     def decode(self, message: Message) -> Event: ...
+
+    def decode_foreign(self, message: Message) -> Event: ...
 
     async def publish(self, event: Event) -> None: ...
 
@@ -224,7 +227,8 @@ class Subscription:
         self._host = host
         self._transport = host.transport
         self._observers = host.observers
-        self._decode = host.decode
+        self._decode = host.decode_foreign if options.intake == "foreign" else host.decode
+        self._server = server_of(self._transport)
         self.spec = spec
         self.topics = spec.topics
         self.group = spec.group
@@ -672,6 +676,8 @@ class Subscription:
             consumer=self.name,
             delivery_count=delivery.delivery_count,
             position=delivery.message.position,
+            server_address=self._server[0],
+            server_port=self._server[1],
         )
 
     # -- the three ends ------------------------------------------------------------------

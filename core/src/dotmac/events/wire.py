@@ -10,8 +10,10 @@ body is the codec's bytes; envelope attributes travel as headers::
     ce_source       metadata.source (defaults to the bus's source)
     ce_time         metadata.occurred_at, RFC 3339 UTC
     content-type    the codec's content type
-    ce_tenantid, ce_correlationid, ce_causationid, ce_replyto, ce_schemaversion
+    ce_tenantid, ce_correlationid, ce_causationid, ce_replyto, ce_schemaversion,
+    ce_subject, ce_dataschema
                     when set
+    ce_<name>       each entry of metadata.extensions
 
 User headers travel as themselves. The event key is the message key. The transport
 contract (``transport.py``) builds on this module, never the other way round.
@@ -20,6 +22,7 @@ contract (``transport.py``) builds on this module, never the other way round.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -28,7 +31,15 @@ from attrs import field, frozen
 
 from .errors import DecodeError, SchemaValidationError, ValidationError
 from .event import _NOTHING as _DEFAULT
-from .event import Event, EventMetadata, _frozen_headers
+from .event import (
+    MAX_ID_LENGTH,
+    Event,
+    EventMetadata,
+    _frozen_headers,
+    _is_tenant,
+    _known_tenants,
+    validate_extension_name,
+)
 
 if TYPE_CHECKING:
     from .codec import Codec
@@ -38,7 +49,9 @@ __all__ = [
     "SPEC_VERSION",
     "Message",
     "WireHeaders",
+    "decode_foreign",
     "decode_message",
+    "foreign_event_id",
     "format_time",
     "headers_from_pairs",
     "parse_time",
@@ -52,7 +65,9 @@ class Message:
 
     ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
     user headers. ``position`` is the transport's own id for a received message
-    (stream id, ``partition:offset``) and is ``None`` when publishing.
+    (stream id, ``partition:offset``) and is ``None`` when publishing. ``timestamp``
+    is the broker's time of a received record (Kafka's record timestamp, the time in
+    a Redis stream entry id) where the transport has one; foreign intake uses it.
 
     A transport that receives header names or values as bytes decodes them with
     ``errors="surrogateescape"`` (so invalid UTF-8 reaches the core as lone
@@ -65,6 +80,7 @@ class Message:
     key: str | None = None
     headers: Mapping[str, str] = field(factory=dict)
     position: str | None = None
+    timestamp: datetime | None = None
 
 
 class WireHeaders(dict[str, str]):
@@ -114,7 +130,23 @@ CE_ATTRIBUTES: dict[str, str] = {
     "causation_id": "ce_causationid",
     "reply_to": "ce_replyto",
     "schema_version": "ce_schemaversion",
+    "subject": "ce_subject",
+    "data_schema": "ce_dataschema",
 }
+
+# Envelope names that map to a field; any other ce_* name is an extension attribute.
+_KNOWN_ENVELOPE = frozenset(
+    {
+        "ce_specversion",
+        "ce_id",
+        "ce_type",
+        "ce_source",
+        "ce_time",
+        "content-type",
+        "ce_tenantid",
+        *CE_ATTRIBUTES.values(),
+    }
+)
 
 
 def format_time(value: datetime) -> str:
@@ -165,6 +197,13 @@ def envelope_headers(event: Event, *, content_type: str, source: str) -> dict[st
         headers["ce_replyto"] = meta.reply_to
     if meta.schema_version is not None:
         headers["ce_schemaversion"] = meta.schema_version
+    if meta.subject is not None:
+        headers["ce_subject"] = meta.subject
+    if meta.data_schema is not None:
+        headers["ce_dataschema"] = meta.data_schema
+    if meta.extensions:
+        for name, value in meta.extensions.items():
+            headers["ce_" + name] = value
     return headers
 
 
@@ -192,8 +231,8 @@ def _header_kind(name: str) -> str | None:
     if problem is not None:
         raise DecodeError(f"a header name {problem}: {name!r}")
     if not _TOKEN.fullmatch(name):
-        # Checked here for envelope names too: an unknown ce_* attribute is dropped, and
-        # one that is not even a token would be dropped silently.
+        # Checked here for envelope names too: a ce_* attribute becomes an extension,
+        # whose name must also be a header name when it is written again.
         raise DecodeError(f"header name {name!r} is not a token")
     lowered = name.lower()
     kind = lowered if lowered.startswith("ce_") or lowered == "content-type" else None
@@ -256,6 +295,18 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
         raise DecodeError(
             f"message on {topic!r} has ce_specversion {version!r}; only {SPEC_VERSION!r} is read"
         )
+    extensions: dict[str, str] | None = None
+    if not envelope.keys() <= _KNOWN_ENVELOPE:
+        extensions = _extensions(topic, envelope)
+    tenant = get("ce_tenantid")
+    if tenant is not None and tenant not in _known_tenants and not _is_tenant(tenant):
+        # A tenant id from another producer that cannot key this bus's namespaces
+        # (acme.eu: a dot could address another tenant's topics) is kept, unused, as
+        # the extension it is in CloudEvents terms, and written again as ce_tenantid.
+        if extensions is None:
+            extensions = {}
+        extensions["tenantid"] = tenant
+        tenant = None
     time_text = get("ce_time")
     try:
         occurred_at = _DEFAULT if time_text is None else parse_time(time_text)
@@ -267,7 +318,7 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
             payload,
             message.key,
             _frozen_headers(user),
-            get("ce_tenantid"),
+            tenant,
             EventMetadata(
                 event_id,
                 get("ce_type"),
@@ -278,10 +329,31 @@ def _build(message: Message, envelope: dict[str, str], user: dict[str, str], pay
                 get("ce_replyto"),
                 get("content-type"),
                 get("ce_schemaversion"),
+                get("ce_subject"),
+                get("ce_dataschema"),
+                extensions,
             ),
         )
     except ValidationError as exc:
         raise DecodeError(f"message on {topic!r} has an invalid envelope: {exc}") from exc
+
+
+def _extensions(topic: str, envelope: dict[str, str]) -> dict[str, str]:
+    """The CloudEvents extension attributes among the envelope headers, by name."""
+    extensions = {}
+    for name, value in envelope.items():
+        if name in _KNOWN_ENVELOPE:
+            continue
+        # Not ValidationError's wording alone: say which header it was.
+        ext = name[3:]
+        try:
+            validate_extension_name(ext)
+        except ValidationError as exc:
+            raise DecodeError(
+                f"message on {topic!r} has header {name!r}, which is not a CloudEvents attribute: {exc}"
+            ) from exc
+        extensions[ext] = value
+    return extensions
 
 
 def content_type_of(headers: Mapping[str, str]) -> str | None:
@@ -290,6 +362,109 @@ def content_type_of(headers: Mapping[str, str]) -> str | None:
     if value is None:
         return None
     return value.split(";", 1)[0].strip().lower()
+
+
+def _structured(
+    message: Message,
+    envelope: dict[str, str],
+    content_type: str,
+    decoder_for: Callable[[str | None], Codec | None],
+) -> Any:
+    from .structured import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, read_structured
+
+    topic = message.topic
+    if content_type == BATCH_CONTENT_TYPE:
+        raise DecodeError(
+            f"message on {topic!r} is a CloudEvents batch ({BATCH_CONTENT_TYPE}); batched mode is "
+            "not read: publish one event per message"
+        )
+    if content_type != STRUCTURED_CONTENT_TYPE:
+        raise DecodeError(f"no installed codec reads content type {content_type!r}")
+    try:
+        return read_structured(topic, bytes(message.value), envelope, decoder_for, message.headers)
+    except (DecodeError, ValidationError):
+        raise
+    except Exception as exc:
+        raise DecodeError(
+            f"a structured event on {topic!r} could not be read: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+_SEPARATOR = ":"
+
+
+def foreign_event_id(topic: str, position: str) -> str:
+    """The event id of a record without an envelope: ``<topic>:<position>``.
+
+    The same record always gets the same id (redeliveries and other groups alike), so
+    handlers deduplicate on it; ids longer than an id may be become a UUID 5 of it.
+    """
+    text = f"{topic}{_SEPARATOR}{position}"
+    if len(text) <= MAX_ID_LENGTH:
+        return text
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "dotmac-events:" + text))
+
+
+def decode_foreign(
+    message: Message,
+    decoder_for: Callable[[str | None], Codec | None],
+    codec_for_topic: Callable[[str], Codec],
+    validate: Callable[[Any], object] | None = None,
+) -> Event:
+    """Turn a received record that may have no envelope into an :class:`Event`.
+
+    A record with a ``ce_id`` header or a structured body is read by
+    :func:`decode_message`. Any other record becomes an event whose id is
+    :func:`foreign_event_id` of its position, whose time is the record's timestamp
+    (the time of decoding when the transport has none), whose payload is decoded by
+    the codec of its ``content-type`` header or else ``codec_for_topic(topic)``, and
+    whose key and headers are the record's (``content-type`` goes to
+    ``metadata.content_type``). Raises what :func:`decode_message` raises.
+    """
+    headers = message.headers
+    envelope, user = split_headers(headers)
+    content_type = envelope.get("content-type")
+    media = None if content_type is None else content_type.split(";", 1)[0].strip().lower()
+    if "ce_id" in envelope or (media is not None and media.startswith("application/cloudevents")):
+        return decode_message(message, decoder_for, validate)
+    topic = message.topic
+    position = message.position
+    if position is None:
+        raise DecodeError(
+            f"a record on {topic!r} has no envelope and its transport gives no position to derive an id from"
+        )
+    if envelope.keys() - {"content-type"}:
+        names = ", ".join(sorted(envelope.keys() - {"content-type"}))
+        raise DecodeError(f"a record on {topic!r} has envelope attributes ({names}) but no ce_id")
+    codec = decoder_for(media) if media is not None else codec_for_topic(topic)
+    if codec is None:
+        raise DecodeError(f"no installed codec reads content type {media!r}")
+    value = message.value
+    try:
+        payload = codec.decode(bytes(value), topic=topic, headers=headers)
+    except (DecodeError, ValidationError):
+        raise
+    except Exception as exc:
+        raise DecodeError(
+            f"the {codec.name!r} codec could not read a record on {topic!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        event = Event(
+            topic,
+            payload,
+            message.key,
+            _frozen_headers(user),
+            None,
+            EventMetadata(
+                foreign_event_id(topic, position),
+                occurred_at=message.timestamp or _DEFAULT,
+                content_type=content_type or codec.content_type,
+            ),
+        )
+    except ValidationError as exc:
+        raise DecodeError(f"a record on {topic!r} cannot be an event: {exc}") from exc
+    _validate(event, validate)
+    return event
 
 
 def decode_message(
@@ -320,27 +495,37 @@ def decode_message(
     content_type = envelope.get("content-type")
     if content_type is not None:
         content_type = content_type.split(";", 1)[0].strip().lower()
-    codec = decoder_for(content_type)
-    if codec is None:
-        raise DecodeError(f"no installed codec reads content type {content_type!r}")
-    try:
-        payload = codec.decode(value, topic=topic, headers=message.headers)
-    except (DecodeError, ValidationError):
-        raise
-    except Exception as exc:
-        raise DecodeError(
-            f"the {codec.name!r} codec could not read a message on {topic!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    event = _build(message, envelope, user, payload)
-    if validate is not None:
+    if content_type is not None and content_type.startswith("application/cloudevents"):
+        payload = _structured(message, envelope, content_type, decoder_for)
+    else:
+        codec = decoder_for(content_type)
+        if codec is None:
+            raise DecodeError(f"no installed codec reads content type {content_type!r}")
         try:
-            ok = validate(event.payload)
-        except ValidationError:
+            payload = codec.decode(value, topic=topic, headers=message.headers)
+        except (DecodeError, ValidationError):
             raise
         except Exception as exc:
-            raise SchemaValidationError(
-                f"the validator of {topic!r} raised {type(exc).__name__}: {exc}", field="payload"
+            raise DecodeError(
+                f"the {codec.name!r} codec could not read a message on {topic!r}: {type(exc).__name__}: {exc}"
             ) from exc
-        if ok is False:
-            raise SchemaValidationError(f"rejected by the validator of {topic!r}", field="payload")
+    event = _build(message, envelope, user, payload)
+    if validate is not None:
+        _validate(event, validate)
     return event
+
+
+def _validate(event: Event, validate: Callable[[Any], object] | None) -> None:
+    if validate is None:
+        return
+    topic = event.topic
+    try:
+        ok = validate(event.payload)
+    except ValidationError:
+        raise
+    except Exception as exc:
+        raise SchemaValidationError(
+            f"the validator of {topic!r} raised {type(exc).__name__}: {exc}", field="payload"
+        ) from exc
+    if ok is False:
+        raise SchemaValidationError(f"rejected by the validator of {topic!r}", field="payload")

@@ -363,7 +363,7 @@ class AvroCodec(Codec):
             if key in self._problems:
                 problem = self._problems[key]
             else:
-                problem = read_problem(reader, writer)
+                problem = read_problem(reader, writer, per_value=True)
                 if len(self._problems) >= _CACHE_LIMIT:
                     self._problems.clear()
                 self._problems[key] = problem

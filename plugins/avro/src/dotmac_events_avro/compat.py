@@ -49,10 +49,16 @@ def _unqualified(name: str) -> str:
 
 
 class _Resolver:
-    def __init__(self, reader_named: Mapping[str, Any], writer_named: Mapping[str, Any]) -> None:
+    def __init__(
+        self, reader_named: Mapping[str, Any], writer_named: Mapping[str, Any], *, per_value: bool = False
+    ) -> None:
         self.reader_named = reader_named
         self.writer_named = writer_named
         self.in_progress: set[tuple[str, str]] = set()
+        # Reading data (not judging compatibility): an enum symbol or a writer union
+        # branch the reader lacks fails only the values that hold it, as the Avro
+        # specification resolves data and Confluent's deserializer applies it.
+        self.per_value = per_value
 
     @staticmethod
     def _deref(schema: Any, named: Mapping[str, Any]) -> Any:
@@ -83,11 +89,12 @@ class _Resolver:
         writer = self._deref(writer, self.writer_named)
         r_kind, w_kind = self._kind(reader), self._kind(writer)
         if w_kind == "union":
-            for branch in writer:
-                found = self.problem(reader, branch, path)
-                if found is not None:
-                    return found
-            return None
+            problems = [self.problem(reader, branch, path) for branch in writer]
+            if self.per_value:
+                if all(found is not None for found in problems):
+                    return problems[0]
+                return None
+            return next((found for found in problems if found is not None), None)
         if r_kind == "union":
             for branch in reader:
                 if self.problem(branch, writer, path) is None:
@@ -114,7 +121,7 @@ class _Resolver:
                 return None
             if r_kind == "enum":
                 missing = [s for s in writer["symbols"] if s not in set(reader["symbols"])]
-                if missing and "default" not in reader:
+                if missing and "default" not in reader and not self.per_value:
                     return (
                         f"{path}: enum {reader['name']} of the reader lacks the writer's symbols "
                         f"{', '.join(missing)} and has no default"
@@ -162,11 +169,17 @@ class _Resolver:
             self.in_progress.discard(key)
 
 
-def read_problem(reader: AvroSchema, writer: AvroSchema) -> str | None:
-    """Why ``reader`` cannot read data written with ``writer``, or ``None`` if it can."""
+def read_problem(reader: AvroSchema, writer: AvroSchema, *, per_value: bool = False) -> str | None:
+    """Why ``reader`` cannot read data written with ``writer``, or ``None`` if it can.
+
+    With ``per_value`` (decoding, not compatibility checks) a writer enum symbol the
+    reader lacks, or a writer union branch it cannot read, is not a problem of the
+    schemas: only a value that holds it fails, when it is read (the reader's enum
+    default is used where there is one).
+    """
     if reader.text == writer.text:
         return None
-    resolver = _Resolver(named_types(reader.parsed), named_types(writer.parsed))
+    resolver = _Resolver(named_types(reader.parsed), named_types(writer.parsed), per_value=per_value)
     return resolver.problem(reader.parsed, writer.parsed, reader.name or describe(reader.parsed))
 
 

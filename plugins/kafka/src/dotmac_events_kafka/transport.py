@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -254,7 +255,18 @@ def record_to_message(record: Any) -> Message:
         key=key,
         headers=headers,
         position=f"{record.partition}:{record.offset}",
+        timestamp=_record_time(record.timestamp),
     )
+
+
+def _record_time(millis: int | None) -> datetime | None:
+    # -1 (or None) is a record written without a timestamp by an old client.
+    if millis is None or millis < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(millis / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 # -- commit tracking -----------------------------------------------------------------------
@@ -1146,14 +1158,17 @@ class KafkaTransport(Transport):
         async with lock:
             try:
                 async with producer.transaction():
-                    await self._send(producer, messages)
+                    await self._send(producer, messages, atomic=True)
             except EventBusError:
                 raise
             except KafkaError as exc:
                 what = f"transaction of {len(messages)} record(s) to {messages[0].topic!r} aborted"
                 raise _publish_error(what, exc, await self._publish_fatal(what, exc, messages)) from exc
 
-    async def _send(self, producer: AIOKafkaProducer, messages: Sequence[Message]) -> None:
+    async def _send(
+        self, producer: AIOKafkaProducer, messages: Sequence[Message], *, atomic: bool = False
+    ) -> None:
+        """Send ``messages``; ``atomic`` inside a transaction, which stores all or none."""
         futures: list[asyncio.Future[Any]] = []
         failure: BaseException | None = None
         sticky: dict[str, list[int]] = {}  # topic -> [partition, bytes sent to it]
@@ -1193,7 +1208,7 @@ class KafkaTransport(Transport):
                 # aiokafka retried the send until the request timeout before giving up.
                 what += f" (retried for up to request_timeout_ms={self.config.request_timeout_ms})"
             error = _publish_error(what, failure, await self._publish_fatal(what, failure, messages))
-            if confirmed:
+            if confirmed and not atomic:
                 # Part of the batch is stored: say exactly which, so a retry of the rest
                 # duplicates nothing.
                 stored = [not isinstance(r, BaseException) for r in results]

@@ -14,6 +14,14 @@ This module holds only public names; the hooks are methods of :class:`OtelObserv
 from __future__ import annotations
 
 from ._autoload import ENV_VAR, DisabledPlugin, configure
-from .observer import INSTRUMENTATION_SCOPE, METRIC_NAMES, OtelObserver
+from .observer import INSTRUMENTATION_SCOPE, METRIC_NAMES, SEMCONV_METRIC_NAMES, OtelObserver
 
-__all__ = ["ENV_VAR", "INSTRUMENTATION_SCOPE", "METRIC_NAMES", "DisabledPlugin", "OtelObserver", "configure"]
+__all__ = [
+    "ENV_VAR",
+    "INSTRUMENTATION_SCOPE",
+    "METRIC_NAMES",
+    "SEMCONV_METRIC_NAMES",
+    "DisabledPlugin",
+    "OtelObserver",
+    "configure",
+]

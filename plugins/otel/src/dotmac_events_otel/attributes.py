@@ -18,6 +18,8 @@ __all__ = [
     "DOTMAC_RETRY_DELAY",
     "DOTMAC_TENANT_ID",
     "ERROR_TYPE",
+    "SERVER_ADDRESS",
+    "SERVER_PORT",
     "EVENT_DEAD_LETTER",
     "EVENT_RETRY",
     "EXCEPTION_MESSAGE",
@@ -56,6 +58,8 @@ MESSAGING_KAFKA_OFFSET = "messaging.kafka.offset"
 
 # General conventions.
 ERROR_TYPE = "error.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
 EXCEPTION_TYPE = "exception.type"
 EXCEPTION_MESSAGE = "exception.message"
 

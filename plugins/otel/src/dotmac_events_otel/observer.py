@@ -41,7 +41,7 @@ from . import attributes as a
 if TYPE_CHECKING:
     from dotmac.events import Event, Message, PublishInfo
 
-__all__ = ["INSTRUMENTATION_SCOPE", "METRIC_NAMES", "OtelObserver"]
+__all__ = ["INSTRUMENTATION_SCOPE", "METRIC_NAMES", "SEMCONV_METRIC_NAMES", "OtelObserver"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,14 @@ METRIC_NAMES = (
     "events_retried_total",
     "events_dlq_total",
 )
+# The OpenTelemetry messaging semantic conventions' names, recorded beside the seed's
+# events_* series (which stay for dashboards built on them): seed name -> convention.
+SEMCONV_METRIC_NAMES = {
+    "events_published_total": "messaging.client.sent.messages",
+    "event_publish_duration_seconds": "messaging.client.operation.duration",
+    "events_consumed_total": "messaging.client.consumed.messages",
+    "event_consume_duration_seconds": "messaging.process.duration",
+}
 MAX_EXCEPTION_MESSAGE = 1024
 
 try:
@@ -70,6 +78,13 @@ def _destination(topic: str, attrs: dict[str, Any]) -> str:
         attrs[a.MESSAGING_DESTINATION_TEMPLATE] = template
         attrs[a.MESSAGING_DESTINATION_TEMPORARY] = True
     return template
+
+
+def _server(info: PublishInfo | ConsumeInfo, attrs: dict[str, Any]) -> None:
+    if info.server_address is not None:
+        attrs[a.SERVER_ADDRESS] = info.server_address
+        if info.server_port is not None:
+            attrs[a.SERVER_PORT] = info.server_port
 
 
 def _check_type(name: str, value: object, expected: type) -> None:
@@ -167,6 +182,26 @@ class OtelObserver:
         self._dead_lettered = meter.create_counter(
             "events_dlq_total", unit="{event}", description="Events written to a dead-letter topic"
         )
+        self._sent = meter.create_counter(
+            SEMCONV_METRIC_NAMES["events_published_total"], unit="{message}", description="Messages sent"
+        )
+        self._operation_duration = meter.create_histogram(
+            SEMCONV_METRIC_NAMES["event_publish_duration_seconds"],
+            unit="s",
+            description="Duration of the send operation",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._received = meter.create_counter(
+            SEMCONV_METRIC_NAMES["events_consumed_total"],
+            unit="{message}",
+            description="Messages delivered to a handler",
+        )
+        self._process_duration = meter.create_histogram(
+            SEMCONV_METRIC_NAMES["event_consume_duration_seconds"],
+            unit="s",
+            description="Duration of processing a message, retries included",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
         self._lag_samplers: weakref.WeakSet[LagSampler] = weakref.WeakSet()
         self._lag_gauge: Any = None
         self._meter = meter
@@ -257,6 +292,7 @@ class OtelObserver:
             a.MESSAGING_MESSAGE_ID: event.metadata.event_id,
         }
         destination = _destination(info.topic, attrs)
+        _server(info, attrs)
         if info.batch_size > 1:
             attrs[a.MESSAGING_BATCH_MESSAGE_COUNT] = info.batch_size
         self._common(event.key, event.tenant_id, event.metadata.correlation_id, info.transport, attrs)
@@ -273,6 +309,7 @@ class OtelObserver:
             a.DOTMAC_DELIVERY_COUNT: info.delivery_count,
         }
         destination = _destination(info.topic, attrs)
+        _server(info, attrs)
         if info.group is not None:
             attrs[a.MESSAGING_CONSUMER_GROUP_NAME] = info.group
         position = info.position
@@ -318,6 +355,25 @@ class OtelObserver:
             attrs["tenant"] = self._labels.tenant(event, message)
         return attrs
 
+    @staticmethod
+    def _semconv_attributes(
+        info: PublishInfo | ConsumeInfo, seed: dict[str, str], operation: str, error: BaseException | None
+    ) -> dict[str, str]:
+        # The same bounded topic and tenant values as the seed series, under the
+        # conventions' attribute names.
+        attrs = {
+            a.MESSAGING_SYSTEM: info.transport,
+            a.MESSAGING_OPERATION_NAME: operation,
+            a.MESSAGING_DESTINATION_NAME: seed["topic"],
+        }
+        if seed.get("consumer_group"):
+            attrs[a.MESSAGING_CONSUMER_GROUP_NAME] = seed["consumer_group"]
+        if "tenant" in seed:
+            attrs[a.DOTMAC_TENANT_ID] = seed["tenant"]
+        if error is not None:
+            attrs[a.ERROR_TYPE] = type(error).__qualname__
+        return attrs
+
     # -- tracing hooks -----------------------------------------------------------------
     @hookimpl
     def dotmac_events_publish_context(self, event: Event, info: PublishInfo) -> _PublishScope | None:
@@ -342,6 +398,9 @@ class OtelObserver:
         attrs["outcome"] = outcome
         self._published.add(1, attrs)
         self._publish_duration.record(duration, attrs)
+        semconv = self._semconv_attributes(info, attrs, "publish", error)
+        self._sent.add(1, semconv)
+        self._operation_duration.record(duration, semconv)
 
     @hookimpl
     def dotmac_events_on_consume(
@@ -366,6 +425,9 @@ class OtelObserver:
             attrs["outcome"] = outcome
             self._consumed.add(1, attrs)
             self._consume_duration.record(duration, attrs)
+            semconv = self._semconv_attributes(info, attrs, "process", error)
+            self._received.add(1, semconv)
+            self._process_duration.record(duration, semconv)
 
     @hookimpl
     def dotmac_events_on_retry(

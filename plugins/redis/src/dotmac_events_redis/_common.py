@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import Any
 
 from dotmac.events import Capabilities, Message
@@ -97,7 +98,17 @@ def entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
         key=None if key is None else text(key),
         headers=headers_from_pairs(headers),
         position=text(entry_id),
+        timestamp=entry_time(entry_id),
     )
+
+
+def entry_time(entry_id: Any) -> datetime | None:
+    """The time in a stream entry id (``<milliseconds>-<sequence>``)."""
+    try:
+        millis = int(text(entry_id).partition("-")[0])
+        return datetime.fromtimestamp(millis / 1000, timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def streams(reply: Any) -> Iterable[tuple[Any, Any]]:

@@ -183,6 +183,9 @@ class TransportConformance(ContractConformance, HostileConformance, PatternConfo
                         correlation_id="corr-1",
                         causation_id="cause-1",
                         schema_version="2",
+                        subject="order/7",
+                        data_schema="urn:example:order:2",
+                        extensions={"region": "eu", "traceparent": "00-abc-def-01"},
                     ),
                 )
                 await producer.publish(sent)
@@ -201,6 +204,9 @@ class TransportConformance(ContractConformance, HostileConformance, PatternConfo
                     "correlation_id",
                     "causation_id",
                     "schema_version",
+                    "subject",
+                    "data_schema",
+                    "extensions",
                 ):
                     assert getattr(got.metadata, name) == getattr(sent.metadata, name), name
                 assert got.metadata.content_type  # the codec's content type travels too

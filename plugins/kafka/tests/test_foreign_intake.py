@@ -1,0 +1,47 @@
+"""Records from a plain Kafka producer (no envelope) consumed with intake="foreign"."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from aiokafka import AIOKafkaProducer
+
+from dotmac.events import ConsumerOptions
+from dotmac.events.testing import Collector
+from dotmac_events_kafka import create_kafka_bus
+from dotmac_events_kafka.testing import fast_config
+
+FOREIGN = ConsumerOptions(intake="foreign", max_retries=0)
+
+
+async def test_plain_json_and_bytes_records_are_events(kafka_servers: str, topic: str) -> None:
+    blobs = f"{topic}.raw"
+    seen = Collector()
+    config = fast_config(kafka_servers, num_partitions=1)
+    async with create_kafka_bus(config, topic_codecs={blobs: "raw"}) as bus:
+        await bus.subscribe([topic, blobs], seen, options=FOREIGN)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+        await producer.start()
+        try:
+            sent = await producer.send_and_wait(
+                topic,
+                value=b'{"id": 7}',
+                key=b"order-7",
+                headers=[("x-src", b"connect")],
+                timestamp_ms=1764558000000,
+            )
+            raw = await producer.send_and_wait(blobs, value=b"\x00\xffbinary")
+        finally:
+            await producer.stop()
+        await seen.wait_count(2, 15)
+    by_topic = {e.topic: e for e in seen.events}
+    event = by_topic[topic]
+    assert event.event_id == f"{topic}:{sent.partition}:{sent.offset}"
+    assert event.payload == {"id": 7}
+    assert event.key == "order-7"
+    assert dict(event.headers) == {"x-src": "connect"}
+    assert event.metadata.occurred_at == datetime.fromtimestamp(1764558000, timezone.utc)
+    blob = by_topic[blobs]
+    assert blob.payload == b"\x00\xffbinary"
+    assert blob.event_id == f"{blobs}:{raw.partition}:{raw.offset}"
+    assert blob.metadata.content_type == "application/octet-stream"

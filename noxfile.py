@@ -68,11 +68,17 @@ COVERAGE = "coverage>=7.10,<8"  # 7.10: [run] patch = subprocess
 # exercised by the conformance session and the plugins' suites, not by the core's own
 # tests, so it stays out of the core's figure.
 CORE_TEST_KIT = ROOT / "core" / "src" / "dotmac" / "events" / "testing"
-# Distributions tested on every interpreter; the others on the default one. The core's
-# whole suite runs in the memory session on each of them (tests(core) runs it once more
-# with no plugin installed). The Redis plugin builds on the event loop's socket writes,
-# whose behaviour differs between Python releases.
+# Distributions tested on the oldest and newest supported interpreters as well as the
+# default one; the others on the default one. The core's whole suite runs in the memory
+# session on each of them (tests(core) runs it once more with no plugin installed). The
+# Redis plugin builds on the event loop's socket writes, whose behaviour differs between
+# Python releases. With MATRIX_PYTHONS=all they run on every installed interpreter.
 MATRIX_PACKAGES = ("memory", "redis")
+MATRIX_PYTHONS = (
+    PYTHONS
+    if os.environ.get("MATRIX_PYTHONS") == "all"
+    else [v for v in PYTHONS if v in (PYTHONS[:1] + PYTHONS[-1:])]
+)
 
 
 def _plugins() -> list[str]:
@@ -121,7 +127,7 @@ def _params() -> list[object]:
         if DEFAULT_PYTHON is not None:
             params.append(nox.param(DEFAULT_PYTHON, package, id=package))
         if package in MATRIX_PACKAGES:
-            for py in PYTHONS:
+            for py in MATRIX_PYTHONS:
                 if py != DEFAULT_PYTHON:
                     params.append(nox.param(py, package, id=f"{package}-py{py}"))
     return params

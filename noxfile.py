@@ -61,6 +61,7 @@ def _usable(version: str) -> bool:
 PYTHONS = [v for v in ALL_PYTHONS if _usable(v)]
 DEFAULT_PYTHON = "3.11" if "3.11" in PYTHONS else (PYTHONS[-1] if PYTHONS else None)
 RUFF = "ruff==0.17.6"
+XDIST = "pytest-xdist>=3.6"
 MYPY = "mypy==2.4.1"
 # A range, not a pin: recent releases need Python 3.11, and the matrix runs 3.10 too.
 COVERAGE = "coverage>=7.10,<8"  # 7.10: [run] patch = subprocess
@@ -194,8 +195,14 @@ def _check_coverage(session: nox.Session, measured: list[str], env: dict[str, st
 def conformance(session: nox.Session) -> None:
     """The conformance kit against every transport plugin, plus cross-package tests."""
     _install(session, *PLUGINS)
-    # The docs' code blocks have a session of their own (docs).
-    session.run("pytest", str(ROOT / "tests"), f"--ignore={ROOT / 'tests' / 'docs'}", *session.posargs)
+    session.install(XDIST)
+    # Two workers, one test module each at a time: most of this suite waits on brokers,
+    # and a module keeps its own broker fixtures. The docs' code blocks have a session
+    # of their own (docs).
+    workers = [] if session.posargs else ["-n", "2", "--dist", "loadfile"]
+    session.run(
+        "pytest", str(ROOT / "tests"), f"--ignore={ROOT / 'tests' / 'docs'}", *workers, *session.posargs
+    )
 
 
 @nox.session(python=DEFAULT_PYTHON)

@@ -92,7 +92,8 @@ def test_the_guide_shows_the_example_tests_as_they_are() -> None:
     """docs/services.md shows examples/shop/test_billing.py verbatim (below its header)."""
     guide = (ROOT / "docs" / "services.md").read_text()
     section = guide.split("## 5. Test it", 1)[1]
-    shown = section.split("```python\n", 1)[1].split("```", 1)[0]
+    # The block's info string may carry attributes (``python file=...``).
+    shown = section.split("```python", 1)[1].split("\n", 1)[1].split("```", 1)[0]
     source = (EXAMPLES / "shop" / "test_billing.py").read_text()
     body = source.split("from __future__ import annotations\n\n", 1)[1]
     assert shown == body

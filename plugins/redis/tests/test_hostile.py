@@ -152,3 +152,29 @@ async def test_namespaces_sharing_a_key_prefix_cannot_reach_each_other(
         assert seen.payloads("from") == ["acme"]
         key = tenant.transport.config.stream_key("orders")  # type: ignore[attr-defined]
         assert key.endswith("acme:orders") and key != plain.transport.config.stream_key("orders")  # type: ignore[attr-defined]
+
+
+async def test_dead_letter_streams_have_a_cap_of_their_own(
+    buses: Callable[..., EventBus], redis_url: str, prefix: str
+) -> None:
+    from dotmac.events import NonRetryableError
+
+    async def fail(event: Event) -> None:
+        raise NonRetryableError("no")
+
+    raw = aioredis.Redis.from_url(redis_url)
+    capped, uncapped = buses(dead_letter_max_length=10), buses(key_prefix=f"{prefix}u:")
+    try:
+        for bus, key in ((capped, f"{prefix}dlq.cap.dlq"), (uncapped, f"{prefix}u:dlq.cap.dlq")):
+            async with bus:
+                sub = await bus.subscribe("dlq.cap", fail, group="g")
+                await bus.publish_many([Event(topic="dlq.cap", payload={"i": i}) for i in range(30)])
+                await wait_for(lambda sub=sub: sub.dead_lettered == 30, 20, what="30 dead letters")
+                assert await raw.xlen(f"{key.removesuffix('.dlq')}") == 30
+                length = await raw.xlen(key)
+                if bus is capped:
+                    assert length <= 11  # the cap, plus the 1% slack of one entry
+                else:
+                    assert length == 30
+    finally:
+        await raw.aclose()

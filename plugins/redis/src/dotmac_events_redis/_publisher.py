@@ -78,10 +78,16 @@ class Publisher(Coalescer[Sequence[Message]]):
                     dead_letter_keys.add(key)
                 if message.topic.startswith(REPLY_TOPIC_PREFIX):
                     reply_keys.add(key)
-        maxlen = config.max_stream_length
-        trim_keys: list[str] = []
-        if maxlen is not None:
-            trim_keys = sorted({key for _i, key, _m in flat} - dead_letter_keys - reply_keys)
+        # Streams to keep within their cap: ordinary ones at max_stream_length, dead-letter
+        # ones at dead_letter_max_length (never trimmed when that is None).
+        limits: dict[str, int] = {}
+        if config.max_stream_length is not None:
+            for key in {key for _i, key, _m in flat} - dead_letter_keys - reply_keys:
+                limits[key] = config.max_stream_length
+        if config.dead_letter_max_length is not None:
+            for key in dead_letter_keys:
+                limits[key] = config.dead_letter_max_length
+        trim_keys = sorted(limits)
         deadline = time.monotonic() + config.publish_timeout
         backoff = Backoff(config.reconnect_backoff_max)
         while True:
@@ -114,13 +120,13 @@ class Publisher(Coalescer[Sequence[Message]]):
                     if isinstance(refused, (ConfigurationError, AuthenticationError))
                     else PublishError(f"Redis refused the entry for stream {key!r}: {redis_message(result)}")
                 )
-        if maxlen is not None:
+        if trim_keys:
             # Trim before confirming, so a publish returns with the stream within its
             # policy (a failed trim is logged and retried at the next publish).
             lengths = results[len(results) - len(trim_keys) :]
-            slack = max(1, maxlen // 100)
             for key, length in zip(trim_keys, lengths, strict=True):
-                if isinstance(length, int) and length > maxlen + slack:
+                maxlen = limits[key]
+                if isinstance(length, int) and length > maxlen + max(1, maxlen // 100):
                     await self._trim(key, maxlen)
         published = 0
         for index, (messages, future) in enumerate(batch):

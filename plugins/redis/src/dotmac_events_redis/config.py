@@ -117,7 +117,9 @@ class RedisConfig:
         ``"safe"`` (default) never trims an entry that a consumer group has not
         acknowledged or not yet read: the stream may grow past the cap, which is
         counted and logged. ``"maxlen"`` always trims to the cap and counts the
-        entries it removed unread. Dead-letter streams are never trimmed.
+        entries it removed unread. Dead-letter streams are trimmed only when
+        ``dead_letter_max_length`` is set (same policy, their own cap); by default
+        they keep every dead letter.
 
     Consuming
         ``prefetch_count`` (optional) caps every subscription's un-acknowledged
@@ -164,6 +166,7 @@ class RedisConfig:
     namespace: str | None = field(default=None, validator=_namespace)
     max_stream_length: int | None = field(default=100_000, validator=_optional_int_at_least(1))
     trim_policy: Literal["safe", "maxlen"] = field(default="safe", validator=_choice("safe", "maxlen"))
+    dead_letter_max_length: int | None = field(default=None, validator=_optional_int_at_least(1))
     prefetch_count: int | None = field(default=None, validator=_optional_int_at_least(1))
     block_timeout: float = field(default=2.0, validator=_positive_number)
     min_idle_time: float = field(default=30.0, validator=_positive_number)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
 from dotmac.events import Event, EventBus, GroupInfo
@@ -77,3 +78,35 @@ def test_member_assignments_name_their_topics() -> None:
     assert _assigned_topics(encoded) == {"orders", "refunds"}
     assert _assigned_topics(b"") is None  # a broker that sends no assignment
     assert _assigned_topics(b"\x00") is None  # one of another protocol
+
+
+async def test_topics_lists_the_brokers_topics_without_internal_ones(
+    make_bus: MakeBus, kafka_servers: str, topic: str, group: str
+) -> None:
+    async with make_bus() as bus:
+        assert bus.capabilities.introspection
+        seen = Collector()
+        await bus.subscribe(f"{topic}.b", seen, group=group)
+        await bus.publish_many([Event(topic=t, payload={}) for t in (topic, f"{topic}.dlq", f"{topic}.b")])
+        await seen.wait_count(1, T)
+        # These brokers keep offsets and transactions out of topics, so no
+        # "__consumer_offsets" shows: an internal-looking topic stands in for one.
+        internal = f"__{topic}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_servers)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(internal, num_partitions=1, replication_factor=1)])
+        finally:
+            await admin.close()
+        listed = await bus.topics()
+        # The broker is shared by the session's tests: look at this test's topics.
+        assert [t for t in listed if t.startswith(topic)] == [topic, f"{topic}.b", f"{topic}.dlq"]
+        assert not [t for t in listed if t.startswith("__")]
+        raw = AIOKafkaConsumer(bootstrap_servers=kafka_servers)
+        await raw.start()
+        try:
+            everything = await raw.topics()
+        finally:
+            await raw.stop()
+        assert internal in everything
+        assert set(listed) == {t for t in everything if not t.startswith("__")}

@@ -361,3 +361,14 @@ async def wait_for_letters(bus: EventBus, count: int) -> list[Message]:
         assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} dead letters"
         await asyncio.sleep(0.01)
     return letters
+
+
+async def test_topics_lists_every_topic_but_reply_topics(name: str) -> None:
+    async with create_bus(f"memory://{name}") as bus:
+        assert bus.capabilities.introspection
+        assert await bus.topics() == []
+        await bus.subscribe("b", Collector(), group="billing")  # subscribed, nothing published
+        await bus.publish_many([Event(topic=t, payload={}) for t in ("c", "a.dlq", "a", "dotmac.reply.x")])
+        assert await bus.topics() == ["a", "a.dlq", "b", "c"]
+    async with create_bus(f"memory://{name}-other") as other:
+        assert await other.topics() == []  # another broker's topics are not listed

@@ -124,3 +124,107 @@ def test_command_prints_json_and_yaml(asyncapi_validator: Callable[[dict[str, An
     out = io.StringIO()
     assert main(["asyncapi", "ops_sample_app:app", "--app-dir", str(HERE), "--format", "yaml"], out) == 0
     assert yaml.safe_load(out.getvalue()) == as_json
+
+
+# -- Avro-encoded topics ------------------------------------------------------------------
+
+ORDER_AVRO: dict[str, Any] = {
+    "type": "record",
+    "name": "OrderCreated",
+    "namespace": "shop",
+    "fields": [{"name": "id", "type": "long"}, {"name": "total_cents", "type": "long"}],
+}
+
+
+def _avro_app(**bus_options: Any) -> Any:
+    from dotmac.events.app import App
+
+    app = App("memory://", name="avro-billing", bus_options=bus_options)
+
+    @app.subscriber("orders.created", group="billing")
+    @app.publisher("invoices.issued")
+    async def bill(order: dict[str, Any]) -> dict[str, Any]:
+        return {"order": order["id"]}
+
+    @app.subscriber("audit.raw", group="audit")
+    async def audit(event: Any) -> None:
+        return None
+
+    return app
+
+
+async def _written_content_type(app: Any, topic: str, payload: dict[str, Any]) -> str:
+    """The content-type header the app's bus writes on ``topic`` (read back from memory)."""
+    from dotmac.events import Event, create_bus
+
+    async with create_bus("memory://", **app.bus_options) as bus:
+        await bus.publish(Event(topic=topic, payload=payload))
+        (message,) = await bus.transport.read(topic)
+    return message.headers["content-type"]
+
+
+async def test_avro_topics_carry_their_avro_schema(
+    asyncapi_validator: Callable[[dict[str, Any]], list[str]], tmp_path: Path
+) -> None:
+    from dotmac_events_avro import AvroCodec
+
+    avsc = tmp_path / "order.avsc"
+    avsc.write_text(json.dumps(ORDER_AVRO))
+    # The bus's codec is Avro (schema from an .avsc file); audit.raw stays JSON.
+    app = _avro_app(
+        codec="avro",
+        codec_options={"schemas": {"orders.*": str(avsc)}, "registry": "memory"},
+        topic_codecs={"audit.raw": "json"},
+    )
+    document = asyncapi_document(app)
+    assert asyncapi_validator(document) == []
+    messages = document["components"]["messages"]
+    order = messages["orders.created.message"]
+    assert order["contentType"] == "application/avro"
+    assert order["payload"] == {
+        "schemaFormat": "application/vnd.apache.avro+json;version=1.9.0",
+        "schema": ORDER_AVRO,
+    }
+    assert messages["audit.raw.message"]["contentType"] == "application/json"
+    assert messages["audit.raw.message"]["payload"] == {"type": "object"}
+    assert document["defaultContentType"] == "application/avro"
+    # invoices.issued is Avro too, but no schema is configured for it and the
+    # in-process registry is not addressable: the Python type describes it.
+    assert messages["invoices.issued.message"]["contentType"] == "application/avro"
+    assert messages["invoices.issued.message"]["payload"] == {"type": "object"}
+    # What the document says is what the bus writes.
+    written = await _written_content_type(app, "orders.created", {"id": 1, "total_cents": 5})
+    assert written == order["contentType"]
+    assert await _written_content_type(app, "audit.raw", {"x": 1}) == "application/json"
+
+    # The validator does check the Avro schema (so the check above means something).
+    broken = copy.deepcopy(document)
+    broken["components"]["messages"]["orders.created.message"]["payload"]["schema"] = {"type": 5}
+    assert asyncapi_validator(broken) != []
+
+    # A codec instance for one topic, schemas from an HTTP registry: a reference to the
+    # subject's latest schema, without the registry's credentials.
+    codec = AvroCodec(registry="http://ops:s3cret@registry.internal:8081/")
+    app = _avro_app(topic_codecs={"orders.created": codec})
+    document = asyncapi_document(app)
+    assert asyncapi_validator(document) == []
+    assert "s3cret" not in json.dumps(document)
+    order = document["components"]["messages"]["orders.created.message"]
+    assert order["contentType"] == "application/avro"
+    assert order["payload"] == {
+        "schemaFormat": "application/vnd.apache.avro+json;version=1.9.0",
+        "schema": {
+            "$ref": "http://registry.internal:8081/subjects/orders.created-value/versions/latest/schema"
+        },
+    }
+    assert document["defaultContentType"] == "application/json"
+    # A subject named after the event type is not known before publishing.
+    app = _avro_app(
+        topic_codecs={
+            "orders.created": AvroCodec(
+                registry="http://registry.internal:8081", subject_strategy="record_name"
+            )
+        }
+    )
+    order = asyncapi_document(app)["components"]["messages"]["orders.created.message"]
+    assert order["contentType"] == "application/avro" and order["payload"] == {"type": "object"}

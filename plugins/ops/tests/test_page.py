@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
 from dotmac.events import ConsumerOptions, Event, NonRetryableError, create_bus
@@ -146,8 +147,82 @@ async def test_groups_command_prints_lag_and_members(
     header, row = out.getvalue().splitlines()
     assert header.split() == ["TOPIC", "GROUP", "LAG", "PENDING", "OLDEST-PENDING-S", "MEMBERS"]
     assert row.split()[:4] == [topic, "billing", "4", "0"]
-    out = io.StringIO()
-    assert await _run_cli(["groups", "--url", server.url], out) == 2  # no topic named
+
+
+async def test_without_topics_every_topic_is_shown(
+    redis_server: Callable[[], RedisServer], registry: CollectorRegistry, http: httpx.AsyncClient
+) -> None:
+    server = redis_server()  # a private server: its topics are this test's
+    seen = Collector(fail=fails_for({"bad"}))
+    async with create_bus(server.url) as bus:
+        await bus.subscribe("orders", seen, group="billing", options=ConsumerOptions(max_retries=0))
+        await bus.publish_many([Event(topic="orders", payload={"kind": k}) for k in ("ok", "bad")])
+        await bus.publish(Event(topic="audit", payload={}))  # nobody consumes it
+        await seen.wait(lambda c: c.total_calls >= 2, T)
+        await _until(lambda t: "orders.dlq" in t, bus.topics)  # dead-lettered after the handler
+
+        out = io.StringIO()
+        assert await _run_cli(["groups", "--url", server.url, "--json"], out) == 0
+        records = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [(r["topic"], r["group"], r["dead_letter"]) for r in records] == [
+            ("audit", None, False),
+            ("orders", "billing", False),
+            ("orders.dlq", None, True),
+        ]
+        out = io.StringIO()
+        assert await _run_cli(["groups", "--url", server.url], out) == 0
+        rows = [line.split() for line in out.getvalue().splitlines()[1:]]
+        assert [row[:3] for row in rows] == [
+            ["audit", "-", "-"],
+            ["orders", "billing", "0"],
+            ["orders.dlq", "(dead", "letters)"],
+        ]
+
+        # What `dotmac-events ui` without --topic serves: every topic, dead letters marked.
+        async with OpsServer(bus, port=0, registry=registry, all_topics=True) as ops:
+            body = (await http.get(f"{ops.url}/api/groups")).json()
+            assert body["topics"] == [
+                {"topic": "audit", "groups": 0, "dead_letter": False},
+                {"topic": "orders", "groups": 1, "dead_letter": False},
+                {"topic": "orders.dlq", "groups": 0, "dead_letter": True},
+            ]
+            assert [(g["topic"], g["group"]) for g in body["groups"]] == [("orders", "billing")]
+            assert ops.state.dlq_topics() == ["orders.dlq"]
+            page = (await http.get(f"{ops.url}/")).text
+            assert 'data-topic="audit"' in page and 'href="/dlq?dlq=orders.dlq"' in page
+            # A topic published after the server started shows at the next refresh.
+            await bus.publish(Event(topic="refunds", payload={}))
+            body = (await http.get(f"{ops.url}/api/groups")).json()
+            assert "refunds" in [t["topic"] for t in body["topics"]]
+
+
+async def test_a_transport_that_cannot_list_topics_asks_for_them() -> None:
+    from dotmac.events import EventBus, UnsupportedOperationError
+    from dotmac.events.plugins import get_plugin_manager, get_registry
+    from dotmac.events.transport import Transport
+    from dotmac_events_memory import MemoryConfig
+    from dotmac_events_memory.transport import MemoryTransport
+    from dotmac_events_ops.cli import _all_topics
+
+    class Unlisted(MemoryTransport):
+        name = "unlisted"
+        topics = Transport.topics  # the contract's default: not supported
+
+    bus = EventBus(
+        Unlisted(MemoryConfig(name="unlisted")), registry=get_registry(), plugin_manager=get_plugin_manager()
+    )
+    async with bus:
+        with pytest.raises(UnsupportedOperationError, match="not supported by the unlisted transport; name"):
+            await _all_topics(bus)
+        # Watching every topic: the failed listing is reported, not swallowed.
+        from dotmac.events.metrics import ALL_TOPICS, LagSampler
+
+        sampler = LagSampler(bus, all_topics=True)
+        await sampler.refresh()
+        assert sampler.topics() == []
+        assert sampler.errors == {
+            ALL_TOPICS: "UnsupportedOperationError: the unlisted transport cannot list topics"
+        }
 
 
 async def _run_cli(argv: list[str], out: io.StringIO) -> int:

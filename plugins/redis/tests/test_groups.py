@@ -98,3 +98,32 @@ async def test_groups_of_an_unreachable_server_fail_precisely(
         server.stop()
         with pytest.raises(TransportUnavailableError, match="groups of 'orders'"):
             await bus.groups("orders")
+
+
+async def test_topics_are_the_streams_of_the_key_prefix(
+    buses: Callable[..., EventBus], raw: aioredis.Redis, prefix: str
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    a, b = f"a.{tag}", f"b.{tag}"
+    try:
+        async with buses() as bus:
+            assert bus.capabilities.introspection
+            assert await bus.topics() == []
+            await bus.subscribe(b, Collector(), group="billing")  # the group creates the stream
+            await bus.publish_many([Event(topic=t, payload={}) for t in (a, f"{a}.dlq", "dotmac.reply.x")])
+            # Under the prefix but not topics of this bus: another type, another
+            # namespace's stream, a stream whose name is not a topic.
+            await raw.set(f"{prefix}plain.{tag}", "1")
+            await raw.xadd(f"{prefix}tenant:{a}", {"x": "1"})
+            await raw.xadd(f"{prefix}bad name", {"x": "1"})
+            assert await bus.topics() == [a, f"{a}.dlq", b]
+        async with buses(namespace="tenant") as bus:
+            assert await bus.topics() == [a]
+        # A key prefix with glob characters is matched literally (as a pattern,
+        # "{prefix}*" would take in every stream above).
+        async with buses(key_prefix=f"{prefix}*") as bus:
+            assert await bus.topics() == []
+    finally:
+        keys = [k async for k in raw.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await raw.delete(*keys)

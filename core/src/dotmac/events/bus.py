@@ -580,6 +580,13 @@ class EventBus:
         self._check_started()
         return await self.transport.groups(topic)
 
+    async def topics(self) -> list[str]:
+        """The topics on the broker, sorted; dead-letter topics included, the reply
+        topics of request-reply left out. Needs ``capabilities.introspection``."""
+        self._check_started()
+        names = await self.transport.topics()
+        return sorted({n for n in names if not n.startswith(REPLY_TOPIC_PREFIX)})
+
     # -- request / reply ---------------------------------------------------------------
     async def _ensure_reply_subscription(self) -> None:
         if self._reply_sub is not None:

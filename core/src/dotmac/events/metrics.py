@@ -56,6 +56,7 @@ __all__ = [
     "REPLY_TOPIC_PREFIX",
     "REPLY_TOPIC_TEMPLATE",
     "LabelCap",
+    "ALL_TOPICS",
     "LagSampler",
     "PrometheusObserver",
     "create_dotmac_observability_hooks",
@@ -340,6 +341,8 @@ def create_dotmac_observability_hooks(
 
 
 DEFAULT_MAX_GROUPS = 200
+ALL_TOPICS = "*"
+"""The key of :attr:`LagSampler.errors` under which a failed topic listing is reported."""
 LAG_METRIC = "events_consumer_lag"
 
 
@@ -347,7 +350,10 @@ class LagSampler:
     """Polls :meth:`EventBus.groups` and keeps the latest lag of each topic and group.
 
     ``topics`` are the topics to watch; without them, the topics of the bus's group
-    subscriptions (looked up at every refresh, so later subscriptions are included).
+    subscriptions (looked up at every refresh, so later subscriptions are included), or
+    with ``all_topics=True`` every topic on the broker (:meth:`EventBus.topics`, listed
+    again at every refresh; a failed listing is reported under :data:`ALL_TOPICS` in
+    ``errors`` and the previous listing is kept).
     :meth:`refresh` asks the broker once; ``async with sampler:`` (or :meth:`start`)
     refreshes every ``interval`` seconds in a task of the bus's event loop.
 
@@ -366,11 +372,16 @@ class LagSampler:
         interval: float = 15.0,
         max_topics: int = DEFAULT_MAX_TOPICS,
         max_groups: int = DEFAULT_MAX_GROUPS,
+        all_topics: bool = False,
     ) -> None:
+        if all_topics and topics is not None:
+            raise ConfigurationError("LagSampler takes topics or all_topics=True, not both")
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
             raise ConfigurationError(f"interval must be a number of seconds > 0, got {interval!r}")
         self.bus = bus
         self._topics = None if topics is None else tuple(topics)
+        self.all_topics = bool(all_topics)
+        self._listed: tuple[str, ...] = ()
         self.interval = float(interval)
         self._topic_cap = LabelCap(_check_limit("max_topics", max_topics))
         self._group_cap = LabelCap(_check_limit("max_groups", max_groups))
@@ -382,6 +393,8 @@ class LagSampler:
     def topics(self) -> list[str]:
         if self._topics is not None:
             return list(self._topics)
+        if self.all_topics:
+            return list(self._listed)
         found = {
             topic
             for sub in self.bus.subscriptions
@@ -393,6 +406,8 @@ class LagSampler:
 
     async def refresh(self) -> None:
         """Ask the broker for the groups of every watched topic (one topic at a time)."""
+        if self.all_topics:
+            await self._list_topics()
         for topic in self.topics():
             try:
                 infos = tuple(await self.bus.groups(topic))
@@ -405,6 +420,20 @@ class LagSampler:
             self.errors.pop(topic, None)
             self.groups[topic] = infos
         self.refreshed_at = time.time()
+
+    async def _list_topics(self) -> None:
+        try:
+            listed = tuple(await self.bus.topics())
+        except Exception as exc:
+            if ALL_TOPICS not in self.errors:
+                log.warning("cannot list the topics: %s", exc)
+            self.errors[ALL_TOPICS] = f"{type(exc).__name__}: {exc}"
+            return
+        self.errors.pop(ALL_TOPICS, None)
+        for gone in set(self._listed) - set(listed):
+            self.groups.pop(gone, None)
+            self.errors.pop(gone, None)
+        self._listed = listed
 
     def lag(self) -> dict[tuple[str, str], int]:
         """``{(topic label, group label): lag}`` with bounded labels; unknown lags left out."""

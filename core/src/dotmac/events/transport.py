@@ -49,7 +49,8 @@ class Capabilities:
     - ``readable``: :meth:`Transport.read` lists a topic's retained events (DLQ listing).
     - ``restartable``: the broker can restart under a live bus without losing acked events.
     - ``batch_publish``: :meth:`Transport.publish` sends several messages in one round trip.
-    - ``introspection``: :meth:`Transport.groups` reports consumer groups and their lag.
+    - ``introspection``: :meth:`Transport.groups` reports consumer groups and their lag,
+      and :meth:`Transport.topics` lists the topics.
     """
 
     persistent: bool = False
@@ -222,6 +223,19 @@ class Transport(abc.ABC):
         from .errors import UnsupportedOperationError
 
         raise UnsupportedOperationError(f"the {self.name} transport cannot list consumer groups")
+
+    async def topics(self) -> Sequence[str]:
+        """The names of the topics the broker holds for this transport, in any order.
+
+        Optional (``capabilities.introspection``). Only topics this transport could
+        publish to or subscribe to are listed: streams of another key prefix or
+        namespace, and the broker's own internal topics, are not. Dead-letter topics
+        are topics and are listed; :meth:`EventBus.topics` leaves out the bus's reply
+        topics itself.
+        """
+        from .errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(f"the {self.name} transport cannot list topics")
 
     def describe(self) -> Mapping[str, object]:
         """Non-secret facts for logs and ``dotmac-events plugins`` (host, port, ...)."""

@@ -250,6 +250,15 @@ class AvroCodec(Codec):
                 return found
         return self._topic_schemas.get(topic)
 
+    def registry_subject(self, topic: str) -> str | None:
+        """The registry subject whose latest version ``topic``'s events are written
+        with when no schema is configured for it; ``None`` when the subject depends on
+        the event type (the record-name strategies)."""
+        try:
+            return self._strategy(topic, None)
+        except ConfigurationError:
+            return None
+
     def _writer(self, topic: str, event_type: str | None) -> _Writer:
         key = (topic, event_type if self._by_type else None)
         writer = self._writers.get(key)

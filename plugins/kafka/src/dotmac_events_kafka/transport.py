@@ -1309,6 +1309,12 @@ class KafkaTransport(Transport):
         assert self._admin is not None
         return await topic_groups(self._admin, self._client_options, topic, await self._partitions(topic))
 
+    async def topics(self) -> list[str]:
+        """The broker's topics, without its internal ones (``__consumer_offsets``,
+        ``__transaction_state``, anything else starting with ``__``)."""
+        self._require()
+        return [t for t in await self._existing_topics() if not t.startswith("__")]
+
     async def read(self, topic: str, *, limit: int = 100) -> list[Message]:
         """Up to ``limit`` records of ``topic`` from the beginning, oldest first.
 

@@ -421,6 +421,9 @@ class MemoryTransport(Transport):
             )
         return infos
 
+    async def topics(self) -> list[str]:
+        return list(self._require().topics)
+
     def stats(self) -> dict[str, Any]:
         """Queue depths per topic and holder (for debugging and tests)."""
         broker = self._require()

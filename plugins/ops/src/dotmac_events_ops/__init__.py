@@ -5,7 +5,8 @@
   consumer lag included), and a page of topics, consumer groups and dead letters,
   with uvicorn in the bus's event loop; :func:`create_app` gives the Starlette app
   to mount elsewhere.
-- CLI: ``dotmac-events groups --url ... --topic T`` and ``dotmac-events ui --url ...``.
+- CLI: ``dotmac-events groups --url ... [--topic T]`` and ``dotmac-events ui --url ...``
+  (every topic of the broker unless topics are named).
 
 This module holds the plugin's hook implementation and its public names; the HTTP
 stack is imported on first use.

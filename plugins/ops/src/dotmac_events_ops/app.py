@@ -35,6 +35,12 @@ _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 DLQ_LIMIT = 1000  # dead letters read per topic for the browser
 
 
+def is_dead_letter_topic(topic: str) -> bool:
+    """Whether ``topic`` is named like a dead-letter topic (``<topic>.dlq``, the default
+    ``dlq_topic``); a subscription's own ``dlq_topic`` is known from the subscription."""
+    return topic.endswith(".dlq")
+
+
 class OpsState:
     """What the routes share: the bus, the lag sampler, the loop probe, the settings."""
 
@@ -44,6 +50,7 @@ class OpsState:
         *,
         registry: Any = None,
         topics: Iterable[str] | None = None,
+        all_topics: bool = False,
         dlq_topics: Iterable[str] | None = None,
         token: str | None = None,
         lag_interval: float = 5.0,
@@ -56,7 +63,7 @@ class OpsState:
 
         self.bus = bus
         self.registry = registry if registry is not None else prom.REGISTRY
-        self.sampler = LagSampler(bus, topics=topics, interval=lag_interval)
+        self.sampler = LagSampler(bus, topics=topics, interval=lag_interval, all_topics=all_topics)
         self._lag_collector = register_lag_collector(self.sampler, self.registry)
         self._dlq_topics = None if dlq_topics is None else tuple(dlq_topics)
         # Kept private: never in a repr, a log line or a page.
@@ -77,7 +84,8 @@ class OpsState:
 
     def dlq_topics(self) -> list[str]:
         """The dead-letter topics to browse: the configured ones, else those of the
-        watched topics' subscriptions (``dlq_topic`` or ``<topic>.dlq``)."""
+        watched topics' subscriptions (``dlq_topic`` or ``<topic>.dlq``); watching
+        every topic, the listed ones named ``<topic>.dlq``."""
         if self._dlq_topics is not None:
             return list(self._dlq_topics)
         found: set[str] = set()
@@ -87,7 +95,10 @@ class OpsState:
                     continue
                 found.add(sub.options.dlq_topic or f"{topic}.dlq")
         for topic in self.sampler.topics():
-            found.add(f"{topic}.dlq")
+            if not self.sampler.all_topics:
+                found.add(f"{topic}.dlq")
+            elif is_dead_letter_topic(topic):
+                found.add(topic)
         return sorted(found)
 
     async def start(self) -> None:
@@ -173,12 +184,26 @@ def group_rows(state: OpsState) -> list[dict[str, Any]]:
     return rows
 
 
+def topic_rows(state: OpsState) -> list[dict[str, Any]]:
+    """Every watched topic with its number of groups; dead-letter topics marked."""
+    dead = set(state.dlq_topics())
+    return [
+        {
+            "topic": topic,
+            "groups": len(state.sampler.groups.get(topic, ())),
+            "dead_letter": topic in dead or is_dead_letter_topic(topic),
+        }
+        for topic in state.sampler.topics()
+    ]
+
+
 async def api_groups(request: Request) -> Response:
     state = _state(request)
     await state.sampler.refresh()
     return JSONResponse(
         {
             "groups": group_rows(state),
+            "topics": topic_rows(state),
             "errors": state.sampler.errors,
             "refreshed_at": state.sampler.refreshed_at,
         }
@@ -193,6 +218,7 @@ async def index(request: Request) -> Response:
         "index.html",
         {
             "groups": group_rows(state),
+            "topics": topic_rows(state),
             "errors": state.sampler.errors,
             "dlq_topics": state.dlq_topics(),
             "writable": state.writable,
@@ -368,10 +394,12 @@ class OpsServer:
 
     ``port=0`` picks a free port (see :attr:`port` once started). ``token`` enables
     the write actions of the page (dead-letter replay); without it the page is
-    read-only. ``ui=False`` serves the probes and metrics only. ``/readyz`` stays false
-    until the bus has ``expect_subscriptions`` live subscriptions (a service knows how
-    many it opens; the probe then waits for all of them). ``asyncapi`` is served at
-    ``/asyncapi.json``.
+    read-only. ``topics`` are the topics whose groups are shown (default: those of the
+    bus's group subscriptions); ``all_topics=True`` shows every topic of the broker
+    instead (listed again at each lag refresh). ``ui=False`` serves the probes and
+    metrics only. ``/readyz`` stays false until the bus has ``expect_subscriptions``
+    live subscriptions (a service knows how many it opens; the probe then waits for all
+    of them). ``asyncapi`` is served at ``/asyncapi.json``.
     """
 
     def __init__(
@@ -384,6 +412,7 @@ class OpsServer:
         token: str | None = None,
         registry: Any = None,
         topics: Iterable[str] | None = None,
+        all_topics: bool = False,
         dlq_topics: Iterable[str] | None = None,
         lag_interval: float = 5.0,
         loop_lag_threshold: float = 1.0,
@@ -394,6 +423,7 @@ class OpsServer:
             bus,
             registry=registry,
             topics=topics,
+            all_topics=all_topics,
             dlq_topics=dlq_topics,
             token=token,
             lag_interval=lag_interval,

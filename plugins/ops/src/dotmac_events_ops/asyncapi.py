@@ -3,8 +3,10 @@
 Channels are topics (the app's subscribed and published ones); each subscriber is a
 ``receive`` operation, each ``@app.publisher`` a ``send`` operation. Message payloads
 are JSON Schemas of the handlers' payload types (attrs classes, dataclasses,
-``TypedDict``, pydantic models; a plain ``dict`` or ``Event`` is an open object); the
-CloudEvents envelope headers are the message headers. A server entry describes the
+``TypedDict``, pydantic models; a plain ``dict`` or ``Event`` is an open object), or
+the Avro schema of a topic written with the Avro codec (as a multi-format schema);
+the content type is that of the topic's codec; the CloudEvents envelope headers are
+the message headers. A server entry describes the
 app's transport, without credentials.
 """
 
@@ -16,14 +18,17 @@ import logging
 import re
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import attrs
 
 from dotmac.events import Event
 from dotmac.events.app import App
+from dotmac.events.codec import Codec
 from dotmac.events.errors import ConfigurationError
+from dotmac.events.plugins import get_registry
 
 __all__ = ["asyncapi_document", "payload_schema"]
 
@@ -51,6 +56,9 @@ _HEADERS: dict[str, Any] = {
     "additionalProperties": {"type": "string"},
 }
 _OPEN_OBJECT: dict[str, Any] = {"type": "object"}
+# The multi-format schema format of an Avro schema written as JSON.
+AVRO_SCHEMA_FORMAT = "application/vnd.apache.avro+json;version=1.9.0"
+_AVRO_CONTENT_TYPE = "application/avro"
 # Nested models are hoisted to components/schemas (a "#/$defs" reference would point
 # at the root of the AsyncAPI document).
 _REF = "#/components/schemas/{model}"
@@ -139,6 +147,49 @@ def _server(url: str | None) -> dict[str, Any] | None:
     return server
 
 
+def _topic_codecs(app: App) -> tuple[Codec, dict[str, Codec]]:
+    """The codecs the app's bus will write with: the bus's, and those of single topics
+    (from the bus options of the app, over the ``bus`` table of a dict target)."""
+    options: dict[str, Any] = {}
+    if isinstance(app.target, Mapping):
+        options.update(app.target.get("bus") or {})
+    options.update(app.bus_options)
+    registry = get_registry()
+
+    def build(codec: str | Codec, codec_options: Mapping[str, Any] | None) -> Codec:
+        if isinstance(codec, Codec):
+            return codec
+        try:
+            return registry.codec(codec).factory(**dict(codec_options or {}))
+        except TypeError as exc:
+            raise ConfigurationError(f"bad options for the {codec!r} codec: {exc}") from exc
+
+    default = build(options.get("codec") or "json", options.get("codec_options"))
+    per_topic = {t: build(c, None) for t, c in (options.get("topic_codecs") or {}).items()}
+    return default, per_topic
+
+
+def avro_payload(codec: Codec, topic: str) -> dict[str, Any] | None:
+    """The multi-format schema of ``topic``'s payload when ``codec`` writes it as Avro:
+    the configured Avro schema inline, else a reference to the latest schema of the
+    topic's subject in the codec's HTTP schema registry. ``None`` for other codecs, and
+    when the schema is only known at publish time (an in-process registry, a subject
+    named after the event type)."""
+    schema_for = getattr(codec, "schema_for", None)
+    if codec.content_type != _AVRO_CONTENT_TYPE or schema_for is None:
+        return None
+    schema = schema_for(topic)
+    if schema is not None:
+        return {"schemaFormat": AVRO_SCHEMA_FORMAT, "schema": schema.raw}
+    urls = getattr(getattr(codec, "registry", None), "urls", ())
+    subject = codec.registry_subject(topic) if hasattr(codec, "registry_subject") else None
+    if not urls or subject is None:
+        return None
+    # The registry's URLs carry no credentials (the registry keeps them apart).
+    ref = f"{urls[0].rstrip('/')}/subjects/{quote(subject, safe='')}/versions/latest/schema"
+    return {"schemaFormat": AVRO_SCHEMA_FORMAT, "schema": {"$ref": ref}}
+
+
 def _return_type(fn: Any) -> Any:
     try:
         return typing.get_type_hints(fn).get("return")
@@ -158,6 +209,7 @@ def asyncapi_document(
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     schemas: dict[str, Any] = {}
+    default_codec, topic_codecs = _topic_codecs(app)
 
     def channel(topic: str) -> str:
         key = _key(topic)
@@ -173,11 +225,16 @@ def asyncapi_document(
         key = f"{_key(topic)}.message"
         if key in messages and messages[key]["payload"] != _OPEN_OBJECT:
             return  # the first typed payload of a topic describes it
-        schema = dict(schema)
-        schemas.update(schema.pop("$defs", {}))
+        codec = topic_codecs.get(topic, default_codec)
+        avro = avro_payload(codec, topic)
+        if avro is not None:
+            schema = avro
+        else:
+            schema = dict(schema)
+            schemas.update(schema.pop("$defs", {}))
         entry: dict[str, Any] = {
             "name": key,
-            "contentType": "application/json",
+            "contentType": codec.content_type,
             "headers": _HEADERS,
             "payload": schema,
         }
@@ -216,7 +273,7 @@ def asyncapi_document(
     document: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {"title": title or app.name, "version": version},
-        "defaultContentType": "application/json",
+        "defaultContentType": default_codec.content_type,
     }
     target = url if url is not None else (app.target if isinstance(app.target, str) else None)
     server = _server(target)

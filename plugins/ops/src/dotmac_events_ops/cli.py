@@ -11,10 +11,12 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any, TextIO
 
+from dotmac.events import GroupInfo
 from dotmac.events.config import ENV_URL
-from dotmac.events.errors import ConfigurationError
+from dotmac.events.errors import ConfigurationError, UnsupportedOperationError
 
 if TYPE_CHECKING:
+    from dotmac.events import EventBus
     from dotmac.events.app import App
 
 __all__ = ["ENV_TOKEN", "register"]
@@ -31,10 +33,15 @@ def _url(args: argparse.Namespace) -> str:
     return url
 
 
-def _topics(args: argparse.Namespace) -> list[str]:
-    if not args.topic:
-        raise ConfigurationError("name the topics to look at: --topic T (repeatable)")
-    return list(args.topic)
+async def _all_topics(bus: EventBus) -> list[str]:
+    """Every topic of the broker, or a precise error where the transport cannot list them."""
+    try:
+        return await bus.topics()
+    except UnsupportedOperationError:
+        raise UnsupportedOperationError(
+            f"topic listing is not supported by the {bus.transport.name} transport; "
+            "name the topics with --topic T (repeatable)"
+        ) from None
 
 
 def _fmt(value: Any) -> str:
@@ -48,28 +55,36 @@ def _fmt(value: Any) -> str:
 async def _groups(args: argparse.Namespace, out: TextIO) -> int:
     from dotmac.events import create_bus
 
-    topics = _topics(args)
+    from .app import is_dead_letter_topic
+
     async with create_bus(_url(args)) as bus:
-        infos = [info for topic in topics for info in await bus.groups(topic)]
+        listing = not args.topic
+        topics = await _all_topics(bus) if listing else list(args.topic)
+        infos: list[GroupInfo] = []
+        for topic in topics:
+            found = list(await bus.groups(topic))
+            # Listing every topic: one without groups (a dead-letter topic, say) shows too.
+            infos += found or ([GroupInfo(topic=topic, group="")] if listing else [])
     if args.json:
         for info in infos:
             record = {
                 "topic": info.topic,
-                "group": info.group,
+                "group": info.group or None,
                 "lag": info.lag,
                 "pending": info.pending,
                 "oldest_pending_age": info.oldest_pending_age,
                 "members": list(info.members),
+                "dead_letter": is_dead_letter_topic(info.topic),
             }
             out.write(json.dumps(record) + "\n")
         return 0
     header = ("TOPIC", "GROUP", "LAG", "PENDING", "OLDEST-PENDING-S", "MEMBERS")
     rows = [header] + [
         (
-            i.topic,
-            i.group,
-            _fmt(i.lag),
-            _fmt(i.pending),
+            i.topic + (" (dead letters)" if is_dead_letter_topic(i.topic) else ""),
+            i.group or "-",
+            _fmt(i.lag) if i.group else "-",
+            _fmt(i.pending) if i.group else "-",
             _fmt(i.oldest_pending_age),
             ",".join(i.members) or "-",
         )
@@ -94,12 +109,15 @@ async def _ui(args: argparse.Namespace, out: TextIO) -> int:
         with contextlib.suppress(NotImplementedError):  # not on Windows
             loop.add_signal_handler(sig, stop.set)
     async with create_bus(_url(args)) as bus:
+        if not args.topic:
+            await _all_topics(bus)  # fails now, with the reason, where topics cannot be listed
         server = OpsServer(
             bus,
             host=args.host,
             port=args.port,
             token=token,
-            topics=_topics(args),
+            topics=args.topic or None,
+            all_topics=not args.topic,
             dlq_topics=args.dlq_topic or None,
             lag_interval=args.interval,
         )
@@ -207,7 +225,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     url_help = f"transport URL (default: ${ENV_URL}, else memory://)"
     g = subparsers.add_parser("groups", help="consumer groups of topics: lag, pending, members")
     g.add_argument("--url", default=None, help=url_help)
-    g.add_argument("--topic", action="append", default=[], help="a topic to look at (repeatable)")
+    g.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        help="a topic to look at (repeatable; default: every topic of the broker)",
+    )
     g.add_argument("--json", action="store_true", help="one JSON object per group and line")
     g.set_defaults(func=_groups)
 
@@ -215,9 +238,17 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     u.add_argument("--url", default=None, help=url_help)
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     u.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    u.add_argument("--topic", action="append", default=[], help="a topic whose groups to show (repeatable)")
     u.add_argument(
-        "--dlq-topic", action="append", default=[], help="a dead-letter topic to browse (repeatable)"
+        "--topic",
+        action="append",
+        default=[],
+        help="a topic whose groups to show (repeatable; default: every topic of the broker)",
+    )
+    u.add_argument(
+        "--dlq-topic",
+        action="append",
+        default=[],
+        help="a dead-letter topic to browse (repeatable; default: those of the shown topics)",
     )
     u.add_argument("--interval", type=float, default=5.0, help="seconds between lag refreshes for /metrics")
     u.add_argument(

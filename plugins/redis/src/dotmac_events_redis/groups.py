@@ -1,4 +1,5 @@
-"""Consumer groups of a stream, for :meth:`Transport.groups` (``XINFO`` and ``XPENDING``).
+"""Consumer groups of a stream, for :meth:`Transport.groups` (``XINFO`` and ``XPENDING``),
+and the topics of a key prefix, for :meth:`Transport.topics` (``SCAN ... TYPE stream``).
 
 Redis 7 reports a group's lag itself (``XINFO GROUPS`` field ``lag``: entries of the
 stream not yet delivered to the group). It is nil when Redis cannot count it, for
@@ -16,14 +17,41 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from dotmac.events import GroupInfo
+from dotmac.events.errors import ValidationError
+from dotmac.events.event import validate_topic
 
-__all__ = ["stream_groups"]
+__all__ = ["stream_groups", "stream_topics"]
 
 log = logging.getLogger(__name__)
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis glob pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+async def stream_topics(client: aioredis.Redis, base: str) -> list[str]:
+    """The topics whose streams are keys ``{base}{topic}`` (``base`` is the key prefix,
+    plus ``namespace:`` with a namespace), in SCAN order.
+
+    Keys of other types, keys of other namespaces (a topic cannot contain ``:``) and
+    stream names that are not valid topics are left out.
+    """
+    topics = []
+    async for key in client.scan_iter(match=f"{_glob_escape(base)}*", count=1000, _type="stream"):
+        name = _text(key)[len(base) :]
+        if ":" in name:
+            continue
+        try:
+            validate_topic(name)
+        except ValidationError:
+            continue
+        topics.append(name)
+    return topics
 
 
 async def stream_groups(client: aioredis.Redis, key: str, topic: str) -> list[GroupInfo]:

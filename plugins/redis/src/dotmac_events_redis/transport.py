@@ -46,7 +46,7 @@ from ._publisher import Publisher
 from ._subscription import BroadcastSubscription, Subscription
 from ._writers import AckWriter
 from .config import RedisConfig
-from .groups import stream_groups
+from .groups import stream_groups, stream_topics
 
 __all__ = ["CAPABILITIES", "DATA_FIELD", "KEY_FIELD", "RELEASED_IDLE_MS", "RedisTransport"]
 
@@ -276,3 +276,9 @@ class RedisTransport(Transport):
             return await stream_groups(self._redis(), self.config.stream_key(topic), topic)
         except RedisError as exc:
             raise transport_error(f"cannot list the groups of {topic!r}", exc) from exc
+
+    async def topics(self) -> list[str]:
+        try:
+            return await stream_topics(self._redis(), self.config.stream_key(""))
+        except RedisError as exc:
+            raise transport_error("cannot list the topics", exc) from exc

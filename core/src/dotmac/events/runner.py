@@ -835,7 +835,7 @@ class Subscription:
         self.dead_lettered += 1
         log.warning(
             "dead-lettered event %s from %s to %s after %d attempt(s) (%s): %s: %s",
-            message.headers.get("ce_id"),
+            headers.get("ce_id"),
             message.topic,
             dlq_topic,
             attempts,

@@ -275,3 +275,16 @@ def test_a_message_without_message_id_has_that_id_as_an_event() -> None:
     assert dict(message.headers) == {"x-a": "1", "content-type": "application/json"}
     enveloped = incoming_message(delivered(headers={"ce_id": "e-1"}, correlation_id="c"))
     assert (enveloped.position, enveloped.key, dict(enveloped.headers)) == (None, None, {"ce_id": "e-1"})
+
+
+def test_a_message_with_an_envelope_in_any_spelling_is_left_as_it_came() -> None:
+    for headers, properties in (
+        ({"CE_ID": "e-1"}, {}),
+        ({"content-type": "application/cloudevents+json"}, {}),
+    ):
+        message = incoming_message(delivered(headers=headers, correlation_id="c", **properties))
+        assert (message.position, message.key, dict(message.headers)) == (None, None, headers)
+    structured = "application/cloudevents+json; charset=utf-8"
+    message = incoming_message(delivered(headers={"x-a": "1"}, content_type=structured))
+    assert (message.position, message.key) == (None, None)
+    assert dict(message.headers) == {"x-a": "1", "content-type": structured}

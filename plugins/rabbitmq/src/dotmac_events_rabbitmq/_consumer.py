@@ -99,23 +99,31 @@ def incoming_message(incoming: AbstractIncomingMessage) -> Message:
     """A delivered AMQP message as a core :class:`Message`.
 
     A message with an envelope (a ``ce_id`` header, or a structured body) is
-    :func:`decode_message`'s. A message without one (a plain client's) also gets what
-    foreign intake needs: a position (:func:`foreign_position`), the ``timestamp``
-    property as its time, the routing key as its key when it has no key header, its
-    ``content_type`` property as ``content-type`` and the properties of
-    :data:`PROPERTY_HEADERS` as headers, where the headers do not name them already.
+    :func:`decode_message`'s; a structured one whose content type is only the AMQP
+    ``content_type`` property gets it as ``content-type``. A message without one (a
+    plain client's) also gets what foreign intake needs: a position
+    (:func:`foreign_position`), the ``timestamp`` property as its time, the routing key
+    as its key when it has no key header, its ``content_type`` property as
+    ``content-type`` and the properties of :data:`PROPERTY_HEADERS` as headers, where
+    the headers do not name them already (in any case).
     """
     topic = incoming.routing_key or ""
     message = decode_message(topic, incoming.body, incoming.headers)
     headers = message.headers
-    if "ce_id" in headers or _structured(headers.get("content-type") or incoming.content_type):
+    if "ce_id" in headers or _enveloped(headers):
         return message
+    named = {name.lower() for name in headers}
+    if _structured(incoming.content_type) and "content-type" not in named:
+        # A structured event whose content type is only the AMQP property.
+        return Message(
+            topic, message.value, message.key, {**headers, "content-type": incoming.content_type or ""}
+        )
     extra = dict(headers)
-    if incoming.content_type and "content-type" not in extra:
+    if incoming.content_type and "content-type" not in named:
         extra["content-type"] = incoming.content_type
     for name, header in PROPERTY_HEADERS.items():
         value = getattr(incoming, name)
-        if value and header not in extra:
+        if value and header not in named:
             extra[header] = _text(value)
     return Message(
         topic=topic,
@@ -125,6 +133,16 @@ def incoming_message(incoming: AbstractIncomingMessage) -> Message:
         position=foreign_position(incoming),
         timestamp=_utc(incoming.timestamp),
     )
+
+
+def _enveloped(headers: Mapping[str, str]) -> bool:
+    """Whether a message without a ``ce_id`` header still has an envelope: ``ce_id``
+    spelled in other case, or a structured body."""
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "ce_id" or (lowered == "content-type" and _structured(value)):
+            return True
+    return False
 
 
 def _structured(content_type: str | None) -> bool:

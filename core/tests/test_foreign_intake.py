@@ -18,7 +18,7 @@ from dotmac.events import (
     create_bus,
 )
 from dotmac.events.codec import Codec, JsonCodec
-from dotmac.events.testing import Collector
+from dotmac.events.testing import Collector, wait_dead_letters
 from dotmac.events.wire import FieldsMessage, decode_foreign, decode_message, foreign_event_id, foreign_onward
 
 JSON = JsonCodec()
@@ -249,11 +249,9 @@ async def test_retry_topics_and_replays_keep_the_id_of_a_foreign_record(memory_u
         await bus.transport.publish(
             [Message(topic="orders", value=b'{"n": 1}', key="a"), Message(topic="blobs", value=b"\x00\xff")]
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while len(letters := await bus.dlq.list("orders.dlq") + await bus.dlq.list("blobs.dlq")) < 2:
-            assert loop.time() < deadline, "no dead letters"
-            await asyncio.sleep(0.01)
+        letters = await wait_dead_letters(bus, "orders.dlq", 1, 5) + await wait_dead_letters(
+            bus, "blobs.dlq", 1, 5
+        )
         first = dict(seen.calls)
         broken = False
         assert await bus.dlq.replay("orders.dlq") + await bus.dlq.replay("blobs.dlq") == 2

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaProducer
 
 from dotmac.events import ConsumerOptions, Event
-from dotmac.events.testing import Collector
+from dotmac.events.testing import Collector, wait_dead_letters
 from dotmac_events_kafka import create_kafka_bus
 from dotmac_events_kafka.testing import fast_config
 
@@ -67,11 +66,7 @@ async def test_a_replayed_foreign_record_keeps_the_id_intake_gave_it(kafka_serve
             )
         finally:
             await producer.stop()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while not (letters := await bus.dlq.list(f"{topic}.dlq")):
-            assert loop.time() < deadline, "no dead letter"
-            await asyncio.sleep(0.05)
+        letters = await wait_dead_letters(bus, f"{topic}.dlq", 1, 20)
         broken = False
         assert await bus.dlq.replay(f"{topic}.dlq", event_ids=[letters[0].event_id or ""]) == 1
         await seen.wait_count(1, 20)

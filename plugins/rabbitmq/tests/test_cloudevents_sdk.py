@@ -1,4 +1,5 @@
-"""The official CloudEvents SDK's events on RabbitMQ.
+"""The official CloudEvents SDK's events on RabbitMQ, and the key beside the
+``partitionkey`` extension.
 
 The bus carries the Kafka binding's names as AMQP headers (``ce_*``, ``content-type``)
 and the key in ``ce_partitionkey``, which is also the CloudEvents ``partitionkey``
@@ -7,18 +8,21 @@ extension: on RabbitMQ the two are one attribute.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
 from attrs import evolve
 
-from dotmac.events import JsonCodec, Message, create_bus
+from dotmac.events import EventBus, EventMetadata, JsonCodec, Message, ValidationError, create_bus
+from dotmac.events.event import Event
 from dotmac.events.testing import Collector
 from dotmac.events.testing.cloudevents_sdk import SDK_ATTRIBUTES, check_sdk_event, read_record, sdk_record
 from dotmac.events.wire import decode_message
-from dotmac_events_rabbitmq import KEY_HEADER
+from dotmac_events_rabbitmq import KEY_HEADER, RabbitMQTransport
 
 pytest.importorskip("cloudevents.core.bindings.kafka")
 pytestmark = pytest.mark.timeout(60)
@@ -26,6 +30,20 @@ pytestmark = pytest.mark.timeout(60)
 
 def topic(name: str) -> str:
     return f"rmq.{name}.{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.asynccontextmanager
+async def plain(url: str, bus: EventBus, listen: str) -> AsyncIterator[tuple[Any, Any]]:
+    """A plain aio-pika client: the bus's exchange, and a queue of its own bound to ``listen``."""
+    transport = bus.transport
+    assert isinstance(transport, RabbitMQTransport)
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(transport.config.exchange)
+        queue = await channel.declare_queue(f"plain-{uuid.uuid4().hex[:8]}", exclusive=True)
+        await queue.bind(exchange, routing_key=listen)
+        yield exchange, queue
 
 
 @pytest.mark.parametrize("mode", ["binary", "structured"])
@@ -37,10 +55,7 @@ async def test_an_sdk_message_is_consumed_with_every_attribute(rabbitmq_url: str
     seen = Collector()
     async with create_bus(rabbitmq_url) as bus:
         await bus.subscribe(name, seen, group="g")
-        connection = await aio_pika.connect(rabbitmq_url)
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.get_exchange(bus.transport.config.exchange)  # type: ignore[attr-defined]
+        async with plain(rabbitmq_url, bus, name) as (exchange, _):
             await exchange.publish(aio_pika.Message(record.value, headers=headers), routing_key=name)
             await seen.wait_count(1, 10)
     event = seen.events[0]
@@ -65,18 +80,34 @@ async def test_an_sdk_event_forwarded_to_rabbitmq_has_one_partitionkey(rabbitmq_
     )
     assert (received.key, received.metadata.extensions["partitionkey"]) == ("7", "7")
     name = topic("forward")
-    async with create_bus(rabbitmq_url) as bus:
-        connection = await aio_pika.connect(rabbitmq_url)
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(f"plain-{uuid.uuid4().hex[:8]}", exclusive=True)
-            await queue.bind(bus.transport.config.exchange, routing_key=name)  # type: ignore[attr-defined]
-            await bus.publish(evolve(received, topic=name))
-            raw = await queue.get(timeout=5)
-            await raw.ack()
+    async with create_bus(rabbitmq_url) as bus, plain(rabbitmq_url, bus, name) as (_, queue):
+        await bus.publish(evolve(received, topic=name))
+        raw = await queue.get(timeout=5)
+        await raw.ack()
     assert raw.headers is not None
     assert [n for n in raw.headers if n.lower() == KEY_HEADER] == [KEY_HEADER]
     assert raw.headers[KEY_HEADER] == "7"
     back = read_record("binary", {n: str(v).encode() for n, v in raw.headers.items()}, None, raw.body)
     assert back.get_attributes()["partitionkey"] == "7"
     assert back.get_attributes()["id"] == "sdk-1"
+
+
+async def test_a_partitionkey_extension_travels_once_as_the_key(rabbitmq_url: str) -> None:
+    name = topic("pk")
+    seen = Collector()
+    async with create_bus(rabbitmq_url) as bus, plain(rabbitmq_url, bus, name) as (_, queue):
+        await bus.subscribe(name, seen, group="g")
+        same = Event(
+            topic=name, payload={}, key="7", metadata=EventMetadata(extensions={"partitionkey": "7"})
+        )
+        alone = Event(topic=name, payload={}, metadata=EventMetadata(extensions={"partitionkey": "8"}))
+        await bus.publish(same)
+        await bus.publish(alone)
+        with pytest.raises(ValidationError, match="partitionkey extension '9'"):
+            await bus.publish(evolve(same, key="a", metadata=EventMetadata(extensions={"partitionkey": "9"})))
+        await seen.wait_count(2, 10)
+        raw = [await queue.get(timeout=5), await queue.get(timeout=5)]
+        assert await queue.get(fail=False) is None  # the refused one was not sent
+    assert [m.headers[KEY_HEADER] for m in raw] == ["7", "8"]
+    assert [list(m.headers).count(KEY_HEADER) for m in raw] == [1, 1]
+    assert [(e.key, dict(e.metadata.extensions)) for e in seen.events] == [("7", {}), ("8", {})]

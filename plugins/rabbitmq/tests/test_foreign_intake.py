@@ -3,7 +3,6 @@ intake="foreign"; the key header beside the partitionkey extension."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from datetime import datetime, timezone
@@ -12,10 +11,9 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from attrs import evolve
 
-from dotmac.events import ConsumerOptions, Event, EventBus, EventMetadata, ValidationError, create_bus
-from dotmac.events.testing import Collector
+from dotmac.events import ConsumerOptions, Event, EventBus, create_bus
+from dotmac.events.testing import Collector, wait_dead_letters
 from dotmac.events.testing.collect import wait_for
 from dotmac.events.transport import Delivery, SubscriptionSpec
 from dotmac_events_rabbitmq import KEY_HEADER, RabbitMQTransport
@@ -54,15 +52,6 @@ def plain(bus: EventBus, url: str) -> Plain:
     transport = bus.transport
     assert isinstance(transport, RabbitMQTransport)
     return Plain(url, transport.config.exchange)
-
-
-async def letters_of(bus: EventBus, dlq: str, n: int) -> list[Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while len(letters := await bus.dlq.list(dlq)) < n:
-        assert loop.time() < deadline, f"{len(letters)} of {n} dead letters on {dlq}"
-        await asyncio.sleep(0.05)
-    return letters
 
 
 async def test_plain_messages_are_events(rabbitmq_url: str) -> None:
@@ -129,7 +118,7 @@ async def test_the_default_intake_dead_letters_a_plain_message(rabbitmq_url: str
         await bus.subscribe(name, seen, group="g", options=ConsumerOptions(max_retries=0))
         async with plain(bus, rabbitmq_url) as client:
             await client.send(name, b'{"id": 7}', message_id="m-7", content_type="application/json")
-        [letter] = await letters_of(bus, f"{name}.dlq", 1)
+        [letter] = await wait_dead_letters(bus, f"{name}.dlq", 1, 10)
     assert seen.events == []
     assert letter.reason == "decode"
     assert "no ce_id" in (letter.error_message or "")
@@ -188,7 +177,7 @@ async def test_a_replayed_plain_message_keeps_the_id_intake_gave_it(rabbitmq_url
         await bus.subscribe(name, seen, group="g", options=FOREIGN)
         async with plain(bus, rabbitmq_url) as client:
             await client.send(name, b'{"id": 7}', headers={"x-a": "1"}, timestamp=STAMP)
-        [letter] = await letters_of(bus, f"{name}.dlq", 1)
+        [letter] = await wait_dead_letters(bus, f"{name}.dlq", 1, 10)
         broken = False
         assert await bus.dlq.replay(f"{name}.dlq") == 1
         await seen.wait_count(1, 10)
@@ -198,35 +187,6 @@ async def test_a_replayed_plain_message_keeps_the_id_intake_gave_it(rabbitmq_url
     assert seen.events[0].payload == {"id": 7}
     assert seen.events[0].metadata.occurred_at == STAMP
     assert seen.events[0].headers["x-a"] == "1"
-
-
-# -- the key header and the partitionkey extension -----------------------------------------
-async def test_a_partitionkey_extension_travels_once_as_the_key(rabbitmq_url: str) -> None:
-    name = topic("pk")
-    seen = Collector()
-    async with create_bus(rabbitmq_url) as bus:
-        await bus.subscribe(name, seen, group="g")
-        connection = await aio_pika.connect(rabbitmq_url)
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(f"plain-{uuid.uuid4().hex[:8]}", exclusive=True)
-            await queue.bind(bus.transport.config.exchange, routing_key=name)  # type: ignore[attr-defined]
-            same = Event(
-                topic=name, payload={}, key="7", metadata=EventMetadata(extensions={"partitionkey": "7"})
-            )
-            alone = Event(topic=name, payload={}, metadata=EventMetadata(extensions={"partitionkey": "8"}))
-            await bus.publish(same)
-            await bus.publish(alone)
-            with pytest.raises(ValidationError, match="partitionkey extension '9'"):
-                await bus.publish(
-                    evolve(same, key="a", metadata=EventMetadata(extensions={"partitionkey": "9"}))
-                )
-            await seen.wait_count(2, 10)
-            raw = [await queue.get(timeout=5), await queue.get(timeout=5)]
-            assert await queue.get(fail=False) is None  # the refused one was not sent
-    assert [m.headers[KEY_HEADER] for m in raw] == ["7", "8"]
-    assert [list(m.headers).count(KEY_HEADER) for m in raw] == [1, 1]
-    assert [(e.key, dict(e.metadata.extensions)) for e in seen.events] == [("7", {}), ("8", {})]
 
 
 # -- the position of a message without message_id (pika and rabbitmqadmin send none) --------

@@ -11,8 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dotmac.events import ConsumerOptions, Event, EventBus
-from dotmac.events.dlq import DeadLetter
-from dotmac.events.testing import Collector
+from dotmac.events.testing import Collector, wait_dead_letters
 from dotmac_events_redis import DATA_FIELD, KEY_FIELD
 
 FOREIGN = ConsumerOptions(intake="foreign", max_retries=0)
@@ -68,15 +67,6 @@ async def _cli(redis_url: str, *args: str | bytes) -> str:
     return out.decode().strip()
 
 
-async def _letters(bus: EventBus, topic: str, n: int) -> list[DeadLetter]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while len(letters := await bus.dlq.list(topic)) < n:
-        assert loop.time() < deadline, f"{len(letters)} of {n} dead letters on {topic}"
-        await asyncio.sleep(0.02)
-    return letters
-
-
 @pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
 async def test_entries_of_plain_fields_have_the_fields_as_payload(
     buses: Callable[..., EventBus], redis_url: str, prefix: str
@@ -89,7 +79,7 @@ async def test_entries_of_plain_fields_have_the_fields_as_payload(
         keyed = await _cli(redis_url, "XADD", stream, "*", KEY_FIELD, "order-8", "id", "8", "note", "café")
         bad = await _cli(redis_url, "XADD", stream, "*", "id", b"9\xff")
         await seen.wait_count(2, 10)
-        letters = await _letters(bus, "orders.dlq", 1)
+        letters = await wait_dead_letters(bus, "orders.dlq", 1, 10)
         raw = aioredis.Redis.from_url(redis_url)
         try:
             [(_, fields)] = await raw.xrange(f"{prefix}orders.dlq")
@@ -129,7 +119,7 @@ async def test_a_replayed_foreign_entry_keeps_the_id_intake_gave_it(
             await bus.subscribe("orders", seen, group="billing", options=FOREIGN)
             body = (await raw.xadd(f"{prefix}orders", {DATA_FIELD: b'{"id": 7}', KEY_FIELD: "k7"})).decode()
             fields = (await raw.xadd(f"{prefix}orders", {"id": "8", "status": "new"})).decode()
-            letters = await _letters(bus, "orders.dlq", 2)
+            letters = await wait_dead_letters(bus, "orders.dlq", 2, 10)
             assert [letter.event_id for letter in letters] == [f"orders:{body}", f"orders:{fields}"]
             assert [letter.event.payload for letter in letters if letter.event] == [
                 {"id": 7},

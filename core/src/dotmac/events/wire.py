@@ -67,7 +67,8 @@ class Message:
 
     ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
     user headers. ``position`` is the transport's own id for a received message
-    (stream id, ``partition:offset``) and is ``None`` when publishing. ``timestamp``
+    (stream id, ``partition:offset``; on RabbitMQ, for a message without an envelope,
+    its ``message_id`` or a hash of it) and is ``None`` when publishing. ``timestamp``
     is the broker's time of a received record (Kafka's record timestamp, the time in
     a Redis stream entry id) where the transport has one; foreign intake uses it.
 

@@ -6,6 +6,7 @@ import asyncio
 from datetime import datetime, timezone
 
 import pytest
+from attrs import evolve
 
 from dotmac.events import (
     ConfigurationError,
@@ -17,8 +18,8 @@ from dotmac.events import (
     create_bus,
 )
 from dotmac.events.codec import Codec, JsonCodec
-from dotmac.events.testing import Collector
-from dotmac.events.wire import decode_foreign, foreign_event_id
+from dotmac.events.testing import Collector, wait_dead_letters
+from dotmac.events.wire import FieldsMessage, decode_foreign, decode_message, foreign_event_id, foreign_onward
 
 JSON = JsonCodec()
 FOREIGN = ConsumerOptions(intake="foreign", max_retries=1)
@@ -163,3 +164,102 @@ async def test_plain_bytes_records_are_raw_events(memory_url: str) -> None:
     assert event.key == "k"
     assert event.event_id.startswith("blobs:")
     assert event.metadata.content_type == "application/octet-stream"
+
+
+# -- records whose fields are the data (FieldsMessage) --------------------------------------
+def fields(headers: dict[str, str], **kwargs: object) -> FieldsMessage:
+    kwargs.setdefault("position", "1764558000000-0")
+    return FieldsMessage(topic="orders", value=b"", headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_record_of_fields_has_them_as_its_payload() -> None:
+    stamp = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+    event = decode_foreign(
+        fields({"id": "7", "status": "new", "content-type": "x"}, key="k", timestamp=stamp),
+        decoder_for,
+        lambda t: JSON,
+    )
+    assert event.payload == {"id": "7", "status": "new", "content-type": "x"}
+    assert event.key == "k"
+    assert dict(event.headers) == {}
+    assert event.event_id == "orders:1764558000000-0"
+    assert event.metadata.occurred_at == stamp
+    assert event.metadata.content_type is None
+
+
+def test_a_record_of_fields_is_refused_like_headers() -> None:
+    with pytest.raises(DecodeError, match="not valid UTF-8"):
+        decode_foreign(fields({"id": "7\udcff"}), decoder_for, lambda t: JSON)
+    with pytest.raises(DecodeError, match="envelope attributes"):
+        decode_foreign(fields({"ce_type": "t", "id": "7"}), decoder_for, lambda t: JSON)
+
+
+def test_a_record_of_fields_with_an_envelope_is_read_as_usual() -> None:
+    event = decode_foreign(fields({"ce_id": "e-1", "x-a": "1"}), decoder_for, lambda t: JSON)
+    assert event.event_id == "e-1"
+    assert event.payload is None
+    assert dict(event.headers) == {"x-a": "1"}
+
+
+def test_the_default_intake_reads_a_record_of_fields_as_any_message() -> None:
+    with pytest.raises(DecodeError, match="no ce_id"):
+        decode_message(fields({"id": "7"}), decoder_for)
+
+
+def test_onward_a_foreign_event_carries_the_envelope_intake_gave_it() -> None:
+    stamp = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
+    plain = record(value=b'{"a": 1}', headers={"x-src": "c"}, timestamp=stamp)
+    event = decode_foreign(plain, decoder_for, lambda t: JSON)
+    value, headers = foreign_onward(plain, event)
+    assert value == b'{"a": 1}'
+    assert headers == {
+        "x-src": "c",
+        "ce_specversion": "1.0",
+        "ce_id": "orders:0:42",
+        "ce_time": "2026-12-01T03:00:00.000000Z",
+        "content-type": "application/json",
+    }
+    again = decode_message(evolve(plain, value=value, headers=headers), decoder_for)
+    assert (again.event_id, again.payload, again.metadata.occurred_at) == ("orders:0:42", {"a": 1}, stamp)
+
+    entry = fields({"id": "7"}, timestamp=stamp)
+    value, headers = foreign_onward(entry, decode_foreign(entry, decoder_for, lambda t: JSON))
+    assert value == b'{"id":"7"}'
+    assert headers["ce_id"] == "orders:1764558000000-0"
+    assert "id" not in headers
+    assert decode_message(Message("orders", value, None, headers), decoder_for).payload == {"id": "7"}
+
+    enveloped = record(headers={"ce_id": "e-1"})
+    assert foreign_onward(enveloped, decode_foreign(enveloped, decoder_for, lambda t: JSON)) == (
+        enveloped.value,
+        {"ce_id": "e-1"},
+    )
+
+
+async def test_retry_topics_and_replays_keep_the_id_of_a_foreign_record(memory_url: str) -> None:
+    broken = True
+
+    def fail(event: Event, count: int) -> BaseException | None:
+        return RuntimeError("not yet") if broken else None
+
+    seen = Collector(fail=fail)
+    options = ConsumerOptions(intake="foreign", retry_topics=(0.01,))
+    async with create_bus(memory_url, topic_codecs={"blobs": "raw"}) as bus:
+        await bus.subscribe(["orders", "blobs"], seen, group="billing", options=options)
+        await bus.transport.publish(
+            [Message(topic="orders", value=b'{"n": 1}', key="a"), Message(topic="blobs", value=b"\x00\xff")]
+        )
+        letters = await wait_dead_letters(bus, "orders.dlq", 1, 5) + await wait_dead_letters(
+            bus, "blobs.dlq", 1, 5
+        )
+        first = dict(seen.calls)
+        broken = False
+        assert await bus.dlq.replay("orders.dlq") + await bus.dlq.replay("blobs.dlq") == 2
+        await seen.wait_count(2, 5)
+    ids = [letter.event_id for letter in letters]
+    assert len(first) == 2 and all(count == 2 for count in first.values())  # the topic and its retry topic
+    assert sorted(ids) == sorted(first) == sorted(seen.ids)
+    assert {e.event_id.split(":")[0]: e.payload for e in seen.events} == {
+        "orders": {"n": 1},
+        "blobs": b"\x00\xff",
+    }

@@ -106,10 +106,11 @@ class ConsumerOptions:
     - ``intake``: what the subscribed topics hold. ``"cloudevents"`` (default): events
       with an envelope (``ce_*`` headers or a structured body); a record without one is
       dead-lettered. ``"foreign"``: records from producers that write no envelope (a
-      plain Kafka producer, Kafka Connect, ``redis-cli XADD``) are events too: the id
-      comes from the record's position, the time from its timestamp, the payload from
-      the topic's codec (see docs/interop.md). Records that do carry an envelope are
-      read as usual.
+      plain Kafka producer, Kafka Connect, ``redis-cli XADD``, a plain AMQP client) are
+      events too: the id comes from the record's position (on RabbitMQ its
+      ``message_id``, else a hash of the message), the time from its timestamp, the
+      payload from the topic's codec (see docs/interop.md). Records that do carry an
+      envelope are read as usual. Retries and dead-letter replays keep the id.
     """
 
     max_retries: int = field(default=3, validator=_int_at_least(0))

@@ -77,7 +77,7 @@ from .hookspecs import ConsumeInfo
 from .observe import server_of
 from .options import retry_topic
 from .transport import Delivery, Message, SubscriptionSpec, TransportSubscription
-from .wire import format_time, parse_time
+from .wire import foreign_onward, format_time, parse_time
 
 if TYPE_CHECKING:
     from .observe import Observers
@@ -741,7 +741,7 @@ class Subscription:
         message = delivery.message
         original = self._original_topic(message)
         delay = float(self._retry_delays[self._retry_stage])
-        headers = dict(message.headers)
+        value, headers = foreign_onward(message, event)
         headers[RETRY_ORIGINAL_TOPIC] = original
         headers[RETRY_ATTEMPTS] = str(calls)
         if self._retry_stage == 0:  # whatever an earlier life of the event left there
@@ -750,7 +750,7 @@ class Subscription:
         headers[HOLD_UNTIL] = format_time(datetime.fromtimestamp(time.time() + delay, timezone.utc))
         target = retry_topic(original, self._retry_stage + 1)
         try:
-            await self._transport.publish((Message(target, message.value, message.key, headers),))
+            await self._transport.publish((Message(target, value, message.key, headers),))
         except Exception as write_exc:
             self.errors += 1
             log.error("could not move %s to %s (left for redelivery): %r", message.topic, target, write_exc)
@@ -796,9 +796,11 @@ class Subscription:
         # An event that went through retry topics is a dead letter of its original topic.
         original = self._original_topic(message)
         dlq_topic = self.options.dlq_for(original)
+        # A foreign record keeps the id intake gave it, so its replay is the same event.
+        value, kept = (message.value, message.headers) if event is None else foreign_onward(message, event)
         headers = {
             k: v
-            for k, v in message.headers.items()
+            for k, v in kept.items()
             # A replay's target group is not the dead letter's: subscribers of the
             # dead-letter topic must see it whatever their group.
             if k not in DLQ_HEADERS and k not in SCHEDULE_HEADERS and k != REPLAY_GROUP
@@ -810,7 +812,7 @@ class Subscription:
         headers[DLQ_ATTEMPTS] = str(attempts)
         headers[DLQ_FAILED_AT] = format_time(datetime.now(timezone.utc))
         headers[DLQ_REASON] = reason
-        dead = Message(topic=dlq_topic, value=message.value, key=message.key, headers=headers)
+        dead = Message(topic=dlq_topic, value=value, key=message.key, headers=headers)
         try:
             try:
                 await self._transport.publish((dead,))
@@ -833,7 +835,7 @@ class Subscription:
         self.dead_lettered += 1
         log.warning(
             "dead-lettered event %s from %s to %s after %d attempt(s) (%s): %s: %s",
-            message.headers.get("ce_id"),
+            headers.get("ce_id"),
             message.topic,
             dlq_topic,
             attempts,

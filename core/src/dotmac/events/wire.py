@@ -25,7 +25,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from attrs import field, frozen
 
@@ -47,11 +47,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CE_ATTRIBUTES",
     "SPEC_VERSION",
+    "FieldsMessage",
     "Message",
     "WireHeaders",
     "decode_foreign",
     "decode_message",
     "foreign_event_id",
+    "foreign_onward",
     "format_time",
     "headers_from_pairs",
     "parse_time",
@@ -65,7 +67,8 @@ class Message:
 
     ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
     user headers. ``position`` is the transport's own id for a received message
-    (stream id, ``partition:offset``) and is ``None`` when publishing. ``timestamp``
+    (stream id, ``partition:offset``; on RabbitMQ, for a message without an envelope,
+    its ``message_id`` or a hash of it) and is ``None`` when publishing. ``timestamp``
     is the broker's time of a received record (Kafka's record timestamp, the time in
     a Redis stream entry id) where the transport has one; foreign intake uses it.
 
@@ -81,6 +84,22 @@ class Message:
     headers: Mapping[str, str] = field(factory=dict)
     position: str | None = None
     timestamp: datetime | None = None
+
+    fields_only: ClassVar[bool] = False
+    """True for a :class:`FieldsMessage`: a record with named fields and no body."""
+
+
+@frozen
+class FieldsMessage(Message):
+    """A received record that has named fields and no body of its own (a Redis stream
+    entry without the ``@data`` field, written by a plain client).
+
+    ``headers`` hold its fields and ``value`` is empty. With the default intake it is
+    read like any message; foreign intake reads its fields as the payload, a ``dict``
+    of text (see :func:`decode_foreign`).
+    """
+
+    fields_only: ClassVar[bool] = True
 
 
 class WireHeaders(dict[str, str]):
@@ -419,7 +438,9 @@ def decode_foreign(
     (the time of decoding when the transport has none), whose payload is decoded by
     the codec of its ``content-type`` header or else ``codec_for_topic(topic)``, and
     whose key and headers are the record's (``content-type`` goes to
-    ``metadata.content_type``). Raises what :func:`decode_message` raises.
+    ``metadata.content_type``). A :class:`FieldsMessage` has no body: its payload is
+    a ``dict`` of its fields (every one, as text), its headers are empty and its
+    ``metadata.content_type`` is ``None``. Raises what :func:`decode_message` raises.
     """
     headers = message.headers
     envelope, user = split_headers(headers)
@@ -436,6 +457,8 @@ def decode_foreign(
     if envelope.keys() - {"content-type"}:
         names = ", ".join(sorted(envelope.keys() - {"content-type"}))
         raise DecodeError(f"a record on {topic!r} has envelope attributes ({names}) but no ce_id")
+    if message.fields_only:
+        return _fields_event(message, position, validate)
     codec = decoder_for(media) if media is not None else codec_for_topic(topic)
     if codec is None:
         raise DecodeError(f"no installed codec reads content type {media!r}")
@@ -465,6 +488,63 @@ def decode_foreign(
         raise DecodeError(f"a record on {topic!r} cannot be an event: {exc}") from exc
     _validate(event, validate)
     return event
+
+
+def _fields_event(message: Message, position: str, validate: Callable[[Any], object] | None) -> Event:
+    # split_headers has checked every name and value (UTF-8, tokens, no conflicts).
+    topic = message.topic
+    try:
+        event = Event(
+            topic,
+            dict(message.headers),
+            message.key,
+            None,
+            None,
+            EventMetadata(foreign_event_id(topic, position), occurred_at=message.timestamp or _DEFAULT),
+        )
+    except ValidationError as exc:
+        raise DecodeError(f"a record on {topic!r} cannot be an event: {exc}") from exc
+    _validate(event, validate)
+    return event
+
+
+def _has_envelope(headers: Mapping[str, str]) -> bool:
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "ce_id":
+            return True
+        if lowered == "content-type" and value.strip().lower().startswith("application/cloudevents"):
+            return True
+    return False
+
+
+def foreign_onward(message: Message, event: Event) -> tuple[bytes, dict[str, str]]:
+    """The body and headers that carry ``event``, read from ``message``, to a retry or
+    dead-letter topic.
+
+    A message with its own envelope goes on as it came. One that foreign intake read
+    gains the envelope intake gave it (``ce_specversion``, ``ce_id``, ``ce_time`` and
+    its ``content-type``), so a retry or a replay is the same event with the same id,
+    not a new record with an id of its own. A :class:`FieldsMessage` goes on as the
+    JSON of its payload, which holds its fields.
+    """
+    headers = dict(message.headers)
+    if _has_envelope(headers):
+        return message.value, headers
+    meta = event.metadata
+    content_type = meta.content_type
+    body = message.value
+    if message.fields_only:
+        from .codec import JsonCodec
+
+        codec = JsonCodec()
+        body, headers, content_type = codec.encode(event), {}, codec.content_type
+    headers["ce_specversion"] = SPEC_VERSION
+    headers["ce_id"] = meta.event_id
+    headers["ce_time"] = format_time(meta.occurred_at)
+    if content_type is not None:
+        headers["content-type"] = content_type
+    return body, headers
 
 
 def decode_message(

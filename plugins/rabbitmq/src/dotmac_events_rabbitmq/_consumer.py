@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Hashable, Mapping
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -18,7 +21,16 @@ from dotmac.events.transport import Delivery, DeliverySink, Message, Subscriptio
 if TYPE_CHECKING:
     from .transport import RabbitMQTransport
 
-__all__ = ["BROKER_HEADERS", "KEY_HEADER", "RabbitMQDelivery", "RabbitMQSubscription", "decode_message"]
+__all__ = [
+    "BROKER_HEADERS",
+    "KEY_HEADER",
+    "PROPERTY_HEADERS",
+    "RabbitMQDelivery",
+    "RabbitMQSubscription",
+    "decode_message",
+    "foreign_position",
+    "incoming_message",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +82,105 @@ def decode_message(topic: str, body: bytes, raw_headers: Mapping[str, Any] | Non
         elif name not in BROKER_HEADERS:
             headers[name] = _text(value)
     return Message(topic=topic, value=body, key=key, headers=headers)
+
+
+PROPERTY_HEADERS = {
+    "correlation_id": "amqp-correlation-id",
+    "reply_to": "amqp-reply-to",
+    "type": "amqp-type",
+    "app_id": "amqp-app-id",
+    "user_id": "amqp-user-id",
+    "content_encoding": "amqp-content-encoding",
+}
+"""AMQP properties of a message without an envelope, and the headers they become."""
+
+
+def incoming_message(incoming: AbstractIncomingMessage) -> Message:
+    """A delivered AMQP message as a core :class:`Message`.
+
+    A message with an envelope (a ``ce_id`` header, or a structured body) is
+    :func:`decode_message`'s; a structured one whose content type is only the AMQP
+    ``content_type`` property gets it as ``content-type``. A message without one (a
+    plain client's) also gets what foreign intake needs: a position
+    (:func:`foreign_position`), the ``timestamp`` property as its time, the routing key
+    as its key when it has no key header, its ``content_type`` property as
+    ``content-type`` and the properties of :data:`PROPERTY_HEADERS` as headers, where
+    the headers do not name them already (in any case).
+    """
+    topic = incoming.routing_key or ""
+    message = decode_message(topic, incoming.body, incoming.headers)
+    headers = message.headers
+    if "ce_id" in headers or _enveloped(headers):
+        return message
+    named = {name.lower() for name in headers}
+    if _structured(incoming.content_type) and "content-type" not in named:
+        # A structured event whose content type is only the AMQP property.
+        return Message(
+            topic, message.value, message.key, {**headers, "content-type": incoming.content_type or ""}
+        )
+    extra = dict(headers)
+    if incoming.content_type and "content-type" not in named:
+        extra["content-type"] = incoming.content_type
+    for name, header in PROPERTY_HEADERS.items():
+        value = getattr(incoming, name)
+        if value and header not in named:
+            extra[header] = _text(value)
+    return Message(
+        topic=topic,
+        value=message.value,
+        key=message.key if message.key is not None else topic or None,
+        headers=extra,
+        position=foreign_position(incoming),
+        timestamp=_utc(incoming.timestamp),
+    )
+
+
+def _enveloped(headers: Mapping[str, str]) -> bool:
+    """Whether a message without a ``ce_id`` header still has an envelope: ``ce_id``
+    spelled in other case, or a structured body."""
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "ce_id" or (lowered == "content-type" and _structured(value)):
+            return True
+    return False
+
+
+def _structured(content_type: str | None) -> bool:
+    return content_type is not None and content_type.strip().lower().startswith("application/cloudevents")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def foreign_position(incoming: AbstractIncomingMessage) -> str:
+    """What a message without an envelope is known by, the same on every redelivery.
+
+    Its ``message_id`` property when it has one. Otherwise ``sha256:`` and a hash of its
+    exchange, routing key, body, headers (without those the broker adds) and
+    ``timestamp`` property: two byte-identical messages without a ``message_id``
+    share it, and so share an event id.
+    """
+    if incoming.message_id:
+        return incoming.message_id
+    digest = hashlib.sha256()
+    stamp = _utc(incoming.timestamp)
+    parts: list[Any] = [
+        incoming.exchange or "",
+        incoming.routing_key or "",
+        sorted(
+            (str(name), _text(value))
+            for name, value in (incoming.headers or {}).items()
+            if name not in BROKER_HEADERS
+        ),
+        None if stamp is None else stamp.isoformat(),
+    ]
+    digest.update(json.dumps(parts, ensure_ascii=False).encode("utf-8", "surrogateescape"))
+    digest.update(b"\0")
+    digest.update(incoming.body)
+    return f"sha256:{digest.hexdigest()[:32]}"
 
 
 def delivery_count(incoming: AbstractIncomingMessage) -> int:
@@ -211,8 +322,8 @@ class RabbitMQSubscription(TransportSubscription):
                 # Buffered before the connection dropped: the broker has requeued it and
                 # delivers it again on the restored channel, so skip this stale copy.
                 continue
-            topic = incoming.routing_key or ""
-            message = decode_message(topic, incoming.body, incoming.headers)
+            message = incoming_message(incoming)
+            topic = message.topic
             delivery = RabbitMQDelivery(message, delivery_count(incoming), incoming, self._settled_one)
             self._outstanding += 1
             try:

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, Abstra
 
 from dotmac.events.dlq import LEDGER_REPLAYED_AT
 from dotmac.events.dlq_headers import DLQ_ORIGINAL_TOPIC
-from dotmac.events.errors import PublishError, TransportError, TransportUnavailableError
+from dotmac.events.errors import PublishError, TransportError, TransportUnavailableError, ValidationError
 from dotmac.events.transport import (
     Capabilities,
     DeliverySink,
@@ -193,6 +193,8 @@ class RabbitMQTransport(Transport):
         if not messages:
             return
         self._live_connection()
+        for message in messages:
+            _check_key(message)
         if any(_is_retained_topic(m) for m in messages):
             await self._ensure_retained({m.topic for m in messages if _is_retained_topic(m)})
         loop = asyncio.get_running_loop()
@@ -376,3 +378,16 @@ class RabbitMQTransport(Transport):
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+
+def _check_key(message: Message) -> None:
+    """Refuse an event whose ``partitionkey`` extension and key differ: both travel in
+    the one ``ce_partitionkey`` header, and the key would replace the extension silently."""
+    extension = message.headers.get(KEY_HEADER)
+    if extension is not None and message.key is not None and extension != message.key:
+        raise ValidationError(
+            f"an event of {message.topic!r} has the key {message.key!r} and the partitionkey extension "
+            f"{extension!r}; on RabbitMQ both travel in the {KEY_HEADER} header, so they must be equal "
+            "(or one of them unset)",
+            field="key",
+        )

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dotmac.events import Capabilities, Message
-from dotmac.events.wire import headers_from_pairs
+from dotmac.events.wire import FieldsMessage, headers_from_pairs
 
 from .errors import is_retriable, redis_message, transport_error
 
@@ -75,14 +75,15 @@ def entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
     """A received stream entry as a :class:`Message` (fields as a flat list or a dict).
 
     A field that appears twice with different values (XADD accepts that) makes the
-    headers ambiguous; the core's decode then dead-letters the entry.
+    headers ambiguous; the core's decode then dead-letters the entry. An entry
+    without the body field is a :class:`~dotmac.events.wire.FieldsMessage`.
     """
     if isinstance(fields, list):
         flat = iter(fields)
         pairs: Iterable[tuple[Any, Any]] = zip(flat, flat, strict=True)
     else:
         pairs = fields.items()
-    value: Any = b""
+    value: Any = None
     key: Any = None
     headers: list[tuple[str, str]] = []
     for name, raw in pairs:
@@ -92,6 +93,16 @@ def entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
             key = raw
         else:
             headers.append((text(name), text(raw)))
+    if value is None:
+        # No body field (a plain XADD of fields): foreign intake reads the fields as the payload.
+        return FieldsMessage(
+            topic=topic,
+            value=b"",
+            key=None if key is None else text(key),
+            headers=headers_from_pairs(headers),
+            position=text(entry_id),
+            timestamp=entry_time(entry_id),
+        )
     return Message(
         topic=topic,
         value=value if isinstance(value, bytes) else text(value).encode("utf-8", "surrogateescape"),

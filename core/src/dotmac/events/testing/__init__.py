@@ -26,7 +26,7 @@ pytest.register_assert_rewrite(
 )
 
 from .app import TestApp  # noqa: E402
-from .collect import Collector, wait_for  # noqa: E402
+from .collect import Collector, wait_dead_letters, wait_for  # noqa: E402
 from .conformance import TransportConformance  # noqa: E402
 
-__all__ = ["Collector", "TestApp", "TransportConformance", "wait_for"]
+__all__ = ["Collector", "TestApp", "TransportConformance", "wait_dead_letters", "wait_for"]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..event import Event
 
-__all__ = ["Collector", "wait_for"]
+if TYPE_CHECKING:
+    from ..bus import EventBus
+    from ..dlq import DeadLetter
+
+__all__ = ["Collector", "wait_dead_letters", "wait_for"]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float, *, what: str = "condition") -> None:
@@ -25,6 +29,17 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, *, what: str =
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(delay)
         delay = min(0.05, delay + 0.001)
+
+
+async def wait_dead_letters(bus: EventBus, topic: str, count: int, timeout: float) -> list[DeadLetter]:
+    """Await at least ``count`` dead letters on ``topic`` (a dead-letter topic) and return
+    them all (``bus.dlq.list``, so the transport must be readable)."""
+    deadline = time.monotonic() + timeout
+    while len(letters := await bus.dlq.list(topic)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {count} dead letters on {topic}")
+        await asyncio.sleep(0.02)
+    return letters
 
 
 class Collector:

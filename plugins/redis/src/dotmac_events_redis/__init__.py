@@ -30,7 +30,7 @@ def dotmac_events_register_transports(register: Registry) -> None:
     register.add_transport(
         TransportSpec(
             name="redis",
-            schemes=("redis", "rediss"),
+            schemes=("redis", "rediss", "redis+cluster", "rediss+cluster"),
             config_class=RedisConfig,
             factory=RedisTransport,
             capabilities=CAPABILITIES,

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from dotmac.events import GroupInfo
@@ -26,7 +27,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-async def stream_groups(client: aioredis.Redis, key: str, topic: str) -> list[GroupInfo]:
+async def stream_groups(client: aioredis.Redis | RedisCluster, key: str, topic: str) -> list[GroupInfo]:
     """The consumer groups of the stream ``key`` (the stream of ``topic``), by name.
 
     Redis errors propagate as they are; the transport turns them into its errors.

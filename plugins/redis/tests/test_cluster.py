@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 from dotmac.events import ConsumerOptions, Event, create_bus
-from dotmac.events.errors import ConfigurationError, EventBusError
+from dotmac.events.errors import ConfigurationError, EventBusError, TransportUnavailableError
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_redis import RedisConfig, RedisTransport
+from dotmac_events_redis.errors import is_retriable, transport_error
 from dotmac_events_redis.testing import RedisClusterServers, redis_cli, redis_server_available
 
 T = 20.0
@@ -67,6 +69,36 @@ def test_cluster_stream_keys_are_one_hash_tag_each() -> None:
 def test_bad_cluster_settings_are_refused(url: str, fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=fragment.replace("+", r"\+").replace("{", r"\{")):
         create_bus(url)
+
+
+def test_encrypted_client_key_is_refused_in_cluster_mode() -> None:
+    with pytest.raises(ConfigurationError, match="ssl_password is not supported"):
+        RedisConfig(cluster=True, ssl=True, ssl_certfile="c.pem", ssl_password="pw")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        rexc.ResponseError("MOVED 3999 127.0.0.1:7001"),
+        rexc.ResponseError("ASK 3999 127.0.0.1:7001"),
+        rexc.ClusterDownError("The cluster is down"),
+        rexc.TryAgainError("Multiple keys request during rehashing of slot"),
+        rexc.SlotNotCoveredError("no node serves the slot"),
+        rexc.ClusterError("TTL exhausted."),
+        rexc.RedisClusterException(
+            "Redis Cluster cannot be connected. Please provide at least one reachable node"
+        ),
+    ],
+    ids=lambda e: type(e).__name__ + ":" + str(e)[:4],
+)
+def test_cluster_in_motion_is_retriable(error: Exception) -> None:
+    assert is_retriable(error)
+    assert isinstance(transport_error("publish failed", error), TransportUnavailableError)
+
+
+def test_cross_slot_is_a_bug_not_an_outage() -> None:
+    error = rexc.ResponseError("CROSSSLOT Keys in request don't hash to the same slot")
+    assert not is_retriable(error)
 
 
 # -- a local cluster ---------------------------------------------------------------------

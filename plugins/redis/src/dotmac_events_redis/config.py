@@ -220,6 +220,11 @@ class RedisConfig:
                 raise ConfigurationError(
                     "RedisConfig.db must be 0 with cluster=True (Redis Cluster has one database)"
                 )
+            if self.ssl_password is not None:
+                raise ConfigurationError(
+                    "RedisConfig.ssl_password is not supported with cluster=True "
+                    "(redis-py's cluster client cannot load an encrypted key); use an unencrypted key"
+                )
             if "{" in self.key_prefix or "}" in self.key_prefix:
                 raise ConfigurationError(
                     "RedisConfig.key_prefix cannot contain '{' or '}' with cluster=True: "

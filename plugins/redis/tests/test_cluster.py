@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,11 +18,11 @@ from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 
 from dotmac.events import ConsumerOptions, Event, create_bus
-from dotmac.events.errors import ConfigurationError, EventBusError, TransportUnavailableError
+from dotmac.events.errors import ConfigurationError, EventBusError, PublishError, TransportUnavailableError
 from dotmac.events.testing import Collector, wait_for
 from dotmac_events_redis import RedisConfig, RedisTransport
 from dotmac_events_redis.errors import is_retriable, transport_error
-from dotmac_events_redis.testing import RedisClusterServers, redis_cli, redis_server_available
+from dotmac_events_redis.testing import RedisClusterServers, RedisServer, redis_cli, redis_server_available
 
 T = 20.0
 
@@ -143,24 +143,13 @@ async def test_publish_with_wait_replicas_reports_replication(cluster: RedisClus
         assert getattr(info.value, "retriable", None) is True
 
 
-def _topic_on_replicated_primary(cluster: RedisClusterServers, prefix: str) -> str:
-    """A topic whose stream lives on a primary that still has a live replica."""
-    live = {n.port for n in cluster.running}
-    replicated = {p for _a, _b, p, copies in cluster.topology() if any(c in live for c in copies)}
-    for i in range(1000):
-        name = f"failover.{i}"
-        if cluster.primary_for(f"{{{prefix}{name}}}".encode()).port in replicated:
-            return name
-    raise LookupError("no primary with a live replica")
-
-
 @pytest.mark.parametrize("wait_replicas", [1, 0], ids=["WAIT 1", "no WAIT"])
 async def test_kill_9_primary_while_publishing_and_consuming(
     cluster: RedisClusterServers, report: Any, wait_replicas: int
 ) -> None:
-    await asyncio.to_thread(cluster.wait_ok, 30.0, replicas=0)
-    prefix = f"f{uuid.uuid4().hex[:6]}:"
-    name = _topic_on_replicated_primary(cluster, prefix)
+    # Every primary has its replica in sync (an earlier test's victim has rejoined).
+    await asyncio.to_thread(cluster.wait_ok, 30.0)
+    prefix, name = f"f{uuid.uuid4().hex[:6]}:", "failover"
     options = {
         "key_prefix": prefix,
         "wait_replicas": wait_replicas,
@@ -225,3 +214,23 @@ async def test_kill_9_primary_while_publishing_and_consuming(
         assert len(confirmed) + len(failed) == total
         if wait_replicas:
             assert lost == 0
+
+
+# -- WAIT on a single server -------------------------------------------------------------
+async def test_wait_replicas_on_a_primary_with_and_without_a_replica(
+    private_server: Callable[..., RedisServer],
+) -> None:
+    primary = private_server(extra_args=("--repl-diskless-sync-delay", "0"))
+    name = "audit"
+    async with create_bus(f"{primary.url}?wait_replicas=1&wait_timeout_ms=50") as bus:
+        with pytest.raises(PublishError, match="confirmed by 0 of wait_replicas=1") as info:
+            await bus.publish(Event(topic=name, payload={"n": 1}))
+        assert info.value.retriable
+        # Written to the primary all the same (the error says a retry may duplicate it).
+        assert len(await bus.transport.read(name)) == 1
+        replica = private_server(extra_args=("--replicaof", primary.host, str(primary.port)))
+        await wait_for(
+            lambda: b"master_link_status:up" in replica.call("INFO", "replication"), T, what="replica in sync"
+        )
+        await bus.publish(Event(topic=name, payload={"n": 2}))
+        assert len(await bus.transport.read(name)) == 2

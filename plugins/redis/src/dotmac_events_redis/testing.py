@@ -328,6 +328,9 @@ class RedisClusterServers:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     str(node_timeout_ms),
+                    # Replicas get their first copy at once instead of after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ),
             )
             for _ in range(masters * (1 + replicas))
@@ -380,29 +383,38 @@ class RedisClusterServers:
         reply = (node or self.running[0]).call("CLUSTER", "SLOTS")
         return [(int(r[0]), int(r[1]), int(r[2][1]), [int(x[1]) for x in r[3:]]) for r in reply or ()]
 
+    def _online_replicas(self, primary: RedisServer) -> set[int]:
+        """Ports of the replicas whose link to ``primary`` is up (its INFO replication)."""
+        reply = primary.call("INFO", "replication")
+        ports: set[int] = set()
+        for line in (reply.decode() if isinstance(reply, bytes) else "").splitlines():
+            if line.startswith("slave") and ":" in line:
+                fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].split(",") if "=" in kv)
+                if fields.get("state") == "online" and fields.get("port", "").isdigit():
+                    ports.add(int(fields["port"]))
+        return ports
+
     def _settled(self, replicas: int) -> bool:
-        live = self.running
-        ports = {n.port for n in live}
-        for node in live:
+        live = {n.port: n for n in self.running}
+        for node in live.values():
             info = self._info(node)
             if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
                 return False
-            # Every live node sees only live primaries serving every slot.
-            for _a, _b, primary, copies in self.topology(node):
-                if primary not in ports or len([p for p in copies if p in ports]) < replicas:
+            # Every live node sees only live primaries serving every slot. (CLUSTER SLOTS
+            # lists a replica only once it has replicated something, so replicas are
+            # counted by their primaries.)
+            for _a, _b, primary, _copies in self.topology(node):
+                if primary not in live:
                     return False
-        for node in live:
-            # Replicas of live primaries are in sync (a write can reach them).
-            replication = node.call("INFO", "replication")
-            text = replication.decode() if isinstance(replication, bytes) else ""
-            if "role:slave" in text and "master_link_status:up" not in text:
+        for primary in {p for _a, _b, p, _c in self.topology(next(iter(live.values())))}:
+            if len(self._online_replicas(live[primary]) & set(live)) < replicas:
                 return False
         return True
 
     def wait_ok(self, timeout: float = 30.0, *, replicas: int | None = None) -> None:
         """Wait until every live node reports ``cluster_state:ok``, every slot is served by
-        a live primary with ``replicas`` live replicas (default: as created), and every
-        replica's link to its primary is up."""
+        a live primary, and each primary has ``replicas`` (default: as created) replicas
+        whose link to it is up."""
         wanted = self.replicas if replicas is None else replicas
         # External processes: poll their state with a deadline (no event to await).
         deadline = time.monotonic() + timeout

@@ -105,7 +105,8 @@ def _seeds(_inst: Any, _attr: Any, value: Any) -> None:
 
 @frozen
 class RedisConfig:
-    """``redis://[user[:password]@]host[:port][/db]?option=value`` (``rediss://`` for TLS).
+    """``redis://[user[:password]@]host[:port][/db]?option=value`` (``rediss://`` for TLS;
+    ``redis+cluster://host:port[,host:port...]/`` for Redis Cluster).
 
     Connection
         ``host``, ``port``, ``db``; ``username`` and ``password`` for AUTH (an ACL user

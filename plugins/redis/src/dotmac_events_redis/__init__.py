@@ -1,4 +1,5 @@
-"""dotmac-events-redis: the ``redis://`` and ``rediss://`` transport on Redis Streams.
+"""dotmac-events-redis: the ``redis://`` and ``rediss://`` transport on Redis Streams
+(``redis+cluster://`` and ``rediss+cluster://`` for Redis Cluster).
 
 This module holds only the plugin's hook implementations and its public names.
 """
@@ -30,12 +31,12 @@ def dotmac_events_register_transports(register: Registry) -> None:
     register.add_transport(
         TransportSpec(
             name="redis",
-            schemes=("redis", "rediss"),
+            schemes=("redis", "rediss", "redis+cluster", "rediss+cluster"),
             config_class=RedisConfig,
             factory=RedisTransport,
             capabilities=CAPABILITIES,
             parse_url=parse_redis_url,
-            description="Redis Streams: consumer groups with pending-entry reclaim",
+            description="Redis Streams (and Redis Cluster): consumer groups with pending-entry reclaim",
         )
     )
 

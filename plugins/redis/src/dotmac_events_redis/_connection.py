@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -40,7 +40,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import RedisConfig
 
-__all__ = ["Endpoint", "Link", "Reader", "RespConnection", "Script", "reply_error"]
+__all__ = ["Endpoint", "Link", "Reader", "RespConnection", "Router", "Script", "redirected", "reply_error"]
 
 # Error codes (the first word of an error reply) with a class of their own.
 _ERROR_CLASSES: dict[str, type[RedisError]] = {
@@ -72,6 +72,11 @@ def reply_error(message: str) -> RedisError:
     return (cls or ResponseError)(message)
 
 
+def redirected(exc: BaseException) -> bool:
+    """A Redis Cluster reply saying the key's slot is served by another node."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(("MOVED ", "ASK "))
+
+
 def _ssl_context(config: RedisConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=config.ssl_ca_certs)
     # check_hostname must be off before verification can be (ssl_insecure only).
@@ -87,15 +92,26 @@ def _ssl_context(config: RedisConfig) -> ssl.SSLContext:
 
 
 class Endpoint:
-    """Where and how to connect: address, TLS context, AUTH, database, client name."""
+    """Where and how to connect: address, TLS context, AUTH, database, client name.
 
-    def __init__(self, config: RedisConfig) -> None:
+    The address is the configured one, or a node of a Redis Cluster (``host``, ``port``).
+    """
+
+    def __init__(self, config: RedisConfig, host: str | None = None, port: int | None = None) -> None:
         self.config = config
+        self.host = config.host if host is None else host
+        self.port = config.port if port is None else port
         self._ssl: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         c = self.config
-        return f"<Endpoint {'rediss' if c.ssl else 'redis'}://{c.host}:{c.port}/{c.db}>"
+        return f"<Endpoint {'rediss' if c.ssl else 'redis'}://{self.host}:{self.port}/{c.db}>"
+
+    def at(self, host: str, port: int) -> Endpoint:
+        """The same settings for another address (a cluster node); shares the TLS context."""
+        other = Endpoint(self.config, host, port)
+        other._ssl = self._ssl
+        return other
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.config.ssl:
@@ -151,14 +167,14 @@ class RespConnection:
     async def open(cls, endpoint: Endpoint, *, timeout: float) -> RespConnection:
         config = endpoint.config
         context = endpoint.ssl_context()
-        where = f"{config.host}:{config.port}"
+        where = f"{endpoint.host}:{endpoint.port}"
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    config.host,
-                    config.port,
+                    endpoint.host,
+                    endpoint.port,
                     ssl=context,
-                    server_hostname=config.host if context is not None else None,
+                    server_hostname=endpoint.host if context is not None else None,
                     limit=_READ_SIZE,
                 ),
                 config.socket_connect_timeout,
@@ -291,8 +307,10 @@ class Link:
 
     blocking = False
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, resolve: Callable[[], Endpoint] | None = None) -> None:
+        # ``resolve`` (cluster mode) picks the node at each (re)connect.
         self._endpoint = endpoint
+        self._resolve = resolve
         self._conn: RespConnection | None = None
         self._shut = False
         self.client_id: int | None = None
@@ -304,6 +322,8 @@ class Link:
         if conn is not None and conn.connected:
             return conn
         self.close()
+        if self._resolve is not None:
+            self._endpoint = self._resolve()
         config = self._endpoint.config
         timeout = config.socket_timeout
         if self.blocking:
@@ -322,7 +342,10 @@ class Link:
         conn = await self._connection()
         try:
             return await conn.call(*args)
-        except ResponseError:
+        except ResponseError as exc:
+            if redirected(exc):
+                # The slot lives elsewhere now: the next command picks the node again.
+                self.close()
             raise
         except BaseException:
             # After a failure or a cancellation the connection state is unknown.
@@ -351,6 +374,11 @@ class Link:
     async def _on_connect(self, conn: RespConnection) -> None:
         """Hook: set up a new connection."""
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where the link connects (a cluster link: where it connected last)."""
+        return self._endpoint
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         self.client_id = None
@@ -375,3 +403,42 @@ class Reader(Link):
         except ResponseError:
             # Without CLIENT ID (ACL) stop() falls back to cancelling the read.
             self.client_id = None
+
+
+class Router:
+    """The links of one writer: a single link, or with Redis Cluster one per node,
+    picked by the key a command touches (``node_of`` says which node serves it)."""
+
+    def __init__(self, endpoint: Endpoint, node_of: Callable[[str], Endpoint] | None = None) -> None:
+        self._endpoint = endpoint
+        self._node_of = node_of
+        self._single = Link(endpoint)
+        self._links: dict[tuple[str, int], Link] = {}
+        self._shut = False
+
+    @property
+    def cluster(self) -> bool:
+        return self._node_of is not None
+
+    def for_key(self, key: str) -> Link:
+        if self._node_of is None:
+            return self._single
+        node = self._node_of(key)
+        link = self._links.get((node.host, node.port))
+        if link is None:
+            link = Link(node)
+            if self._shut:
+                link.shut()
+            self._links[(node.host, node.port)] = link
+        return link
+
+    def close(self) -> None:
+        self._single.close()
+        for link in self._links.values():
+            link.close()
+
+    def shut(self) -> None:
+        self._shut = True
+        self._single.shut()
+        for link in self._links.values():
+            link.shut()

@@ -19,7 +19,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from dotmac.events import Message, SubscriptionSpec
@@ -29,7 +28,7 @@ from ._common import RELEASED_IDLE_MS, entry_message, streams, text, transport_e
 from ._subscription import PENDING, RedisDelivery, Subscription
 
 if TYPE_CHECKING:
-    from .transport import RedisTransport
+    from .transport import Client, RedisTransport
 
 __all__ = ["GroupSubscription"]
 
@@ -64,7 +63,7 @@ class GroupSubscription(Subscription):
         self._start_loop()
         self._lease_task = asyncio.create_task(self._lease(), name=f"dotmac-events-redis-lease-{self.name}")
 
-    async def _create_group(self, client: aioredis.Redis, key: str, start: str) -> bool:
+    async def _create_group(self, client: Client, key: str, start: str) -> bool:
         try:
             await client.xgroup_create(key, self.group, id=start, mkstream=True)
         except ResponseError as exc:

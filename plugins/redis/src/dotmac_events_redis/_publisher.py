@@ -26,7 +26,7 @@ from dotmac.events.bus import REPLY_TOPIC_PREFIX
 
 from . import _scripts
 from ._common import Backoff, entry_fields, redis_message, retriable, transport_error
-from ._connection import Link, Script
+from ._connection import Link, Router, Script
 from ._writers import Coalescer
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ ADD = Script(_scripts.ADD)
 # Dead letters are never trimmed: this header marks them.
 _DLQ_MARKER = "x-dlq-original-topic"
 _MAX_PUBLISH_BATCH = 1000
+
+
+class NotReplicated(Exception):
+    """``WAIT`` returned before ``wait_replicas`` replicas confirmed the writes."""
 
 
 class Publisher(Coalescer[Sequence[Message]]):
@@ -64,7 +68,7 @@ class Publisher(Coalescer[Sequence[Message]]):
             size += len(item[0])
         return batch
 
-    async def _write(self, batch: list[tuple[Sequence[Message], asyncio.Future[None]]], link: Link) -> None:
+    async def _write(self, batch: list[tuple[Sequence[Message], asyncio.Future[None]]], link: Router) -> None:
         transport = self._transport
         config = transport.config
         flat: list[tuple[int, str, Message]] = []
@@ -97,12 +101,15 @@ class Publisher(Coalescer[Sequence[Message]]):
                 if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("publish failed, retrying: %r", exc)
                     await asyncio.sleep(backoff.next())
+                    await transport._reroute(key for _i, key, _m in flat)
                     continue
                 what = "publish failed"
                 if retriable(exc):
                     what += f" (retried for {config.publish_timeout}s)"
-                error = transport_error(what, exc)
-                if isinstance(error, TransportError) and not isinstance(
+                error: Exception = transport_error(what, exc)
+                if isinstance(exc, NotReplicated):
+                    error = PublishError(str(exc), retriable=True)
+                elif isinstance(error, TransportError) and not isinstance(
                     error, (TransportUnavailableError, AuthenticationError)
                 ):
                     error = PublishError(str(error), retriable=error.retriable)
@@ -140,34 +147,82 @@ class Publisher(Coalescer[Sequence[Message]]):
         transport.counters["published"] += published
 
     async def _send(
-        self, flat: list[tuple[int, str, Message]], reply_keys: set[str], trim_keys: list[str], link: Link
+        self, flat: list[tuple[int, str, Message]], reply_keys: set[str], trim_keys: list[str], link: Router
     ) -> list[Any]:
         """Write the entries; results per entry (``None`` or an error), then the lengths
-        of ``trim_keys``."""
-        transport = self._transport
+        of ``trim_keys``. With ``wait_replicas`` the writes are then confirmed by
+        replicas (``WAIT`` on each connection written to) or :class:`NotReplicated`
+        is raised."""
         keys = {key for _i, key, _m in flat}
-        ttl = int(transport.config.reply_ttl)
         if len(keys) == 1:
             (key,) = keys
-            if len(flat) == 1 and not trim_keys and key not in reply_keys:
-                # Nothing to trim or expire: a plain XADD does it.
-                await link.command("XADD", key, "*", *entry_fields(flat[0][2]))
-                return [None]
-            # One stream (the usual publish or publish_many): one script call, atomic
-            # like MULTI, and it returns the length for the trim check.
-            args: list[Any] = [ttl if key in reply_keys else 0]
-            for _index, _key, message in flat:
-                fields = entry_fields(message)
-                args.append(len(fields))
-                args.extend(fields)
-            length = await link.eval(ADD, [key], args)
-            return [None] * len(flat) + ([int(length)] if trim_keys else [])
-        commands: list[tuple[Any, ...]] = [("XADD", key, "*", *entry_fields(m)) for _i, key, m in flat]
-        commands += [("EXPIRE", key, ttl) for key in sorted(reply_keys)]
-        commands += [("XLEN", key) for key in trim_keys]
-        results = await link.pipeline(commands, transaction=True)
-        del results[len(flat) : len(flat) + len(reply_keys)]
+            node = link.for_key(key)
+            messages = [m for _i, _k, m in flat]
+            results = await self._send_stream(key, messages, key in reply_keys, bool(trim_keys), node)
+            await self._wait_replicas([node])
+            return results
+        if not link.cluster:
+            node = link.for_key(next(iter(keys)))
+            ttl = int(self._transport.config.reply_ttl)
+            commands: list[tuple[Any, ...]] = [("XADD", key, "*", *entry_fields(m)) for _i, key, m in flat]
+            commands += [("EXPIRE", key, ttl) for key in sorted(reply_keys)]
+            commands += [("XLEN", key) for key in trim_keys]
+            results = await node.pipeline(commands, transaction=True)
+            del results[len(flat) : len(flat) + len(reply_keys)]
+            await self._wait_replicas([node])
+            return results
+        # Redis Cluster: streams live in different slots, so each stream is written on
+        # its own (a MULTI block cannot span slots). If one fails, the whole batch is
+        # retried, and streams written before the failure get those entries twice.
+        by_key: dict[str, list[Message]] = {}
+        for _i, key, message in flat:
+            by_key.setdefault(key, []).append(message)
+        written: dict[str, list[Any]] = {}
+        used: list[Link] = []
+        for key, messages in by_key.items():
+            node = link.for_key(key)
+            written[key] = await self._send_stream(key, messages, key in reply_keys, key in trim_keys, node)
+            if node not in used:
+                used.append(node)
+        await self._wait_replicas(used)
+        cursors = dict.fromkeys(by_key, 0)
+        results = []
+        for _i, key, _m in flat:
+            results.append(written[key][cursors[key]])
+            cursors[key] += 1
+        results += [written[key][-1] for key in trim_keys]
         return results
+
+    async def _send_stream(
+        self, key: str, messages: list[Message], reply: bool, trim: bool, link: Link
+    ) -> list[Any]:
+        """Write ``messages`` to one stream: ``None`` per entry, then its length if ``trim``."""
+        if len(messages) == 1 and not trim and not reply:
+            # Nothing to trim or expire: a plain XADD does it.
+            await link.command("XADD", key, "*", *entry_fields(messages[0]))
+            return [None]
+        # One script call, atomic like MULTI, and it returns the length for the trim check.
+        args: list[Any] = [int(self._transport.config.reply_ttl) if reply else 0]
+        for message in messages:
+            fields = entry_fields(message)
+            args.append(len(fields))
+            args.extend(fields)
+        length = await link.eval(ADD, [key], args)
+        return [None] * len(messages) + ([int(length)] if trim else [])
+
+    async def _wait_replicas(self, links: Sequence[Link]) -> None:
+        config = self._transport.config
+        wanted = config.wait_replicas
+        if not wanted:
+            return
+        for link in links:
+            confirmed = int(await link.command("WAIT", wanted, config.wait_timeout_ms))
+            if confirmed < wanted:
+                raise NotReplicated(
+                    f"written to {link.endpoint.host}:{link.endpoint.port} but confirmed by {confirmed} of "
+                    f"wait_replicas={wanted} replicas within wait_timeout_ms={config.wait_timeout_ms}; "
+                    "a retry may store the events twice"
+                )
 
     async def _trim(self, key: str, maxlen: int) -> None:
         transport = self._transport

@@ -16,6 +16,7 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from dotmac.events import Delivery, Message, SubscriptionSpec, TransportSubscription
@@ -127,7 +128,9 @@ class Subscription(TransportSubscription):
         self._stopping = asyncio.Event()
         self._stopped = False
         self._phase: Literal["idle", "read", "sink"] = "idle"
-        self._read_link = Reader(transport.endpoint)
+        # With Redis Cluster the subscription's streams share one slot (the transport
+        # splits a subscription across slots), so one node serves every read.
+        self._read_link = Reader(transport.endpoint, transport._resolver(next(iter(self._keys))))
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(self._config.reconnect_backoff_max)
         self._failing_since: float | None = None
@@ -171,9 +174,18 @@ class Subscription(TransportSubscription):
         if client_id is None:
             return
         try:
-            await self._transport._redis().execute_command(  # type: ignore[no-untyped-call]
-                "CLIENT", "UNBLOCK", client_id
-            )
+            client = self._transport._redis()
+            if isinstance(client, RedisCluster):
+                # The read blocks on the node the reader connected to.
+                where = self._read_link.endpoint
+                node = client.get_node(host=where.host, port=where.port)
+                if node is None:
+                    return
+                await client.execute_command("CLIENT", "UNBLOCK", client_id, target_nodes=node)
+            else:
+                await client.execute_command(  # type: ignore[no-untyped-call]
+                    "CLIENT", "UNBLOCK", client_id
+                )
         except RedisError as exc:
             log.debug("CLIENT UNBLOCK failed for %s: %r", self.name, exc)
             self._read_link.client_id = None
@@ -201,6 +213,7 @@ class Subscription(TransportSubscription):
                         await self._recreate_groups()
                 self._read_link.close()
                 await self._on_error(exc)
+                await self._transport._reroute(self._keys)
                 continue
             if self._failing_since is not None:
                 log.info(
@@ -350,6 +363,6 @@ class BroadcastSubscription(Subscription):
 
     async def _after_stop(self) -> None:
         reply_keys = [k for k, t in self._keys.items() if t.startswith(REPLY_TOPIC_PREFIX)]
-        if reply_keys:
+        for key in reply_keys:  # one by one: on a cluster they may be in different slots
             with contextlib.suppress(Exception):
-                await self._transport._redis().delete(*reply_keys)
+                await self._transport._redis().delete(key)

@@ -21,7 +21,7 @@ from dotmac.events.errors import BusStateError
 
 from . import _scripts
 from ._common import RELEASED_IDLE_MS, Backoff, retriable, transport_error
-from ._connection import Link, Script
+from ._connection import Link, Router, Script, redirected
 
 if TYPE_CHECKING:
     from .transport import RedisTransport
@@ -57,8 +57,8 @@ class Coalescer(Generic[_T]):
         self._task: asyncio.Task[None] | None = None
         self._batch: list[tuple[_T, asyncio.Future[None]]] = []  # being written by the task
         self._direct = 0  # writes being done by callers in their own tasks
-        self._link = Link(transport.endpoint)  # the task's
-        self._direct_link = Link(transport.endpoint)  # for callers writing in their own tasks
+        self._link = transport._router()  # the task's
+        self._direct_link = transport._router()  # for callers writing in their own tasks
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._task_name)
@@ -136,7 +136,7 @@ class Coalescer(Generic[_T]):
         self._queue.clear()
         return batch
 
-    async def _write(self, batch: list[tuple[_T, asyncio.Future[None]]], link: Link) -> None:
+    async def _write(self, batch: list[tuple[_T, asyncio.Future[None]]], link: Router) -> None:
         """Write ``batch`` (single-command writes on ``link``) and settle its futures."""
         raise NotImplementedError
 
@@ -150,7 +150,7 @@ class AckWriter(Coalescer[_AckItem]):
     async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str, count: int) -> None:
         await self._enqueue((op, key, group, consumer, entry_id, count))
 
-    async def _write(self, batch: list[tuple[_AckItem, asyncio.Future[None]]], link: Link) -> None:
+    async def _write(self, batch: list[tuple[_AckItem, asyncio.Future[None]]], link: Router) -> None:
         transport = self._transport
         acks: dict[tuple[str, str], list[str]] = {}
         releases: dict[tuple[str, str, str], list[Any]] = {}
@@ -169,6 +169,7 @@ class AckWriter(Coalescer[_AckItem]):
                 if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("ack write failed, retrying: %r", exc)
                     await asyncio.sleep(backoff.next())
+                    await transport._reroute([key for key, _g in acks] + [key for key, _g, _c in releases])
                     continue
                 what = "acknowledgement not written"
                 if retriable(exc):
@@ -193,19 +194,32 @@ class AckWriter(Coalescer[_AckItem]):
         self,
         acks: dict[tuple[str, str], list[str]],
         releases: dict[tuple[str, str, str], list[Any]],
-        link: Link,
+        link: Router,
     ) -> list[Any]:
-        """One round trip: an ``XACK`` per stream and group, a release script call per
-        consumer; the replies, error replies as exceptions."""
+        """One round trip per node (one with a single server): an ``XACK`` per stream
+        and group, a release script call per consumer; the replies, error replies as
+        exceptions. A reply saying a slot moved is raised, so the whole batch is
+        retried (acks and releases may be written twice; both are idempotent)."""
         commands: list[tuple[Any, ...]] = [("XACK", key, group, *ids) for (key, group), ids in acks.items()]
+        keys: list[str] = [key for key, _group in acks]
         for (key, group, consumer), pairs in releases.items():
             commands.append(("EVALSHA", RELEASE.sha, 1, key, group, consumer, RELEASED_IDLE_MS, *pairs))
-        results = await link.pipeline(commands)
-        for index, result in enumerate(results):
-            if isinstance(result, NoScriptError):
-                # The server's script cache was emptied: EVAL runs it and caches it again.
-                try:
-                    results[index] = await link.command("EVAL", RELEASE.source, *commands[index][2:])
-                except ResponseError as exc:
-                    results[index] = exc
+            keys.append(key)
+        per_link: dict[Link, list[int]] = {}
+        for index, key in enumerate(keys):
+            per_link.setdefault(link.for_key(key), []).append(index)
+        results: list[Any] = [None] * len(commands)
+        for node_link, indexes in per_link.items():
+            replies = await node_link.pipeline([commands[i] for i in indexes])
+            for index, reply in zip(indexes, replies, strict=True):
+                if isinstance(reply, NoScriptError):
+                    # The server's script cache was emptied: EVAL runs it and caches it again.
+                    try:
+                        reply = await node_link.command("EVAL", RELEASE.source, *commands[index][2:])
+                    except ResponseError as exc:
+                        reply = exc
+                if redirected(reply):
+                    node_link.close()
+                    raise reply
+                results[index] = reply
         return results

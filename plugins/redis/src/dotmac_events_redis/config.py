@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from attrs import field, frozen
 
 from dotmac.events.errors import ConfigurationError
 
-__all__ = ["RedisConfig", "parse_redis_url"]
+__all__ = ["CLUSTER_SCHEMES", "RedisConfig", "parse_redis_url"]
 
 _PREFIX_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -85,9 +85,28 @@ def _choice(*allowed: str) -> Any:
     return check
 
 
+def _seed(item: str) -> tuple[str, int]:
+    host, sep, port = item.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in host:
+        raise _fail("cluster_seeds", "comma-separated host:port pairs", item)
+    return host, int(port)
+
+
+def _seeds(_inst: Any, _attr: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _fail("cluster_seeds", "comma-separated host:port pairs", value)
+    for item in value.split(","):
+        if item.strip():
+            _seed(item)
+
+
 @frozen
 class RedisConfig:
-    """``redis://[user[:password]@]host[:port][/db]?option=value`` (``rediss://`` for TLS).
+    """``redis://[user[:password]@]host[:port][/db]?option=value`` (``rediss://`` for TLS;
+    ``redis+cluster://host:port[,host:port...]/`` for Redis Cluster).
 
     Connection
         ``host``, ``port``, ``db``; ``username`` and ``password`` for AUTH (an ACL user
@@ -136,6 +155,20 @@ class RedisConfig:
         been idle for ``consumer_idle_timeout`` seconds are removed from their group
         (``None``: never).
 
+    Redis Cluster
+        ``cluster`` (implied by ``redis+cluster://`` and ``rediss+cluster://``) talks to
+        a Redis Cluster through redis-py's cluster client; ``host``/``port`` and
+        ``cluster_seeds`` (more ``host:port`` pairs, comma-separated) are the seed
+        nodes. Each stream key is then one hash tag, ``{<key_prefix>[<namespace>:]<topic>}``,
+        so every script touches one slot (docs/transports/redis.md, "Redis Cluster").
+
+    Replication
+        ``wait_replicas`` (default 0: off) makes every publish wait, after Redis took
+        it, until that many replicas have it too (``WAIT``), for up to
+        ``wait_timeout_ms``; a publish fewer replicas confirmed in time fails with a
+        retriable :class:`~dotmac.events.errors.PublishError` (the entries were
+        written to the primary, so a retry may store them twice).
+
     Resilience
         ``publish_timeout`` and ``ack_timeout``: how long a publish or an
         acknowledgement keeps retrying while Redis is unreachable before it fails.
@@ -177,8 +210,32 @@ class RedisConfig:
     ack_timeout: float = field(default=30.0, validator=_positive_number)
     reconnect_backoff_max: float = field(default=5.0, validator=_positive_number)
     reply_ttl: float = field(default=3600.0, validator=_positive_number)
+    cluster: bool = False
+    cluster_seeds: str | None = field(default=None, validator=_seeds)
+    wait_replicas: int = field(default=0, validator=_int_in(0, 64))
+    wait_timeout_ms: int = field(default=1000, validator=_int_in(1))
 
     def __attrs_post_init__(self) -> None:
+        if self.cluster:
+            if self.db != 0:
+                raise ConfigurationError(
+                    "RedisConfig.db must be 0 with cluster=True (Redis Cluster has one database)"
+                )
+            if self.ssl_password is not None:
+                raise ConfigurationError(
+                    "RedisConfig.ssl_password is not supported with cluster=True "
+                    "(redis-py's cluster client cannot load an encrypted key); use an unencrypted key"
+                )
+            if "{" in self.key_prefix or "}" in self.key_prefix:
+                raise ConfigurationError(
+                    "RedisConfig.key_prefix cannot contain '{' or '}' with cluster=True: "
+                    "the transport puts each stream key in a hash tag of its own"
+                )
+        elif self.cluster_seeds is not None:
+            raise ConfigurationError(
+                "RedisConfig.cluster_seeds is set but cluster is off; "
+                "use a redis+cluster:// URL or cluster=True"
+            )
         tls_files = (self.ssl_ca_certs, self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
         if not self.ssl and any(v is not None for v in tls_files):
             raise ConfigurationError(
@@ -197,10 +254,22 @@ class RedisConfig:
                 )
 
     def stream_key(self, topic: str) -> str:
-        """The Redis key of ``topic``'s stream (topics are validated by the core)."""
-        if self.namespace is None:
-            return f"{self.key_prefix}{topic}"
-        return f"{self.key_prefix}{self.namespace}:{topic}"
+        """The Redis key of ``topic``'s stream (topics are validated by the core).
+
+        With ``cluster`` the whole key is one hash tag: the stream's slot depends on
+        the key alone, and whatever one script touches (one stream) is in one slot.
+        """
+        name = topic if self.namespace is None else f"{self.namespace}:{topic}"
+        key = f"{self.key_prefix}{name}"
+        return f"{{{key}}}" if self.cluster else key
+
+    def seeds(self) -> list[tuple[str, int]]:
+        """The seed nodes of a cluster: ``host``/``port`` first, then ``cluster_seeds``."""
+        nodes = [(self.host, self.port)]
+        for item in (self.cluster_seeds or "").split(","):
+            if item.strip():
+                nodes.append(_seed(item))
+        return nodes
 
     def describe(self) -> dict[str, object]:
         """Non-secret facts for logs and diagnostics."""
@@ -213,24 +282,46 @@ class RedisConfig:
             "ssl": self.ssl,
             "key_prefix": self.key_prefix,
             "namespace": self.namespace,
+            "cluster": self.cluster,
+            "cluster_seeds": self.cluster_seeds,
+            "wait_replicas": self.wait_replicas,
         }
 
 
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
 def parse_redis_url(url: str) -> dict[str, Any]:
-    """Config fields from the scheme, netloc and path of a ``redis://`` or ``rediss://`` URL.
+    """Config fields from the scheme, netloc and path of a ``redis://`` or ``rediss://`` URL
+    (``redis+cluster://`` and ``rediss+cluster://`` take several ``host:port`` seeds).
 
     Query parameters are added by the core. Errors never repeat the URL, which may
     hold a password.
     """
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
         raise ConfigurationError("malformed Redis URL: bad host or port") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss"):
+    if scheme not in ("redis", "rediss", *CLUSTER_SCHEMES):
         raise ConfigurationError(f"not a Redis URL scheme: {scheme!r}")
     fields: dict[str, Any] = {}
+    hosts = parts.netloc.rpartition("@")[2]
+    if scheme in CLUSTER_SCHEMES:
+        fields["cluster"] = True
+        first, _sep, rest = hosts.partition(",")
+        if rest.strip():
+            fields["cluster_seeds"] = rest
+        # The first seed goes through urlsplit like a single-node URL.
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{first}" if userinfo else first
+        parts = urlsplit(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+    elif "," in hosts:
+        raise ConfigurationError("several hosts in a Redis URL need the redis+cluster:// scheme")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError("malformed Redis URL: bad host or port") from None
     if parts.hostname:
         fields["host"] = parts.hostname
     if port is not None:
@@ -244,6 +335,6 @@ def parse_redis_url(url: str) -> dict[str, Any]:
         if not path.isdigit():
             raise ConfigurationError(f"the path of a Redis URL is the database number, got {path!r}")
         fields["db"] = int(path)
-    if scheme == "rediss":
+    if scheme.startswith("rediss"):
         fields["ssl"] = True
     return fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from dotmac.events.doctor import CheckResult, DoctorCheck, DoctorContext
@@ -22,7 +23,16 @@ async def redis_limits(transport: Transport, ctx: DoctorContext) -> Sequence[Che
     config = transport.config
     results: list[CheckResult] = []
     try:
-        memory = await client.info("memory")
+        if isinstance(client, RedisCluster):
+            # Every primary holds streams: the tightest limit counts (first primary's policy).
+            infos = [await client.info("memory", target_nodes=node) for node in client.get_primaries()]
+            limits = [int(info.get("maxmemory", 0)) for info in infos]
+            memory = {
+                "maxmemory": min((m for m in limits if m), default=0),
+                "maxmemory_policy": infos[0].get("maxmemory_policy", "?") if infos else "?",
+            }
+        else:
+            memory = await client.info("memory")
         maxmemory = int(memory.get("maxmemory", 0))
         policy = str(memory.get("maxmemory_policy", "?"))
         risky = maxmemory > 0 and policy == "noeviction" and config.max_stream_length is None
@@ -52,8 +62,8 @@ async def _cleanup(transport: RedisTransport, ctx: DoctorContext) -> CheckResult
     config = transport.config
     keys = [config.stream_key(t) for topic in ctx.scratch_topics for t in (topic, f"{topic}.dlq")]
     try:
-        if keys:
-            await client.delete(*keys)
+        for key in keys:  # one by one: on a cluster they may be in different slots
+            await client.delete(key)
         if not ctx.scratch:
             # The round trip's scratch group sits on the user's stream.
             await client.xgroup_destroy(config.stream_key(ctx.topic), ctx.group)

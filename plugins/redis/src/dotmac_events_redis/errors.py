@@ -8,7 +8,9 @@
   :class:`~dotmac.events.errors.ConfigurationError` naming the setting to change.
 - a rejected TLS certificate stays a non-retriable ``TransportError``.
 - **transient** (lost connection, timeout, ``LOADING``, ``BUSY``, ``MASTERDOWN``,
-  ``TRYAGAIN``, ``CLUSTERDOWN``): retried with backoff by the transport.
+  ``TRYAGAIN``, ``CLUSTERDOWN``; with Redis Cluster also ``MOVED``/``ASK`` on the
+  transport's own connections and the cluster client's errors after a failover):
+  retried with backoff by the transport.
 
 :func:`transport_error` maps one redis-py exception to the error to raise.
 """
@@ -29,7 +31,17 @@ from dotmac.events.errors import (
 
 __all__ = ["is_retriable", "redis_message", "transport_error"]
 
-_TRANSIENT_PREFIXES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ", "CLUSTERDOWN")
+_TRANSIENT_PREFIXES = ("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ", "CLUSTERDOWN", "MOVED ", "ASK ")
+# Redis Cluster in motion (a failover, a slot migration): redis-py's cluster client
+# raises these once its own retries are spent; the next attempt may find the new node.
+_CLUSTER_TRANSIENT = (
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    rexc.SlotNotCoveredError,
+    rexc.MovedError,
+    rexc.AskError,
+)
 
 
 def redis_message(exc: BaseException) -> str:
@@ -81,6 +93,13 @@ def is_retriable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
         return not tls_rejected(exc)
+    if isinstance(exc, _CLUSTER_TRANSIENT):
+        return True
+    if isinstance(exc, rexc.ClusterError) or (
+        isinstance(exc, rexc.RedisClusterException) and "cannot be connected" in str(exc)
+    ):
+        # "TTL exhausted" (redirected too often) or no seed node reachable.
+        return True
     if isinstance(exc, rexc.ResponseError):
         return redis_message(exc).startswith(_TRANSIENT_PREFIXES)
     return False

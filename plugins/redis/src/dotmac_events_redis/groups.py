@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from dotmac.events import GroupInfo
@@ -34,16 +35,24 @@ def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
-async def stream_topics(client: aioredis.Redis, base: str) -> list[str]:
+async def stream_topics(
+    client: aioredis.Redis | RedisCluster, base: str, *, tagged: bool = False
+) -> list[str]:
     """The topics whose streams are keys ``{base}{topic}`` (``base`` is the key prefix,
     plus ``namespace:`` with a namespace), in SCAN order.
 
-    Keys of other types, keys of other namespaces (a topic cannot contain ``:``) and
-    stream names that are not valid topics are left out.
+    With ``tagged`` (cluster mode) a key is ``{base}{topic}}``: ``base`` starts with the
+    hash tag's ``{`` and the key ends with its ``}``; the cluster client scans every
+    primary. Keys of other types, keys of other namespaces (a topic cannot contain
+    ``:``) and stream names that are not valid topics are left out.
     """
     topics = []
     async for key in client.scan_iter(match=f"{_glob_escape(base)}*", count=1000, _type="stream"):
         name = _text(key)[len(base) :]
+        if tagged:
+            if not name.endswith("}"):
+                continue
+            name = name[:-1]
         if ":" in name:
             continue
         try:
@@ -54,7 +63,7 @@ async def stream_topics(client: aioredis.Redis, base: str) -> list[str]:
     return topics
 
 
-async def stream_groups(client: aioredis.Redis, key: str, topic: str) -> list[GroupInfo]:
+async def stream_groups(client: aioredis.Redis | RedisCluster, key: str, topic: str) -> list[GroupInfo]:
     """The consumer groups of the stream ``key`` (the stream of ``topic``), by name.
 
     Redis errors propagate as they are; the transport turns them into its errors.

@@ -16,15 +16,17 @@ import contextlib
 import inspect
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
 
+import attrs
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisError, SlotNotCoveredError
 
 from dotmac.events import GroupInfo, Message, SubscriptionSpec, Transport, TransportSubscription
 from dotmac.events.errors import BusStateError, ConfigurationError
@@ -40,7 +42,7 @@ from ._common import (
     text,
     transport_error,
 )
-from ._connection import Endpoint, Link
+from ._connection import Endpoint, Link, Router
 from ._group import GroupSubscription
 from ._publisher import Publisher
 from ._subscription import BroadcastSubscription, Subscription
@@ -48,9 +50,12 @@ from ._writers import AckWriter
 from .config import RedisConfig
 from .groups import stream_groups, stream_topics
 
-__all__ = ["CAPABILITIES", "DATA_FIELD", "KEY_FIELD", "RELEASED_IDLE_MS", "RedisTransport"]
+__all__ = ["CAPABILITIES", "DATA_FIELD", "KEY_FIELD", "RELEASED_IDLE_MS", "Client", "RedisTransport"]
 
 log = logging.getLogger(__name__)
+
+# redis-py's client: one server (with its pool) or a Redis Cluster.
+Client: TypeAlias = "aioredis.Redis | RedisCluster"
 
 
 class RedisTransport(Transport):
@@ -68,7 +73,8 @@ class RedisTransport(Transport):
         self.endpoint = Endpoint(config)
         # Used by the core when ConsumerOptions.max_deliveries is None.
         self.default_max_deliveries = config.max_deliveries
-        self._client: aioredis.Redis | None = None
+        self._client: Client | None = None
+        self._nodes: dict[tuple[str, int], Endpoint] = {}
         self._pool: BlockingConnectionPool | None = None
         self._scripts: dict[str, Any] = {}
         self._subs: set[Subscription] = set()
@@ -99,7 +105,7 @@ class RedisTransport(Transport):
 
     def __repr__(self) -> str:
         c = self.config
-        scheme = "rediss" if c.ssl else "redis"
+        scheme = ("rediss" if c.ssl else "redis") + ("+cluster" if c.cluster else "")
         return f"<RedisTransport {scheme}://{c.host}:{c.port}/{c.db} prefix={c.key_prefix!r}>"
 
     def stats(self) -> dict[str, Any]:
@@ -145,10 +151,57 @@ class RedisTransport(Transport):
                 kwargs["ssl_password"] = c.ssl_password
         return kwargs
 
-    def _redis(self) -> aioredis.Redis:
+    def _cluster_kwargs(self) -> dict[str, Any]:
+        """redis-py's settings for its cluster client (the pool's, per node)."""
+        kwargs = self._pool_kwargs()
+        for name in ("host", "port", "db", "connection_class", "ssl_password"):
+            kwargs.pop(name, None)
+        if self.config.ssl:
+            kwargs["ssl"] = True
+        kwargs["max_connections"] = self.config.max_connections
+        # A few quick retries inside the cluster client let it follow MOVED replies
+        # and find the new primary after a failover; longer outages are retried by
+        # the transport's own loops, with their deadlines.
+        kwargs["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+        return kwargs
+
+    def _redis(self) -> Client:
         if self._client is None:
             raise BusStateError("the redis transport is not started")
         return self._client
+
+    # -- Redis Cluster routing -----------------------------------------------------------
+    def _node_of(self, key: str) -> Endpoint:
+        """The endpoint of the primary serving ``key`` (as the cluster client knows it)."""
+        client = self._redis()
+        assert isinstance(client, RedisCluster)
+        node = client.get_node_from_key(key)
+        if node is None:
+            raise SlotNotCoveredError(f"no node serves the slot of {key!r} yet")
+        address = (node.host, int(node.port))
+        endpoint = self._nodes.get(address)
+        if endpoint is None:
+            endpoint = self._nodes[address] = self.endpoint.at(*address)
+        return endpoint
+
+    def _router(self) -> Router:
+        """Links for a writer: one server's, or one per cluster node."""
+        return Router(self.endpoint, self._node_of if self.config.cluster else None)
+
+    def _resolver(self, key: str) -> Callable[[], Endpoint] | None:
+        """For a link that always serves ``key``: picks its node at each connect."""
+        if not self.config.cluster:
+            return None
+        return lambda: self._node_of(key)
+
+    async def _reroute(self, keys: Iterable[str]) -> None:
+        """After a failure in cluster mode: let the cluster client learn where ``keys``
+        live now (it follows MOVED and, after a lost node, reloads the slot map)."""
+        if not self.config.cluster or self._client is None:
+            return
+        for key in sorted(set(keys)):
+            with contextlib.suppress(Exception):
+                await self._client.exists(key)
 
     def _script(self, name: str) -> Any:
         return self._scripts[name]
@@ -179,22 +232,42 @@ class RedisTransport(Transport):
         pool_kwargs = self._pool_kwargs()
         # One connection of the transport's own first: its errors (refused
         # credentials, rejected certificate) are precise, where a pool may report
-        # them as "no connection".
-        probe = Link(self.endpoint)
-        try:
-            await probe.command("PING")
-        except Exception as exc:
-            where = f"{config.host}:{config.port}"
-            raise transport_error(f"cannot connect to Redis at {where}", exc) from None
-        finally:
-            probe.shut()
-        pool = BlockingConnectionPool(
-            max_connections=config.max_connections,
-            timeout=config.socket_connect_timeout,
-            **pool_kwargs,
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        self._pool = pool
+        # them as "no connection". A cluster needs one seed that answers.
+        seeds = config.seeds() if config.cluster else [(config.host, config.port)]
+        first_error: Exception | None = None
+        for host, port in seeds:
+            probe = Link(self.endpoint.at(host, port))
+            try:
+                await probe.command("PING")
+            except Exception as exc:
+                first_error = first_error or exc
+                continue
+            finally:
+                probe.shut()
+            first_error = None
+            break
+        if first_error is not None:
+            where = ",".join(f"{h}:{p}" for h, p in seeds)
+            raise transport_error(f"cannot connect to Redis at {where}", first_error) from None
+        client: Client
+        if config.cluster:
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in seeds], **self._cluster_kwargs()
+            )
+            try:
+                await client.initialize()
+            except Exception as exc:
+                await client.aclose()
+                raise transport_error("cannot load the slot map of the Redis Cluster", exc) from None
+            self._nodes = {}
+        else:
+            pool = BlockingConnectionPool(
+                max_connections=config.max_connections,
+                timeout=config.socket_connect_timeout,
+                **pool_kwargs,
+            )
+            client = aioredis.Redis(connection_pool=pool)
+            self._pool = pool
         self._client = client
         self._scripts = {
             "trim": client.register_script(_scripts.TRIM),
@@ -254,6 +327,34 @@ class RedisTransport(Transport):
     async def subscribe(self, spec: SubscriptionSpec, sink: DeliverySink) -> TransportSubscription:
         if not self._started:
             raise BusStateError("the redis transport is not started")
+        slots = self._slot_groups(spec.topics)
+        if len(slots) > 1:
+            # A blocking read cannot span slots of a cluster: one subscription per slot,
+            # sharing the prefetch.
+            prefetch = max(1, spec.prefetch // len(slots))
+            parts: list[Subscription] = []
+            try:
+                for topics in slots:
+                    part = attrs.evolve(spec, topics=topics, prefetch=prefetch)
+                    parts.append(await self._subscribe(part, sink))
+            except BaseException:
+                for opened in parts:
+                    await opened.stop()
+                raise
+            return _SlotSubscriptions(parts)
+        return await self._subscribe(spec, sink)
+
+    def _slot_groups(self, topics: Sequence[str]) -> list[tuple[str, ...]]:
+        if not self.config.cluster or len(topics) < 2:
+            return [tuple(topics)]
+        client = self._redis()
+        assert isinstance(client, RedisCluster)
+        by_slot: dict[int, list[str]] = {}
+        for topic in topics:
+            by_slot.setdefault(client.keyslot(self.config.stream_key(topic)), []).append(topic)
+        return [tuple(group) for group in by_slot.values()]
+
+    async def _subscribe(self, spec: SubscriptionSpec, sink: DeliverySink) -> Subscription:
         sub: GroupSubscription | BroadcastSubscription
         if spec.group is None:
             sub = BroadcastSubscription(self, spec, sink)
@@ -279,6 +380,19 @@ class RedisTransport(Transport):
 
     async def topics(self) -> list[str]:
         try:
-            return await stream_topics(self._redis(), self.config.stream_key(""))
+            base = self.config.stream_key("")
+            if self.config.cluster:  # "{prefix}": keep the opening brace of the hash tag
+                return await stream_topics(self._redis(), base[:-1], tagged=True)
+            return await stream_topics(self._redis(), base)
         except RedisError as exc:
             raise transport_error("cannot list the topics", exc) from exc
+
+
+class _SlotSubscriptions(TransportSubscription):
+    """One subscription on topics in several slots of a cluster: one part per slot."""
+
+    def __init__(self, parts: Sequence[Subscription]) -> None:
+        self.parts = list(parts)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(part.stop() for part in self.parts))

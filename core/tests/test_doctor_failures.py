@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -33,13 +34,13 @@ from dotmac_events_memory.transport import MemoryTransport  # noqa: E402
 
 
 class _AckRefused(Delivery):
-    """A delivery whose ack the broker refuses (it stays unacknowledged)."""
+    """``inner``, but the broker refuses its ack (it stays unacknowledged)."""
 
     def __init__(self, inner: Delivery) -> None:
-        self.message = inner.message
-        self.delivery_count = inner.delivery_count
-        self.ordering_key = inner.ordering_key
         self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # message, delivery_count, ordering_key
+        return getattr(self._inner, name)
 
     async def ack(self) -> None:
         raise AuthenticationError("ack refused", permission="+xack")

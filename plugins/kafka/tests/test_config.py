@@ -92,11 +92,46 @@ def test_dict_and_toml_shapes() -> None:
         ({"num_partitions": 0}, "num_partitions"),
         ({"heartbeat_interval_ms": 5000, "session_timeout_ms": 3000}, "heartbeat_interval_ms"),
         ({"ssl_context": "not a context", "security_protocol": "SSL"}, "ssl.SSLContext"),
+        ({"bootstrap_servers": "user@h1:9092"}, "bad address 'user@h1:9092'"),
+        ({"client_id": ""}, "client_id must be a non-empty str"),
+        ({"topic_config": ["retention.ms=1"]}, "topic_config must be a mapping, got list"),
+        ({"isolation_level": "dirty"}, "isolation_level must be 'read_uncommitted' or 'read_committed'"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_oauth_token_provider": "a token"},
+            "must be an aiokafka.abc.AbstractTokenProvider, got str",
+        ),
+        ({"transactional_id": "billing-1", "acks": 1}, "transactional_id requires acks='all'"),
+        ({"transactional_id": "billing-1", "enable_idempotence": False}, "transactional_id requires"),
     ],
 )
 def test_bad_settings_are_rejected_precisely(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         KafkaConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_defaults_and_spellings_of_optional_settings() -> None:
+    # A host without a port is aiokafka's default port; "none" and None mean no compression.
+    assert KafkaConfig(bootstrap_servers="h1,h2:9093").bootstrap_servers == "h1,h2:9093"
+    assert KafkaConfig(compression_type="none").compression_type is None
+    assert KafkaConfig(compression_type=None).compression_type is None
+    assert KafkaConfig(topic_config=None).topic_config == {}  # type: ignore[arg-type]
+
+
+def test_a_token_provider_needs_a_sasl_protocol() -> None:
+    from aiokafka.abc import AbstractTokenProvider
+
+    class Provider(AbstractTokenProvider):
+        async def token(self) -> str:
+            return SECRET
+
+    with pytest.raises(
+        ConfigurationError, match="sasl_oauth_token_provider set but security_protocol is PLAINTEXT"
+    ):
+        KafkaConfig(sasl_oauth_token_provider=Provider())
+    config = KafkaConfig(
+        security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=Provider()
+    )
+    assert client_options(config)["sasl_oauth_token_provider"] is config.sasl_oauth_token_provider
 
 
 def test_bad_url_values_name_the_field_without_the_secret() -> None:

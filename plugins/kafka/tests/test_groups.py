@@ -52,6 +52,12 @@ async def test_lag_is_exact_for_a_known_backlog(make_bus: MakeBus, topic: str, g
         assert info.lag == n - m
 
 
+async def test_a_topic_no_group_consumed_has_no_groups(make_bus: MakeBus, topic: str) -> None:
+    async with make_bus() as bus:
+        await bus.publish(Event(topic=topic, payload={}))  # the topic exists, no group committed
+        assert await bus.groups(topic) == []
+
+
 async def test_a_partition_without_commit_makes_lag_unknown(
     make_bus: MakeBus, kafka_servers: str, topic: str, group: str
 ) -> None:

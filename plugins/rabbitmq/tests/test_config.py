@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 
 import pytest
 from attrs import evolve
@@ -48,6 +49,8 @@ def test_create_bus_with_query_options() -> None:
         ({"unroutable": "ignore"}, "unroutable"),
         ({"ssl_cafile": "/ca.pem"}, "ssl is off"),
         ({"ssl": True, "ssl_keyfile": "/k.pem"}, "ssl_certfile"),
+        ({"virtual_host": ""}, "virtual_host must be a non-empty str of at most 255 bytes"),
+        ({"virtual_host": "é" * 128}, "virtual_host must be a non-empty str of at most 255 bytes"),
     ],
 )
 def test_bad_values_are_named(fields: dict[str, object], fragment: str) -> None:
@@ -58,6 +61,11 @@ def test_bad_values_are_named(fields: dict[str, object], fragment: str) -> None:
 def test_bad_url_path_and_unknown_option() -> None:
     with pytest.raises(ConfigurationError):
         parse_amqp_url("amqp://h/a/b")
+    with pytest.raises(ConfigurationError, match="^malformed AMQP URL: bad host or port$") as info:
+        parse_amqp_url(f"amqp://app:{SECRET}@h:notaport/")
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigurationError, match="not an AMQP URL scheme: 'http'"):
+        parse_amqp_url("http://h/")
     with pytest.raises(ConfigurationError):
         create_bus("amqp://h/?no_such_option=1")
 
@@ -91,3 +99,13 @@ async def test_failed_connect_hides_the_password(caplog: pytest.LogCaptureFixtur
     assert SECRET not in repr(info.value.__cause__)
     assert SECRET not in caplog.text
     await bus.close()
+
+
+def test_tls_context_checks_certificates_unless_ssl_insecure(caplog: pytest.LogCaptureFixture) -> None:
+    assert create_bus("amqp://h").transport._ssl_context() is None  # type: ignore[attr-defined]
+    strict = create_bus("amqps://h").transport._ssl_context()  # type: ignore[attr-defined]
+    assert (strict.verify_mode, strict.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert "checks are OFF" not in caplog.text
+    insecure = create_bus("amqps://h?ssl_insecure=true").transport._ssl_context()  # type: ignore[attr-defined]
+    assert (insecure.verify_mode, insecure.check_hostname) == (ssl.CERT_NONE, False)
+    assert "RabbitMQ TLS certificate and host name checks are OFF (ssl_insecure=True)" in caplog.text

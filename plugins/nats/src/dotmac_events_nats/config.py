@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from attrs import field, frozen
 
+from dotmac.events.config_fields import FieldChecks
 from dotmac.events.errors import ConfigurationError
 
 __all__ = ["ENV_PASSWORD", "ENV_TOKEN", "NatsConfig", "parse_nats_url"]
@@ -23,6 +24,11 @@ _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Subject tokens of the prefix: no wildcards, no empty tokens.
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 STORAGE_TYPES = ("file", "memory")
+
+
+_check = FieldChecks("NatsConfig")
+_int_at_least = _check.int_in
+_optional_secret = _check.optional_text  # never echoes the value: these fields hold secrets
 
 
 def _servers(value: Any) -> str:
@@ -73,14 +79,6 @@ def _non_negative_number(_inst: Any, attr: Any, value: Any) -> None:
         raise ConfigurationError(f"NatsConfig.{attr.name} must be a number >= 0, got {value!r}")
 
 
-def _int_at_least(minimum: int) -> Any:
-    def check(_inst: Any, attr: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigurationError(f"NatsConfig.{attr.name} must be an int >= {minimum}, got {value!r}")
-
-    return check
-
-
 def _limit(_inst: Any, attr: Any, value: Any) -> None:
     # JetStream's own spelling of "unlimited" is -1.
     if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
@@ -92,12 +90,6 @@ def _limit(_inst: Any, attr: Any, value: Any) -> None:
 def _optional_max_deliver(_inst: Any, _attr: Any, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ConfigurationError(f"NatsConfig.max_deliver must be an int >= 1 or None, got {value!r}")
-
-
-def _optional_secret(_inst: Any, attr: Any, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        # Never echo the value: these fields hold secrets.
-        raise ConfigurationError(f"NatsConfig.{attr.name} must be a non-empty str or None")
 
 
 def _optional_text(_inst: Any, attr: Any, value: Any) -> None:

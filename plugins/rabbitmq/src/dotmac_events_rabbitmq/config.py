@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from attrs import field, frozen
 
+from dotmac.events.config_fields import FieldChecks
 from dotmac.events.errors import ConfigurationError
 
 __all__ = ["ENV_PASSWORD", "RabbitMQConfig", "parse_amqp_url"]
@@ -21,46 +22,15 @@ MAX_NAME_BYTES = 255
 _NAME_RE = re.compile(r"[A-Za-z0-9._:-]+")
 
 
-def _fail(name: str, expected: str, value: Any) -> ConfigurationError:
-    return ConfigurationError(f"RabbitMQConfig.{name} must be {expected}, got {value!r}")
-
-
-def _int_in(low: int, high: int | None = None) -> Any:
-    def check(_inst: Any, attr: Any, value: Any) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < low
-            or (high is not None and value > high)
-        ):
-            expected = f"an int >= {low}" if high is None else f"an int from {low} to {high}"
-            raise _fail(attr.name, expected, value)
-
-    return check
-
-
-def _optional(check: Any) -> Any:
-    def inner(inst: Any, attr: Any, value: Any) -> None:
-        if value is not None:
-            check(inst, attr, value)
-
-    return inner
-
-
-def _positive_number(_inst: Any, attr: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise _fail(attr.name, "a number > 0", value)
-
-
-def _optional_text(_inst: Any, attr: Any, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        # Never echo the value: this validator also guards secrets.
-        raise ConfigurationError(f"RabbitMQConfig.{attr.name} must be a non-empty str or None")
-
-
-def _host(_inst: Any, _attr: Any, value: Any) -> None:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value) or "/" in value:
-        raise _fail("host", "a host name or address", value)
+_check = FieldChecks("RabbitMQConfig")
+_fail = _check.error
+_int_in = _check.int_in
+_optional = _check.optional
+_positive_number = _check.positive_number
+_optional_text = _check.optional_text  # never echoes the value: it also guards secrets
+_host = _check.host
+_choice = _check.choice
+_is_bool = _check.is_bool
 
 
 def _vhost(_inst: Any, _attr: Any, value: Any) -> None:
@@ -76,19 +46,6 @@ def _name(limit: int) -> Any:
             raise _fail(attr.name, "a name outside the broker's reserved 'amq.' prefix", value)
 
     return check
-
-
-def _choice(*allowed: str) -> Any:
-    def check(_inst: Any, attr: Any, value: Any) -> None:
-        if value not in allowed:
-            raise _fail(attr.name, " or ".join(repr(a) for a in allowed), value)
-
-    return check
-
-
-def _is_bool(_inst: Any, attr: Any, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise _fail(attr.name, "a bool", value)
 
 
 @frozen

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from attrs import field, frozen
 
+from dotmac.events.config_fields import FieldChecks, Validator
 from dotmac.events.errors import ConfigurationError
 
 __all__ = ["CLUSTER_SCHEMES", "RedisConfig", "parse_redis_url"]
@@ -16,53 +17,18 @@ _PREFIX_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _fail(name: str, expected: str, value: Any) -> ConfigurationError:
-    return ConfigurationError(f"RedisConfig.{name} must be {expected}, got {value!r}")
+_check = FieldChecks("RedisConfig")
+_fail = _check.error
+_int_in = _check.int_in
+_positive_number = _check.positive_number
+_optional_positive_number = _check.optional(_check.positive_number)
+_optional_text = _check.optional_text  # never echoes the value: it also guards secrets
+_host = _check.host
+_choice = _check.choice
 
 
-def _int_in(low: int, high: int | None = None) -> Any:
-    def check(_inst: Any, attr: Any, value: Any) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < low
-            or (high is not None and value > high)
-        ):
-            expected = f"an int >= {low}" if high is None else f"an int from {low} to {high}"
-            raise _fail(attr.name, expected, value)
-
-    return check
-
-
-def _optional_int_at_least(low: int) -> Any:
-    inner = _int_in(low)
-
-    def check(inst: Any, attr: Any, value: Any) -> None:
-        if value is not None:
-            inner(inst, attr, value)
-
-    return check
-
-
-def _positive_number(_inst: Any, attr: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise _fail(attr.name, "a number > 0", value)
-
-
-def _optional_positive_number(inst: Any, attr: Any, value: Any) -> None:
-    if value is not None:
-        _positive_number(inst, attr, value)
-
-
-def _optional_text(_inst: Any, attr: Any, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        # Never echo the value: this validator also guards secrets.
-        raise ConfigurationError(f"RedisConfig.{attr.name} must be a non-empty str or None")
-
-
-def _host(_inst: Any, _attr: Any, value: Any) -> None:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value) or "/" in value:
-        raise _fail("host", "a host name or address", value)
+def _optional_int_at_least(low: int) -> Validator:
+    return _check.optional(_check.int_in(low))
 
 
 def _key_prefix(_inst: Any, _attr: Any, value: Any) -> None:
@@ -75,14 +41,6 @@ def _namespace(_inst: Any, _attr: Any, value: Any) -> None:
         return
     if not isinstance(value, str) or not value or len(value) > 64 or not _NAMESPACE_RE.fullmatch(value):
         raise _fail("namespace", "1 to 64 ASCII letters, digits, '_' or '-' (or None)", value)
-
-
-def _choice(*allowed: str) -> Any:
-    def check(_inst: Any, attr: Any, value: Any) -> None:
-        if value not in allowed:
-            raise _fail(attr.name, " or ".join(repr(a) for a in allowed), value)
-
-    return check
 
 
 def _seed(item: str) -> tuple[str, int]:

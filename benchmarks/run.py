@@ -27,12 +27,11 @@ import importlib.util
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,6 +365,23 @@ def _run_one(
     argv = [
         sys.executable,
         str(Path(__file__).resolve()),
+        *worker_args(spec, args, servers, prefix, workloads),
+    ]
+    env = {**os.environ, **spec.env}
+    env.setdefault("PYTHONHASHSEED", "0")
+    out = subprocess.run(
+        argv, env=env, stdout=subprocess.PIPE, text=True, check=False, timeout=args.worker_timeout
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{spec.name} failed with exit status {out.returncode} (its stderr is above)")
+    return parse_result(spec.name, out.stdout)
+
+
+def worker_args(
+    spec: Spec, args: argparse.Namespace, servers: Mapping[str, str], prefix: str, workloads: Sequence[str]
+) -> list[str]:
+    """The command line of a worker running ``workloads`` of ``spec`` (after the script)."""
+    argv = [
         "--worker",
         spec.name,
         "--workloads",
@@ -391,18 +407,16 @@ def _run_one(
         argv += ["--redis-url", servers["redis"]]
     if "kafka" in servers:
         argv += ["--kafka", servers["kafka"]]
-    env = {**os.environ, **spec.env}
-    env.setdefault("PYTHONHASHSEED", "0")
-    out = subprocess.run(
-        argv, env=env, stdout=subprocess.PIPE, text=True, check=False, timeout=args.worker_timeout
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{spec.name} failed with exit status {out.returncode} (its stderr is above)")
-    for line in reversed(out.stdout.splitlines()):
+    return argv
+
+
+def parse_result(name: str, stdout: str) -> dict[str, Any]:
+    """The result line a worker printed last."""
+    for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             result: dict[str, Any] = json.loads(line[len(RESULT_MARK) :])
             return result
-    raise RuntimeError(f"{spec.name} printed no result")
+    raise RuntimeError(f"{name} printed no result")
 
 
 def _median(values: Sequence[float]) -> float:
@@ -599,19 +613,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _orchestrate(args, specs, skipped)
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    # Unwind (and so stop the private brokers) on kill or hang-up too, not only Ctrl-C.
-    raise SystemExit(128 + signum)
-
-
 def _orchestrate(args: argparse.Namespace, specs: list[Spec], skipped: dict[str, str]) -> int:
-    from servers import RedisServer, TansuServer
+    from servers import RedisServer, TansuServer, log, unwind_on_signals
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-
+    unwind_on_signals()
     started = time.perf_counter()
-    log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in specs}
     failures: dict[str, str] = {}
     with contextlib.ExitStack() as stack:

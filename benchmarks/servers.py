@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,21 @@ def free_port() -> int:
 
 class ServerError(RuntimeError):
     pass
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def unwind_on_signals() -> None:
+    """Unwind (and so stop the private brokers) on kill or hang-up too, not only Ctrl-C."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+
+
+def log(text: str) -> None:
+    """A progress line on stderr (stdout carries the report)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 class _Server:

@@ -1,4 +1,5 @@
-"""The launcher base of the plugins' private servers, on a real child process."""
+"""The launcher base of the plugins' private servers, on a real child process, and the
+fault-figures fixture in a pytest run of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from dotmac.events.testing import ServerProcess
 from dotmac.events.testing.server import free_port, port_accepts
+
+pytest_plugins = ["pytester"]
 
 # A line server: answers every connection with the pid of this run and the contents of
 # a file in its directory, so a test sees a restart and what survived it.
@@ -91,3 +94,29 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.create_server(("127.0.0.1", port)):
         assert port_accepts(port)
+
+
+def test_fault_figures_reach_the_summary_and_junit(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        from dotmac.events.testing import FaultFigures
+        _figures = FaultFigures("demo fault-test figures")
+        report = _figures.fixture()
+        pytest_terminal_summary = _figures.terminal_summary()
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_kill(report):
+            report("2 kills", lost=0, duplicates=3)
+        def test_quiet():
+            pass
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider", "-p", "no:asyncio", "--junitxml=out.xml")
+    result.assert_outcomes(passed=2)
+    result.stdout.re_match_lines(
+        [r".*demo fault-test figures.*", r"test_kill: 2 kills, lost=0, duplicates=3"]
+    )
+    junit = (pytester.path / "out.xml").read_text()
+    assert '<property name="duplicates" value="3"' in junit

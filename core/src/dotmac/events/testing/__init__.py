@@ -30,7 +30,7 @@ pytest.register_assert_rewrite(
 )
 
 from .app import TestApp  # noqa: E402
-from .collect import Collector, wait_dead_letters, wait_for  # noqa: E402
+from .collect import Collector, wait_dead_letters, wait_for, wait_groups  # noqa: E402
 from .conformance import TransportConformance  # noqa: E402
 from .figures import FaultFigures  # noqa: E402
 from .server import ServerProcess, free_port  # noqa: E402
@@ -44,4 +44,5 @@ __all__ = [
     "free_port",
     "wait_dead_letters",
     "wait_for",
+    "wait_groups",
 ]

@@ -126,6 +126,10 @@ async def test_foreign_records_get_retries_and_dead_letters(memory_url: str) -> 
     assert dict(seen.events[1].headers) == {"x-src": "plain"}
     assert letters[0].message.value == b"{not json"
     assert letters[0].message.headers["x-dlq-reason"] == "decode"
+    record = letters[0].as_record(detail=True)  # what the ops page shows
+    assert (record["payload"], record["raw"], record["reason"]) == (None, "{not json", "decode")
+    assert record["headers"]["x-dlq-reason"] == "decode"
+    assert "headers" not in letters[0].as_record() and "raw" not in letters[0].as_record()
 
 
 async def test_the_default_intake_still_dead_letters_a_record_without_envelope(memory_url: str) -> None:

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from dotmac.events import Event, EventBus, GroupInfo
-from dotmac.events.testing import Collector
+from dotmac.events import Event, EventBus
+from dotmac.events.testing import Collector, wait_groups
 
 MakeBus = Callable[..., EventBus]
 T = 20.0
-
-
-async def groups_until(
-    bus: EventBus, topic: str, predicate: Callable[[list[GroupInfo]], bool], what: str
-) -> list[GroupInfo]:
-    """Poll ``bus.groups(topic)`` until ``predicate`` holds (offsets are committed in the background)."""
-    deadline = time.monotonic() + T
-    while True:
-        infos = list(await bus.groups(topic))
-        if predicate(infos):
-            return infos
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last report: {infos}")
-        await asyncio.sleep(0.1)
 
 
 async def test_lag_is_exact_for_a_known_backlog(make_bus: MakeBus, topic: str, group: str) -> None:
@@ -40,7 +24,7 @@ async def test_lag_is_exact_for_a_known_backlog(make_bus: MakeBus, topic: str, g
         sub = await bus.subscribe(topic, seen, group=group)
         await bus.publish_many([Event(topic=topic, payload={"i": i}, key=str(i)) for i in range(m)])
         await seen.wait_count(m, T)
-        (info,) = await groups_until(bus, topic, lambda g: len(g) == 1 and g[0].lag == 0, "commits")
+        (info,) = await wait_groups(bus, topic, lambda g: len(g) == 1 and g[0].lag == 0, T, what="commits")
         assert (info.topic, info.group, info.pending, info.oldest_pending_age) == (topic, group, 0, None)
         assert len(info.members) == 1
         await sub.stop()

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -134,41 +135,85 @@ async def consumer(redis_url: str) -> AsyncIterator[EventBus]:
         yield bus
 
 
-async def test_relay_killed_mid_batch_loses_nothing(
+async def all_sent(
+    conn: asyncpg.Connection[Any], outbox: Outbox, total: int, until: Until, what: str
+) -> None:
+    """Await every one of the ``total`` rows marked sent."""
+
+    async def done() -> bool:
+        return await sent_rows(conn, outbox) == total
+
+    await until(done, timeout=60, what=what)
+
+
+@dataclass
+class Rig:
+    """What the relay fault tests share: the outbox, its database, the broker and a
+    consumer on it."""
+
+    conn: asyncpg.Connection[Any]
+    outbox: Outbox
+    pg_dsn: str
+    redis_url: str
+    consumer: EventBus
+    until: Until
+
+    def relay(self, *extra: str) -> subprocess.Popen[str]:
+        return relay_process(self.pg_dsn, self.redis_url, self.outbox.name.table, *extra)
+
+    async def subscribe(self, scenario: str) -> tuple[str, Received]:
+        """A topic of this test with the consumer on it, and what the consumer receives."""
+        topic = f"outbox.{scenario}.{uuid.uuid4().hex[:8]}"
+        received = Received()
+        options = ConsumerOptions(prefetch_count=500)
+        await self.consumer.subscribe(topic, received, group="g", options=options)
+        return topic, received
+
+    async def backlog(self, scenario: str, **rows: int) -> tuple[Received, int]:
+        """:meth:`subscribe`, then ``publish_rows(**rows)`` written to the outbox: what the
+        consumer receives and the number of rows."""
+        topic, received = await self.subscribe(scenario)
+        return received, await publish_rows(self.conn, self.outbox, topic, **rows)
+
+    async def sent(self) -> int:
+        return await sent_rows(self.conn, self.outbox)
+
+    async def all_sent(self, total: int, what: str) -> None:
+        await all_sent(self.conn, self.outbox, total, self.until, what)
+
+
+@pytest.fixture
+def rig(
     conn: asyncpg.Connection[Any],
     outbox: Outbox,
     pg_dsn: str,
     redis_url: str,
     consumer: EventBus,
     until: Until,
-    report: Any,
-) -> None:
-    topic = f"outbox.kill.{uuid.uuid4().hex[:8]}"
-    received = Received()
-    await consumer.subscribe(topic, received, group="g", options=ConsumerOptions(prefetch_count=500))
-    total = await publish_rows(conn, outbox, topic, transactions=30, per_tx=150, keys=25)
+) -> Rig:
+    return Rig(conn, outbox, pg_dsn, redis_url, consumer, until)
+
+
+async def test_relay_killed_mid_batch_loses_nothing(rig: Rig, report: Any) -> None:
+    received, total = await rig.backlog("kill", transactions=30, per_tx=150, keys=25)
 
     kills = 0
     sent_at_kill = []
     for fraction in (0.3, 0.65):
-        proc = relay_process(pg_dsn, redis_url, outbox.name.table, "--batch-size", "150")
-        floor = await sent_rows(conn, outbox)
+        proc = rig.relay("--batch-size", "150")
+        floor = await rig.sent()
 
         async def progressed(target: int = max(floor + 1, int(total * fraction))) -> bool:
-            return await sent_rows(conn, outbox) >= target
+            return await rig.sent() >= target
 
-        await until(progressed, timeout=60, what=f"{fraction:.0%} of the rows sent")
+        await rig.until(progressed, timeout=60, what=f"{fraction:.0%} of the rows sent")
         await kill_relay(proc)
         kills += 1
-        sent_at_kill.append(await sent_rows(conn, outbox))
+        sent_at_kill.append(await rig.sent())
 
-    proc = relay_process(pg_dsn, redis_url, outbox.name.table, "--batch-size", "150")
-
-    async def all_sent() -> bool:
-        return await sent_rows(conn, outbox) == total
-
-    await until(all_sent, timeout=60, what="every row sent after the restarts")
-    await until(lambda: received.unique == total, timeout=60, what="every event received")
+    proc = rig.relay("--batch-size", "150")
+    await rig.all_sent(total, "every row sent after the restarts")
+    await rig.until(lambda: received.unique == total, timeout=60, what="every event received")
     final = await stop_relay(proc)
     figures = received.figures(total)
     at_kills = "/".join(map(str, sent_at_kill))
@@ -178,52 +223,37 @@ async def test_relay_killed_mid_batch_loses_nothing(
     assert received.first_deliveries_in_key_order()
 
 
-async def test_relay_killed_between_send_and_mark_resends_that_batch_only(
-    conn: asyncpg.Connection[Any],
-    outbox: Outbox,
-    pg_dsn: str,
-    redis_url: str,
-    consumer: EventBus,
-    until: Until,
-    report: Any,
-) -> None:
+async def test_relay_killed_between_send_and_mark_resends_that_batch_only(rig: Rig, report: Any) -> None:
     """The worst moment, made certain: the batch is in the broker, its rows not yet marked."""
-    topic = f"outbox.window.{uuid.uuid4().hex[:8]}"
-    received = Received()
-    await consumer.subscribe(topic, received, group="g", options=ConsumerOptions(prefetch_count=500))
-    total = await publish_rows(conn, outbox, topic, transactions=5, per_tx=100, keys=7)
+    received, total = await rig.backlog("window", transactions=5, per_tx=100, keys=7)
 
     # A SHARE lock lets the relay read and lock its rows but makes its UPDATE wait.
-    blocker: asyncpg.Connection[Any] = await asyncpg.connect(pg_dsn)
+    blocker: asyncpg.Connection[Any] = await asyncpg.connect(rig.pg_dsn)
     tx = blocker.transaction()
     await tx.start()
-    await blocker.execute(f"LOCK TABLE {outbox.name.sql} IN SHARE MODE")
-    proc = relay_process(pg_dsn, redis_url, outbox.name.table, "--batch-size", "100")
+    await blocker.execute(f"LOCK TABLE {rig.outbox.name.sql} IN SHARE MODE")
+    proc = rig.relay("--batch-size", "100")
     try:
-        await until(lambda: received.unique == 100, timeout=30, what="the first batch in the broker")
+        await rig.until(lambda: received.unique == 100, timeout=30, what="the first batch in the broker")
 
         async def relay_waits_on_the_lock() -> bool:
             return bool(
-                await conn.fetchval(
+                await rig.conn.fetchval(
                     "SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND application_name = 'dotmac-events-outbox-relay' AND query LIKE 'UPDATE%'"
                 )
             )
 
-        await until(relay_waits_on_the_lock, what="the relay's UPDATE waiting")
+        await rig.until(relay_waits_on_the_lock, what="the relay's UPDATE waiting")
         await kill_relay(proc)
     finally:
         await tx.rollback()
         await blocker.close()
-    assert await sent_rows(conn, outbox) == 0
+    assert await rig.sent() == 0
 
-    proc = relay_process(pg_dsn, redis_url, outbox.name.table, "--batch-size", "100")
-
-    async def all_sent() -> bool:
-        return await sent_rows(conn, outbox) == total
-
-    await until(all_sent, timeout=60, what="every row sent after the restart")
-    await until(lambda: len(received.ids) >= total + 100, what="the resent batch")
+    proc = rig.relay("--batch-size", "100")
+    await rig.all_sent(total, "every row sent after the restart")
+    await rig.until(lambda: len(received.ids) >= total + 100, what="the resent batch")
     await stop_relay(proc)
     figures = received.figures(total)
     report(**figures, kills=1)
@@ -232,42 +262,28 @@ async def test_relay_killed_between_send_and_mark_resends_that_batch_only(
     assert received.first_deliveries_in_key_order()
 
 
-async def test_two_replicas_share_the_work_without_double_sending(
-    conn: asyncpg.Connection[Any],
-    outbox: Outbox,
-    pg_dsn: str,
-    redis_url: str,
-    consumer: EventBus,
-    until: Until,
-    report: Any,
-) -> None:
-    topic = f"outbox.replicas.{uuid.uuid4().hex[:8]}"
-    received = Received()
-    await consumer.subscribe(topic, received, group="g", options=ConsumerOptions(prefetch_count=500))
+async def test_two_replicas_share_the_work_without_double_sending(rig: Rig, report: Any) -> None:
+    topic, received = await rig.subscribe("replicas")
     args = ("--batch-size", "40", "--max-buckets", "3", "--poll-interval", "0.2")
-    procs = [relay_process(pg_dsn, redis_url, outbox.name.table, *args) for _ in range(2)]
+    procs = [rig.relay(*args) for _ in range(2)]
     for proc in procs:
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
         assert json.loads(line)["relay"] == "started"
     # Written while both replicas run, by two writers at once.
-    other: asyncpg.Connection[Any] = await asyncpg.connect(pg_dsn)
+    other: asyncpg.Connection[Any] = await asyncpg.connect(rig.pg_dsn)
     try:
         counts = await asyncio.gather(
-            publish_rows(conn, outbox, topic, transactions=20, per_tx=50, keys=64),
-            publish_rows(other, outbox, f"{topic}.b", transactions=20, per_tx=50, keys=64),
+            publish_rows(rig.conn, rig.outbox, topic, transactions=20, per_tx=50, keys=64),
+            publish_rows(other, rig.outbox, f"{topic}.b", transactions=20, per_tx=50, keys=64),
         )
     finally:
         await other.close()
     earliest = ConsumerOptions(start_from="earliest")
-    await consumer.subscribe(f"{topic}.b", received, group="g", options=earliest)
+    await rig.consumer.subscribe(f"{topic}.b", received, group="g", options=earliest)
     total = sum(counts)
-
-    async def all_sent() -> bool:
-        return await sent_rows(conn, outbox) == total
-
-    await until(all_sent, timeout=60, what="every row sent")
-    await until(lambda: received.unique == total, timeout=60, what="every event received")
+    await rig.all_sent(total, "every row sent")
+    await rig.until(lambda: received.unique == total, timeout=60, what="every event received")
     stops = [await stop_relay(proc) for proc in procs]
     split = [s["sent"] for s in stops]
     figures = received.figures(total)
@@ -313,10 +329,7 @@ async def test_relay_keeps_rows_through_a_broker_outage(
             failed_attempts = relay.stats.failures
             server.start()
 
-            async def all_sent() -> bool:
-                return await sent_rows(conn, outbox) == 20
-
-            await until(all_sent, timeout=60, what="the rows sent after the broker came back")
+            await all_sent(conn, outbox, 20, until, "the rows sent after the broker came back")
         received = Received()
         async with create_bus(server.url) as bus:
             await bus.subscribe(topic, received, group="late", options=ConsumerOptions(start_from="earliest"))

@@ -148,7 +148,7 @@ async def test_topics_lists_the_streams_of_every_primary(cluster: RedisClusterSe
 
 
 async def test_publish_with_wait_replicas_reports_replication(cluster: RedisClusterServers) -> None:
-    async with create_bus(_url(cluster, wait_replicas=1)) as bus:
+    async with create_bus(_url(cluster, wait_replicas=1, wait_timeout_ms=10000)) as bus:
         await bus.publish(Event(topic="audit", payload={}))
     # More replicas than exist: the write is on the primary but unconfirmed.
     async with create_bus(_url(cluster, wait_replicas=2, wait_timeout_ms=50)) as bus:
@@ -246,5 +246,8 @@ async def test_wait_replicas_on_a_primary_with_and_without_a_replica(
         await wait_for(
             lambda: b"master_link_status:up" in replica.call("INFO", "replication"), T, what="replica in sync"
         )
+    # WAIT returns as soon as the replica has acknowledged: a generous timeout costs
+    # nothing here and keeps a loaded machine from failing the case.
+    async with create_bus(f"{primary.url}?wait_replicas=1&wait_timeout_ms=10000") as bus:
         await bus.publish(Event(topic=name, payload={"n": 2}))
         assert len(await bus.transport.read(name)) == 2

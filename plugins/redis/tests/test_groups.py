@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
 
-from dotmac.events import ConsumerOptions, Event, EventBus, GroupInfo, TransportUnavailableError
-from dotmac.events.testing import Collector
+from dotmac.events import ConsumerOptions, Event, EventBus, TransportUnavailableError
+from dotmac.events.testing import Collector, wait_groups
 from dotmac_events_redis.testing import RedisServer
 
 T = 15.0
-
-
-async def groups_until(
-    bus: EventBus, topic: str, predicate: Callable[[list[GroupInfo]], bool], what: str
-) -> list[GroupInfo]:
-    """Poll ``bus.groups(topic)`` until ``predicate`` holds (acks are written asynchronously)."""
-    deadline = time.monotonic() + T
-    while True:
-        infos = list(await bus.groups(topic))
-        if predicate(infos):
-            return infos
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last report: {infos}")
-        await asyncio.sleep(0.02)
 
 
 async def test_lag_and_pending_are_exact_for_a_known_backlog(
@@ -45,7 +30,9 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(
         await bus.subscribe(name, Collector())  # broadcast reads without a group: not listed
         await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(m)])
         await seen.wait_count(m, T)
-        (info,) = await groups_until(bus, name, lambda g: g[0].pending == 0, "the acks of the first events")
+        (info,) = await wait_groups(
+            bus, name, lambda g: g[0].pending == 0, T, what="the acks of the first events"
+        )
         assert (info.topic, info.group, info.lag, info.oldest_pending_age) == (name, "billing", 0, None)
         assert sub.name in info.members
         await sub.stop()
@@ -59,7 +46,7 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(
         gate = asyncio.Event()
         held = Collector(on_event=lambda e: gate.wait())
         await bus.subscribe(name, held, group="billing", options=ConsumerOptions(prefetch_count=3))
-        (info,) = await groups_until(bus, name, lambda g: g[0].pending == 3, "three pending entries")
+        (info,) = await wait_groups(bus, name, lambda g: g[0].pending == 3, T, what="three pending entries")
         assert info.lag == n - m - 3
         assert info.oldest_pending_age is not None and 0 <= info.oldest_pending_age < T
         # A second group on the same stream sees the whole retained backlog.
@@ -68,8 +55,8 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(
         assert [(g.group, g.lag, g.pending, g.members) for g in infos][0] == ("audit", n, 0, ())
         gate.set()
         await held.wait_count(n - m, T)
-        await groups_until(
-            bus, name, lambda g: (g[1].lag, g[1].pending) == (0, 0), "the second member to catch up"
+        await wait_groups(
+            bus, name, lambda g: (g[1].lag, g[1].pending) == (0, 0), T, what="the second member to catch up"
         )
 
 

@@ -75,9 +75,13 @@ class DeadLetter:
     def event_id(self) -> str | None:
         return self.message.headers.get("ce_id")
 
-    def as_record(self) -> dict[str, Any]:
-        """A JSON-ready summary (what ``dotmac-events dlq list`` prints)."""
-        return {
+    def as_record(self, *, detail: bool = False) -> dict[str, Any]:
+        """A JSON-ready summary (what ``dotmac-events dlq list`` prints).
+
+        With ``detail`` also every header of the message (``headers``) and, when the
+        message cannot be decoded, its bytes as text (``raw``, else ``None``).
+        """
+        record = {
             "event_id": self.event_id,
             "original_topic": self.original_topic,
             "consumer_group": self.consumer_group,
@@ -88,6 +92,10 @@ class DeadLetter:
             "failed_at": self.failed_at.isoformat() if self.failed_at else None,
             "payload": self.event.payload if self.event is not None else None,
         }
+        if detail:
+            record["headers"] = dict(self.message.headers)
+            record["raw"] = None if self.event is not None else self.message.value.decode("utf-8", "replace")
+        return record
 
 
 def _int(value: str | None) -> int | None:

@@ -21,22 +21,19 @@ interpreter exit, and when the context manager exits through an exception.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
+
+from dotmac.events.testing.server import ServerProcess, free_port, port_accepts
 
 from .config import KafkaConfig
 
@@ -87,7 +84,6 @@ TANSU_FAST_SETTINGS: dict[str, Any] = {
     "rebalance_timeout_ms": 2000,
 }
 
-_live: set[_Process] = set()
 # bootstrap address -> broker kind, for brokers started by this process.
 _kinds: dict[str, str] = {}
 
@@ -120,92 +116,15 @@ class BrokerError(RuntimeError):
     """A test broker could not be started (the message carries its log tail)."""
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for_port(port: int, *, timeout: float = 20.0, alive: subprocess.Popen[bytes] | None = None) -> None:
     """Poll until 127.0.0.1:``port`` accepts connections (an external process has no event to await)."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not port_accepts(port):
         if alive is not None and alive.poll() is not None:
             raise BrokerError(f"process exited with status {alive.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"nothing listens on 127.0.0.1:{port} after {timeout}s") from None
-            time.sleep(0.02)
-
-
-class _Process:
-    """A child process with its own session, its output in a log file."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._dir = Path(tempfile.mkdtemp(prefix=f"dotmac-{name}-"))
-        self.log_path = self._dir / f"{name}.log"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-        with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(  # noqa: S603 - argv is built here, not from input
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
-                start_new_session=True,
-            )
-        _live.add(self)
-        return self.proc
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def signal(self, sig: int) -> None:
-        if self.running:
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-
-    def halt(self, *, graceful: bool = True, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            self.signal(signal.SIGTERM if graceful else signal.SIGKILL)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                proc.wait(timeout)
-        self.proc = None
-
-    def cleanup(self) -> None:
-        self.halt()
-        _live.discard(self)
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for process in list(_live):
-        with contextlib.suppress(Exception):
-            process.halt(graceful=False, timeout=5.0)
-            shutil.rmtree(process._dir, ignore_errors=True)
+        if time.monotonic() > deadline:
+            raise BrokerError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+        time.sleep(0.02)
 
 
 def _tansu_binary() -> str:
@@ -221,81 +140,44 @@ def _tansu_binary() -> str:
 _B = TypeVar("_B", bound="_Broker")
 
 
-class _Broker:
-    """Lifecycle shared by the test brokers: a child process on a fixed free port."""
+class _Broker(ServerProcess):
+    """Lifecycle shared by the test brokers: a child process on a fixed free port, in a
+    session of its own, its output in a log file."""
 
-    kind = "kafka"
+    name = kind = "kafka"
+    own_session = True
+    startup_error = BrokerError
 
     def __init__(self, *, port: int | None, binary: str | None, start_timeout: float) -> None:
-        self.port = port or free_port()
+        super().__init__(port=port, startup_timeout=start_timeout)
         self.binary = binary
-        self.start_timeout = start_timeout
-        self._process = _Process(self.kind)
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process.running
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._process.proc
-        return proc.pid if proc is not None else None
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self._process.log_tail(lines)
-
-    def _argv(self) -> list[str]:
-        raise NotImplementedError
-
-    def _env(self) -> dict[str, str]:
-        return {}
-
     def start(self: _B) -> _B:
         """Start the broker and return once its port accepts connections."""
-        if self.running:
-            return self
-        proc = self._process.spawn(self._argv(), self._env())
-        try:
-            wait_for_port(self.port, timeout=self.start_timeout, alive=proc)
-        except BrokerError as exc:
-            tail = self.log_tail()
-            self._process.halt(graceful=False)
-            raise BrokerError(f"{self.kind} did not start: {exc}\n{tail}") from None
+        super().start()
         _kinds[self.bootstrap_servers] = self.kind
         return self
 
-    def stop(self, *, graceful: bool = True) -> None:
+    def stop(self, timeout: float | None = None, *, graceful: bool = True) -> None:
         """Stop the broker (SIGTERM, or SIGKILL with ``graceful=False``)."""
-        self._process.halt(graceful=graceful)
+        if graceful:
+            super().stop(timeout)
+        else:
+            self.kill()
 
-    def kill(self) -> None:
-        """``kill -9`` the broker."""
-        self._process.halt(graceful=False)
+    def restart(self, *, crash: bool = False, graceful: bool = True) -> None:
+        super().restart(crash=crash or not graceful)
 
-    def restart(self, *, graceful: bool = True) -> None:
-        self.stop(graceful=graceful)
-        self.start()
-
-    def close(self) -> None:
+    def cleanup(self) -> None:
         """Stop the broker and remove its files."""
-        self._process.cleanup()
+        super().cleanup()
         _kinds.pop(self.bootstrap_servers, None)  # the port may serve another broker later
 
-    def __enter__(self: _B) -> _B:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    close = cleanup
 
 
 class TansuBroker(_Broker):
@@ -308,7 +190,7 @@ class TansuBroker(_Broker):
     ``tansu broker`` (``["--authentication"]`` requires SASL from every client).
     """
 
-    kind = "tansu"
+    name = kind = "tansu"
 
     def __init__(
         self,
@@ -325,7 +207,7 @@ class TansuBroker(_Broker):
         self.env = dict(env or {})
         self.extra_args = tuple(extra_args)
 
-    def _argv(self) -> list[str]:
+    def _args(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
         return [
             self.binary or _tansu_binary(),
@@ -363,15 +245,14 @@ class NoidaBroker(_Broker):
     and runs anyway.
     """
 
-    kind = "noida"
+    name = kind = "noida"
 
     def __init__(
         self, *, port: int | None = None, binary: str | None = None, start_timeout: float = 30.0
     ) -> None:
         super().__init__(port=port, binary=binary, start_timeout=start_timeout)
 
-    def _argv(self) -> list[str]:
-        data_dir = self._process.log_path.parent / "data"
+    def _args(self) -> list[str]:
         return [
             self.binary or _noida_binary(),
             "start",
@@ -380,7 +261,7 @@ class NoidaBroker(_Broker):
             "--kafka-port",
             str(self.port),
             "--data-dir",
-            str(data_dir),
+            str(self.data_dir / "data"),
         ]
 
     def __repr__(self) -> str:
@@ -397,34 +278,26 @@ def broker_kinds_under_test() -> list[str]:
     return wanted
 
 
-class MotoS3Server:
+class MotoS3Server(ServerProcess):
     """A local S3 endpoint (moto's server) for Tansu's ``s3://`` storage."""
 
+    name = "moto"
+    own_session = True
+    startup_error = BrokerError
     access_key = "testing"
     secret_key = "testing"  # noqa: S105 - moto accepts any credentials
     region = "us-east-1"
 
     def __init__(self, *, port: int | None = None, start_timeout: float = 30.0) -> None:
-        self.port = port or free_port()
-        self.start_timeout = start_timeout
-        self._process = _Process("moto")
+        super().__init__(port=port, startup_timeout=start_timeout)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> MotoS3Server:
-        if self._process.running:
-            return self
-        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
-        proc = self._process.spawn(argv, {})
-        try:
-            wait_for_port(self.port, timeout=self.start_timeout, alive=proc)
-        except BrokerError as exc:
-            tail = self._process.log_tail()
-            self._process.halt(graceful=False)
-            raise BrokerError(f"moto did not start (pip install 'moto[server]'): {exc}\n{tail}") from None
-        return self
+    def _args(self) -> list[str]:
+        # Needs the server extra: pip install 'moto[server]'.
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name`` (moto does not check request signatures)."""
@@ -442,20 +315,7 @@ class MotoS3Server:
             "AWS_ALLOW_HTTP": "true",
         }
 
-    def close(self) -> None:
-        self._process.cleanup()
-
-    def __enter__(self) -> MotoS3Server:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    close = ServerProcess.cleanup
 
 
 @contextlib.contextmanager

@@ -251,20 +251,7 @@ def _matches(letter: DeadLetter, filters: dict[str, str]) -> bool:
 
 
 def _letter_row(dlq_topic: str, letter: DeadLetter) -> dict[str, Any]:
-    return {
-        "dlq_topic": dlq_topic,
-        "event_id": letter.event_id,
-        "original_topic": letter.original_topic,
-        "consumer_group": letter.consumer_group,
-        "error_type": letter.error_type,
-        "error_message": letter.error_message,
-        "reason": letter.reason,
-        "attempts": letter.attempts,
-        "failed_at": letter.failed_at.isoformat() if letter.failed_at else None,
-        "headers": dict(letter.message.headers),
-        "payload": letter.event.payload if letter.event is not None else None,
-        "raw": None if letter.event is not None else letter.message.value.decode("utf-8", "replace"),
-    }
+    return {"dlq_topic": dlq_topic, **letter.as_record(detail=True)}
 
 
 async def _letters(

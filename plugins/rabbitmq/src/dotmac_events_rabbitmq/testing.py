@@ -5,7 +5,8 @@
 >>> with RabbitMQNode() as node:               # its own node name, ports and data
 ...     node.restart()                         # stop, start again with the same data
 
-Only the standard library is used, so other packages' test suites can reuse it.
+Besides ``dotmac.events`` only the standard library is used, so other packages' test
+suites can reuse it.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
+
+from dotmac.events.testing.server import ServerProcess, free_port, port_accepts
 
 __all__ = [
     "BrokerUnusable",
@@ -42,20 +41,8 @@ _SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 _CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def broker_reachable(host: str = "127.0.0.1", port: int = 5672, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return port_accepts(port, host, timeout)
 
 
 def _binary(path: str, name: str) -> str | None:
@@ -139,7 +126,7 @@ def url_fixture(scope: Literal["session", "module"] = "session") -> Any:
     return rabbitmq_url
 
 
-class RabbitMQNode:
+class RabbitMQNode(ServerProcess):
     """A RabbitMQ node of its own: unique node name, free AMQP and distribution ports,
     data and logs in a temporary directory kept across restarts.
 
@@ -147,28 +134,31 @@ class RabbitMQNode:
     ``start()`` brings it back on the same port with the same data.
     """
 
+    name = "rabbitmq"
+    own_session = True  # the Erlang VM and its helpers
+    poll_interval = 0.1
+
     def __init__(self, *, startup_timeout: float = 60.0) -> None:
         server, ctl = _binary(_SERVER, "rabbitmq-server"), _binary(_CTL, "rabbitmqctl")
         if server is None or ctl is None:
             raise RuntimeError("rabbitmq-server is not installed")
+        super().__init__(startup_timeout=startup_timeout, stop_timeout=30.0)
         self._server, self._ctl = server, ctl
-        self.port = free_port()
         self.dist_port = free_port()
         self.node = f"dotmac-test-{uuid.uuid4().hex[:10]}@localhost"
-        self.startup_timeout = startup_timeout
-        self._dir = Path(tempfile.mkdtemp(prefix="dotmac-rabbitmq-"))
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
+    def _args(self) -> list[str]:
+        return [self._server]
+
     def _env(self) -> dict[str, str]:
-        d = self._dir
+        d = self.data_dir
         (d / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n")
         (d / "enabled_plugins").write_text("[].\n")
         return {
-            **os.environ,
             "HOME": str(d),  # the node's Erlang cookie lives here
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_PORT": str(self.port),
@@ -180,64 +170,35 @@ class RabbitMQNode:
             "RABBITMQ_PID_FILE": str(d / "pid"),
         }
 
-    def start(self) -> None:
-        log = (self._dir / "server.out").open("ab")
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, no arguments
-            [self._server], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        deadline = time.monotonic() + self.startup_timeout
-        while not broker_reachable("127.0.0.1", self.port, timeout=0.2):
-            if self._process.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited with {self._process.returncode}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"rabbitmq-server did not listen within {self.startup_timeout}s")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """``rabbitmqctl stop``; SIGKILL if the node is still up after ``timeout``."""
         if self._process is None:
             return
         subprocess.run(  # noqa: S603 - argv built here
-            [self._ctl, "-n", self.node, "stop"], env=self._env(), capture_output=True, timeout=60
+            [self._ctl, "-n", self.node, "stop"],
+            env={**os.environ, **self._env()},
+            capture_output=True,
+            timeout=60,
         )
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self._process = None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(self.stop_timeout if timeout is None else timeout)
+        super().kill()  # only if it is still running
         self._wait_port_closed()
 
     def kill(self) -> None:
         """SIGKILL the whole process group of the node, like a crash of its machine."""
-        if self._process is None:
-            return
-        try:
-            os.killpg(self._process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._process.wait(timeout=30)
-        self._process = None
+        super().kill()
         self._wait_port_closed()
 
     def _wait_port_closed(self) -> None:
         # The Erlang VM lets go of its listener a moment after the signal.
         deadline = time.monotonic() + 30
-        while broker_reachable("127.0.0.1", self.port, timeout=0.2):
+        while port_accepts(self.port, timeout=0.2):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"RabbitMQ node {self.node} still listens after it was stopped")
             time.sleep(0.05)
 
-    def restart(self) -> None:
+    def cleanup(self) -> None:
+        """Stop the node cleanly and delete its data."""
         self.stop()
-        self.start()
-
-    def __enter__(self) -> RabbitMQNode:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        super().cleanup()

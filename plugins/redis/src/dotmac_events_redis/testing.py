@@ -11,48 +11,43 @@ and a private Redis Cluster of such processes.
 ...     cluster.primary_for(b"{key}").kill()   # a primary crashes
 ...     cluster.wait_ok(replicas=0)             # its replica took over
 
-Only the standard library is used, so test suites of other packages can reuse it.
+Besides ``dotmac.events`` only the standard library is used, so test suites of other
+packages can reuse it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 
+from dotmac.events.testing.server import ServerProcess, free_port
+
 __all__ = ["RedisClusterServers", "RedisServer", "free_port", "redis_cli", "redis_server_available"]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_server_available(binary: str = "redis-server") -> bool:
     return shutil.which(binary) is not None
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
     """A ``redis-server`` subprocess on a free port of 127.0.0.1, with its own data directory.
 
     ``appendonly``/``appendfsync`` choose AOF persistence (``"always"``,
     ``"everysec"``, ``"no"``); without AOF nothing survives a restart. ``password``
     sets ``requirepass``; ``tls`` is a mapping of ``tls-*`` settings (then
     ``tls_port`` serves TLS and the plain port is closed). ``extra_args`` are passed
-    through. The port and data directory stay the same across restarts.
+    through. The port and data directory stay the same across restarts
+    (the lifecycle is :class:`dotmac.events.testing.server.ServerProcess`): ``stop()``
+    (SIGTERM) flushes and fsyncs the AOF; after ``kill()`` (SIGKILL, a crash) with
+    ``appendfsync everysec`` up to a second of writes is lost.
     """
+
+    name = "redis"
+    captures_output = False  # --logfile
 
     def __init__(
         self,
@@ -66,22 +61,13 @@ class RedisServer:
         binary: str = "redis-server",
         startup_timeout: float = 10.0,
     ) -> None:
-        self.port = port or free_port()
+        super().__init__(port=port, startup_timeout=startup_timeout, stop_timeout=10.0)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.tls = dict(tls) if tls else None
         self.extra_args = tuple(extra_args)
         self.binary = binary
-        self.startup_timeout = startup_timeout
         self._password = password
-        self._dir = Path(tempfile.mkdtemp(prefix="dotmac-redis-"))
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log = self._dir / "redis.log"
-
-    # -- facts ---------------------------------------------------------------------------
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
 
     @property
     def url(self) -> str:
@@ -89,37 +75,18 @@ class RedisServer:
         auth = f":{self._password}@" if self._password else ""
         return f"{scheme}://{auth}{self.host}:{self.port}/0"
 
-    @property
-    def data_dir(self) -> Path:
-        return self._dir
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
     def __repr__(self) -> str:
         return f"<RedisServer port={self.port} running={self.running} aof={self.appendonly}>"
 
-    # -- lifecycle -----------------------------------------------------------------------
     def _args(self) -> list[str]:
         args = [
             self.binary,
             "--bind",
             self.host,
             "--dir",
-            str(self._dir),
+            str(self.data_dir),
             "--logfile",
-            str(self._log),
+            str(self.log_path),
             "--save",
             "",
             "--daemonize",
@@ -142,35 +109,6 @@ class RedisServer:
         args += list(self.extra_args)
         return args
 
-    def start(self) -> RedisServer:
-        """Start the server (again) and wait until it accepts connections."""
-        if self.running:
-            return self
-        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, arguments built here
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
-        )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        # An external process: poll its port with a deadline (no event to await).
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self._process.returncode}:\n{self.log_tail()}")
-            if self._answers():
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"redis-server not ready after {self.startup_timeout}s:\n{self.log_tail()}"
-                )
-            time.sleep(0.02)
-
     def call(self, *args: str | bytes, timeout: float = 2.0) -> Any:
         """One command on a fresh connection (plain TCP, no AUTH); its reply."""
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
@@ -188,52 +126,6 @@ class RedisServer:
             return False
         # "-LOADING" while the AOF is replayed; "-NOAUTH" means it is up.
         return reply.startswith((b"+PONG", b"-NOAUTH"))
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM): the AOF is flushed and fsynced."""
-        self._signal(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash. With ``appendfsync everysec`` up to a second of writes is lost."""
-        self._signal(signal.SIGKILL, 10.0)
-
-    def restart(self, *, crash: bool = False) -> None:
-        """Stop (or kill, with ``crash``) and start again on the same port and data."""
-        if crash:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def _signal(self, sig: int, timeout: float) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
-        self._process = None
-
-    def cleanup(self) -> None:
-        """Kill the server and delete its data directory."""
-        self.kill()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def redis_cli(binary: str = "redis-cli") -> str | None:
@@ -443,10 +335,5 @@ class RedisClusterServers:
     def __enter__(self) -> RedisClusterServers:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.cleanup()

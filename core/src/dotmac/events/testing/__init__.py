@@ -12,6 +12,10 @@ your transport and implement :meth:`TransportConformance.create_bus`::
 
 Only pytest is needed; every test runs its scenario on a fresh event loop.
 
+``ServerProcess`` is the base of the plugins' private-server launchers (free port,
+start, wait until it answers, stop/kill/restart, temporary directory, log tail on
+failure); ``FaultFigures`` prints fault tests' figures in pytest's summary.
+
 ``TestApp`` runs a service :class:`~dotmac.events.App` on a private ``memory://`` bus
 for the service's own tests (see docs/services.md).
 """
@@ -26,7 +30,19 @@ pytest.register_assert_rewrite(
 )
 
 from .app import TestApp  # noqa: E402
-from .collect import Collector, wait_dead_letters, wait_for  # noqa: E402
+from .collect import Collector, wait_dead_letters, wait_for, wait_groups  # noqa: E402
 from .conformance import TransportConformance  # noqa: E402
+from .figures import FaultFigures  # noqa: E402
+from .server import ServerProcess, free_port  # noqa: E402
 
-__all__ = ["Collector", "TestApp", "TransportConformance", "wait_dead_letters", "wait_for"]
+__all__ = [
+    "Collector",
+    "FaultFigures",
+    "ServerProcess",
+    "TestApp",
+    "TransportConformance",
+    "free_port",
+    "wait_dead_letters",
+    "wait_for",
+    "wait_groups",
+]

@@ -12,8 +12,9 @@ from ..event import Event
 if TYPE_CHECKING:
     from ..bus import EventBus
     from ..dlq import DeadLetter
+    from ..transport import GroupInfo
 
-__all__ = ["Collector", "wait_dead_letters", "wait_for"]
+__all__ = ["Collector", "wait_dead_letters", "wait_for", "wait_groups"]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float, *, what: str = "condition") -> None:
@@ -40,6 +41,25 @@ async def wait_dead_letters(bus: EventBus, topic: str, count: int, timeout: floa
             raise AssertionError(f"timed out after {timeout}s waiting for {count} dead letters on {topic}")
         await asyncio.sleep(0.02)
     return letters
+
+
+async def wait_groups(
+    bus: EventBus,
+    topic: str,
+    predicate: Callable[[list[GroupInfo]], bool],
+    timeout: float,
+    *,
+    what: str = "groups",
+) -> list[GroupInfo]:
+    """Await ``predicate(bus.groups(topic))`` and return that report (acks and commits
+    reach the broker in the background). Raises ``AssertionError`` naming ``what`` and
+    the last report after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate(infos := list(await bus.groups(topic))):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last report: {infos}")
+        await asyncio.sleep(0.02)
+    return infos
 
 
 class Collector:

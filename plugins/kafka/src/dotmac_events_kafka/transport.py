@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -39,6 +40,7 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from dotmac.events import (
     Capabilities,
@@ -103,6 +105,8 @@ _BROKER_LIMITS = frozenset(
     }
 )
 
+_DEFAULT_PARTITIONER = DefaultPartitioner()
+
 # Brokers (bootstrap lists) that refused an idempotent producer in this process: later
 # transports skip the attempt and its error log.
 _idempotence_refused: set[str] = set()
@@ -129,6 +133,30 @@ logging.getLogger("aiokafka.conn").addFilter(_HideSaslBytes())
 
 # How long one fetch call may block, so the loop notices new assignments and rewinds.
 _POLL_MS = 100
+
+
+# Keys up to this size have their hash remembered (4,096 of them, least recently used
+# first out): keys such as customer or device ids repeat, and aiokafka's murmur2 is pure
+# Python (about 3 µs per key, a tenth of that from the cache).
+_HASHED_KEY_BYTES = 128
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_key_hash(key: bytes) -> int:
+    return _key_hash(key)
+
+
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_for_key(key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
+    """aiokafka's default partitioner (the Java client's murmur2 mapping: a key's partition
+    is the same from every Kafka client), with the hash of short keys cached."""
+    if key is None:
+        return int(_DEFAULT_PARTITIONER(key, all_partitions, available))
+    hashed = _cached_key_hash(key) if len(key) <= _HASHED_KEY_BYTES else _key_hash(key)
+    return all_partitions[hashed % len(all_partitions)]
 
 
 def _unavailable(what: str, exc: BaseException) -> TransportUnavailableError:
@@ -242,12 +270,18 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
 
 def record_to_message(record: Any) -> Message:
     """A consumed aiokafka record as a :class:`Message` (position ``partition:offset``)."""
-    # surrogateescape keeps invalid UTF-8 visible to the core, which dead-letters it;
-    # headers_from_pairs records a name repeated with different values (ambiguous).
-    headers = headers_from_pairs(
-        (name, value.decode("utf-8", "surrogateescape") if value is not None else "")
-        for name, value in record.headers or ()
-    )
+    # surrogateescape keeps invalid UTF-8 visible to the core, which dead-letters it.
+    pairs = record.headers or ()
+    headers = {
+        name: value.decode("utf-8", "surrogateescape") if value is not None else "" for name, value in pairs
+    }
+    if len(headers) != len(pairs):
+        # A name is repeated: headers_from_pairs keeps it once if the values agree and
+        # records it as ambiguous (dead-lettered by the core) if they do not.
+        headers = headers_from_pairs(
+            (name, value.decode("utf-8", "surrogateescape") if value is not None else "")
+            for name, value in pairs
+        )
     key = record.key.decode("utf-8", "surrogateescape") if record.key is not None else None
     return Message(
         topic=record.topic,
@@ -378,13 +412,14 @@ class _Tracker:
 class _KafkaDelivery(Delivery):
     __slots__ = ("_entry", "_sub", "delivery_count", "message", "ordering_key")
 
-    def __init__(self, sub: _KafkaSubscription, entry: _Entry, message: Message, tp: TopicPartition) -> None:
+    def __init__(
+        self, sub: _KafkaSubscription, entry: _Entry, message: Message, ordering_key: tuple[str, int]
+    ) -> None:
         self._sub = sub
         self._entry = entry
         self.message = message
         self.delivery_count = entry.count
-        # One partition is one ordered log: the core keeps its records in one lane.
-        self.ordering_key = (tp.topic, tp.partition)
+        self.ordering_key = ordering_key
 
     @property
     def withdrawn(self) -> bool:
@@ -720,31 +755,41 @@ class _KafkaSubscription(TransportSubscription):
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            for tp, records in batch.items():
-                for record in records:
-                    while self._outstanding >= self._spec.prefetch:
-                        self._room.clear()
-                        await self._room.wait()
-                    tracker = self._trackers.get(tp)
-                    if tracker is None or not tracker.accepts(record.offset):
-                        # Revoked, not positioned yet, or about to seek back: the records
-                        # are fetched again from the position that follows.
-                        break
-                    entry = tracker.add(record.offset)
-                    self._outstanding += 1
-                    self._idle.clear()
-                    delivery = _KafkaDelivery(self, entry, record_to_message(record), tp)
-                    try:
-                        await self._sink(delivery)
-                    except asyncio.CancelledError:
-                        self._settle(entry, acked=False)
-                        raise
-                    except Exception:
-                        # The core did not take it: keep the commit point before it and
-                        # fetch it again.
-                        log.exception("handing %s to the core failed", delivery.message.position)
-                        self._settle(entry, acked=False)
-                        break
+            await self._hand_over(batch)
+
+    async def _hand_over(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        """Hand a fetched batch to the core, record by record, within the prefetch window."""
+        prefetch = self._spec.prefetch
+        room = self._room
+        sink = self._sink
+        for tp, records in batch.items():
+            # One partition is one ordered log: the core keeps its records in one lane.
+            ordering_key = (tp.topic, tp.partition)
+            for record in records:
+                while self._outstanding >= prefetch:
+                    room.clear()
+                    await room.wait()
+                # Looked up per record: a rebalance during an await may replace it.
+                tracker = self._trackers.get(tp)
+                if tracker is None or not tracker.accepts(record.offset):
+                    # Revoked, not positioned yet, or about to seek back: the records
+                    # are fetched again from the position that follows.
+                    break
+                entry = tracker.add(record.offset)
+                self._outstanding += 1
+                self._idle.clear()
+                delivery = _KafkaDelivery(self, entry, record_to_message(record), ordering_key)
+                try:
+                    await sink(delivery)
+                except asyncio.CancelledError:
+                    self._settle(entry, acked=False)
+                    raise
+                except Exception:
+                    # The core did not take it: keep the commit point before it and
+                    # fetch it again.
+                    log.exception("handing %s to the core failed", delivery.message.position)
+                    self._settle(entry, acked=False)
+                    break
 
     def _apply_rewinds(self) -> None:
         for tracker in self._trackers.values():
@@ -975,6 +1020,7 @@ class KafkaTransport(Transport):
             "linger_ms": config.linger_ms,
             "max_batch_size": config.max_batch_size,
             "max_request_size": config.max_request_size,
+            "partitioner": partition_for_key,
         }
 
     async def _start_producer(self) -> AIOKafkaProducer:
@@ -1194,7 +1240,17 @@ class KafkaTransport(Transport):
                 break
             futures.append(future)
         # Await every accepted record even after a failure, so none is left unobserved.
-        results = await asyncio.gather(*futures, return_exceptions=True) if futures else []
+        results: list[Any]
+        if len(futures) == 1:
+            # One record (a lone publish): its future, without gather's own future. Only
+            # a cancelled caller cancels it (aiokafka fails record futures, never cancels
+            # them), and then CancelledError propagates, as it does out of gather.
+            try:
+                results = [await futures[0]]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*futures, return_exceptions=True) if futures else []
         errors = [r for r in results if isinstance(r, BaseException)]
         if failure is None and errors:
             failure = errors[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -358,6 +359,7 @@ _known_tenants: set[str] = set()
 _NOTHING: Any = object()
 _EMPTY_HEADERS: FrozenDict[str, str] = FrozenDict()
 _set = object.__setattr__
+_new = object.__new__
 
 
 def _remember(cache: set[str], value: Any) -> None:
@@ -390,7 +392,7 @@ def _headers_field(value: Any) -> Mapping[str, str]:
     headers: Mapping[str, str]
     if value.__class__ is FrozenDict:
         headers = value
-    elif isinstance(value, Mapping):
+    elif value.__class__ is dict or isinstance(value, Mapping):
         # A copy: the caller's mapping (or the dict behind a MappingProxyType) may change.
         # Values are checked to be str below, so there is nothing nested to freeze.
         headers = _frozen_headers(value)
@@ -571,16 +573,41 @@ def _to_utc(value: Any) -> datetime:
 
 
 _urandom = os.urandom
+# Event ids made ahead from one read of the system's random source per 256 ids: the
+# read is a system call, and on this project's benchmark machine it cost more than
+# the rest of building an id. ``popleft`` and ``extend`` are atomic, so threads never
+# share an id; a forked child empties the pool, so parent and child never do either.
+_ID_BATCH = 256
+_ids: deque[str] = deque()
+_next_id = _ids.popleft
+
+
+def _fill_ids() -> None:
+    h = _urandom(16 * _ID_BATCH).hex()
+    variant = _VARIANT
+    _ids.extend(
+        [
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{variant[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(0, 32 * _ID_BATCH, 32)
+        ]
+    )
 
 
 def _new_id() -> str:
     """A random (version 4) UUID in its usual text form, at a fraction of ``uuid.uuid4``'s cost."""
-    h = _urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    try:
+        return _next_id()
+    except IndexError:
+        _fill_ids()
+        return _new_id()
 
 
 # The RFC 4122 variant: the top two bits of the 17th hex digit are 10.
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.clear)
 
 
 def _now() -> datetime:
@@ -677,6 +704,24 @@ class EventMetadata:
         _set(self, "extensions", extensions)
 
 
+def _fresh_metadata() -> EventMetadata:
+    """``EventMetadata()``: a new id, the time now, nothing else (nothing to check)."""
+    metadata: EventMetadata = _new(EventMetadata)
+    _set(metadata, "event_id", _new_id())
+    _set(metadata, "event_type", None)
+    _set(metadata, "source", None)
+    _set(metadata, "occurred_at", _now())
+    _set(metadata, "correlation_id", None)
+    _set(metadata, "causation_id", None)
+    _set(metadata, "reply_to", None)
+    _set(metadata, "content_type", None)
+    _set(metadata, "schema_version", None)
+    _set(metadata, "subject", None)
+    _set(metadata, "data_schema", None)
+    _set(metadata, "extensions", _EMPTY_HEADERS)
+    return metadata
+
+
 @frozen(init=False)
 class Event:
     """An event: where it goes (``topic``), what it says (``payload``) and its envelope.
@@ -732,7 +777,7 @@ class Event:
                     field="tenant_id",
                 )
         if metadata is _NOTHING:
-            metadata = EventMetadata()
+            metadata = _fresh_metadata()
         elif metadata.__class__ is not EventMetadata and not isinstance(metadata, EventMetadata):
             raise ValidationError(
                 f"must be an EventMetadata, got {type(metadata).__name__}", field="metadata"
@@ -772,3 +817,78 @@ class Event:
             ),
             **kwargs,
         )
+
+
+def _received_event(
+    topic: Any,
+    payload: Any,
+    key: Any,
+    received: Mapping[str, str],
+    user_names: tuple[str, ...],
+    tenant_id: str | None,
+    event_id: Any,
+    event_type: Any,
+    source: Any,
+    occurred_at: datetime | None,
+    content_type: Any,
+) -> Event | None:
+    """A received event whose envelope the wire decoder found plain, or None.
+
+    The caller (``wire._quick``) has checked that ``user_names`` are valid user
+    header names of ``received`` and that every value in ``received`` (so every text
+    argument) is a ``str`` of ASCII without CR, LF or NUL, short enough for a header
+    value; that ``tenant_id`` passed validation before; and that ``occurred_at`` is a
+    UTC datetime (None: now). What is left to check is checked here, and anything
+    that fails returns None so that the general constructors raise their precise
+    errors (a payload nested too deep raises :class:`PayloadValidationError`).
+    """
+    if (
+        topic.__class__ is not str
+        or topic not in _known_topics
+        or event_id is None
+        or not 0 < len(event_id) <= MAX_ID_LENGTH
+        or (event_type is not None and not 0 < len(event_type) <= MAX_ID_LENGTH)
+        or (source is not None and not 0 < len(source) <= MAX_ID_LENGTH)
+        or (content_type is not None and not 0 < len(content_type) <= MAX_ID_LENGTH)
+        or (
+            key is not None
+            and (
+                key.__class__ is not str
+                or len(key) > MAX_KEY_LENGTH
+                or "\x00" in key
+                or (not key.isascii() and _SURROGATE.search(key))
+            )
+        )
+    ):
+        return None
+    if payload.__class__ is dict and _STR_ONLY.issuperset(map(type, payload)):
+        payload = _frozen_dict(payload, 0)  # raises for a payload nested too deep
+    else:
+        payload = _payload_field(payload)
+    if user_names:
+        frozen_headers: FrozenDict[str, str] = _new_dict(FrozenDict)
+        for name in user_names:
+            _set_dict_item(frozen_headers, name, received[name])
+    else:
+        frozen_headers = _EMPTY_HEADERS
+    metadata: EventMetadata = _new(EventMetadata)
+    _set(metadata, "event_id", event_id)
+    _set(metadata, "event_type", event_type)
+    _set(metadata, "source", source)
+    _set(metadata, "occurred_at", _now() if occurred_at is None else occurred_at)
+    _set(metadata, "correlation_id", None)
+    _set(metadata, "causation_id", None)
+    _set(metadata, "reply_to", None)
+    _set(metadata, "content_type", content_type)
+    _set(metadata, "schema_version", None)
+    _set(metadata, "subject", None)
+    _set(metadata, "data_schema", None)
+    _set(metadata, "extensions", _EMPTY_HEADERS)
+    event: Event = _new(Event)
+    _set(event, "topic", topic)
+    _set(event, "payload", payload)
+    _set(event, "key", key)
+    _set(event, "headers", frozen_headers)
+    _set(event, "tenant_id", tenant_id)
+    _set(event, "metadata", metadata)
+    return event

@@ -198,7 +198,11 @@ def _frozen_dict(value: dict[Any, Any], depth: int) -> FrozenDict[Any, Any]:
         if depth >= MAX_PAYLOAD_DEPTH:
             _frozen(value, depth)  # raises
         for name, item in value.items():
-            if item.__class__ not in leaves:
+            cls = item.__class__
+            if cls is dict and depth + 1 < MAX_PAYLOAD_DEPTH:
+                # A nested object, the common case: no detour through _frozen.
+                _set_dict_item(result, name, _frozen_dict(item, depth + 1))
+            elif cls not in leaves:
                 frozen_item = _frozen(item, depth + 1)
                 if frozen_item is not item:
                     _set_dict_item(result, name, frozen_item)

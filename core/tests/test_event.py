@@ -262,3 +262,32 @@ def test_evolve_validates_again() -> None:
         "tenant_id",
         "metadata",
     ]
+
+
+def test_events_with_equal_small_headers_share_one_checked_copy() -> None:
+    given = {"x-origin": "checkout", "x-schema": "order.v1"}
+    first, second = Event(topic="t", headers=given), Event(topic="t", headers=dict(given))
+    assert first.headers == given
+    assert first.headers is second.headers
+    given["x-origin"] = "changed"
+    third = Event(topic="t", headers=given)
+    assert third.headers == {"x-origin": "changed", "x-schema": "order.v1"}
+    assert first.headers["x-origin"] == "checkout"
+    with pytest.raises(TypeError):
+        first.headers["x-origin"] = "x"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-list": ["a"]},
+        {"x-bad": "a\nb"},
+        {"bad name": "x"},
+        {"ce_id": "x"},
+        {"x-long": "v" * (MAX_HEADER_VALUE_LENGTH + 1)},
+    ],
+)
+def test_invalid_headers_are_refused_every_time(headers: dict[str, object]) -> None:
+    for _ in range(2):
+        with pytest.raises(HeaderValidationError):
+            Event(topic="t", headers=headers)  # type: ignore[arg-type]

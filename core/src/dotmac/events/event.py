@@ -390,10 +390,47 @@ def _header_name_field(name: Any) -> None:
     _remember(_known_header_names, name)
 
 
+# Small sets of user headers that passed validation, by their (name, value) pairs, each
+# with its read-only copy. Publishers attach the same few headers to event after
+# event; those events share one checked copy (it cannot change), so the check and the
+# copy happen once. Only exact ``str`` names and values are remembered, at most
+# _SHARED_HEADERS_CHARS characters per set, and the table is emptied when it reaches
+# _CACHE_LIMIT entries, so hostile input cannot grow it.
+_shared_headers: dict[tuple[tuple[str, str], ...], FrozenDict[str, str]] = {}
+_SHARED_HEADERS_COUNT = 8
+_SHARED_HEADERS_CHARS = 512
+
+
+def _share_headers(items: tuple[tuple[str, str], ...], headers: FrozenDict[str, str]) -> None:
+    total = 0
+    for name, text in items:
+        if name.__class__ is not str or text.__class__ is not str:
+            return
+        total += len(name) + len(text)
+    if total <= _SHARED_HEADERS_CHARS:
+        if len(_shared_headers) >= _CACHE_LIMIT:
+            _shared_headers.clear()
+        _shared_headers[items] = headers
+
+
 def _headers_field(value: Any) -> Mapping[str, str]:
     if value is _NOTHING or value is None:
         return _EMPTY_HEADERS
-    headers: Mapping[str, str]
+    if value.__class__ is dict and 0 < len(value) <= _SHARED_HEADERS_COUNT:
+        items = tuple(value.items())
+        try:
+            shared = _shared_headers.get(items)
+        except TypeError:  # a value that cannot be hashed cannot be a header either
+            shared = None
+        if shared is None:
+            shared = _checked_headers(value)
+            _share_headers(items, shared)
+        return shared
+    return _checked_headers(value)
+
+
+def _checked_headers(value: Any) -> FrozenDict[str, str]:
+    headers: FrozenDict[str, str]
     if value.__class__ is FrozenDict:
         headers = value
     elif value.__class__ is dict or isinstance(value, Mapping):
@@ -870,9 +907,12 @@ def _received_event(
     else:
         payload = _payload_field(payload)
     if user_names:
-        frozen_headers: FrozenDict[str, str] = _new_dict(FrozenDict)
-        for name in user_names:
-            _set_dict_item(frozen_headers, name, received[name])
+        items = tuple([(name, received[name]) for name in user_names])
+        frozen_headers = _shared_headers.get(items)
+        if frozen_headers is None:
+            frozen_headers = _new_dict(FrozenDict)
+            _init_dict(frozen_headers, items)
+            _share_headers(items, frozen_headers)
     else:
         frozen_headers = _EMPTY_HEADERS
     metadata: EventMetadata = _new(EventMetadata)

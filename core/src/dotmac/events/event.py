@@ -745,22 +745,29 @@ class EventMetadata:
         _set(self, "extensions", extensions)
 
 
-def _fresh_metadata() -> EventMetadata:
-    """``EventMetadata()``: a new id, the time now, nothing else (nothing to check)."""
+def _plain_metadata(
+    event_id: str, event_type: str | None, source: str | None, occurred_at: datetime, content_type: str | None
+) -> EventMetadata:
+    """Metadata with no optional attribute, from values the caller has checked."""
     metadata: EventMetadata = _new(EventMetadata)
-    _set(metadata, "event_id", _new_id())
-    _set(metadata, "event_type", None)
-    _set(metadata, "source", None)
-    _set(metadata, "occurred_at", _now())
+    _set(metadata, "event_id", event_id)
+    _set(metadata, "event_type", event_type)
+    _set(metadata, "source", source)
+    _set(metadata, "occurred_at", occurred_at)
     _set(metadata, "correlation_id", None)
     _set(metadata, "causation_id", None)
     _set(metadata, "reply_to", None)
-    _set(metadata, "content_type", None)
+    _set(metadata, "content_type", content_type)
     _set(metadata, "schema_version", None)
     _set(metadata, "subject", None)
     _set(metadata, "data_schema", None)
     _set(metadata, "extensions", _EMPTY_HEADERS)
     return metadata
+
+
+def _fresh_metadata() -> EventMetadata:
+    """``EventMetadata()``: a new id, the time now, nothing else (nothing to check)."""
+    return _plain_metadata(_new_id(), None, None, _now(), None)
 
 
 @frozen(init=False)
@@ -915,19 +922,9 @@ def _received_event(
             _share_headers(items, frozen_headers)
     else:
         frozen_headers = _EMPTY_HEADERS
-    metadata: EventMetadata = _new(EventMetadata)
-    _set(metadata, "event_id", event_id)
-    _set(metadata, "event_type", event_type)
-    _set(metadata, "source", source)
-    _set(metadata, "occurred_at", _now() if occurred_at is None else occurred_at)
-    _set(metadata, "correlation_id", None)
-    _set(metadata, "causation_id", None)
-    _set(metadata, "reply_to", None)
-    _set(metadata, "content_type", content_type)
-    _set(metadata, "schema_version", None)
-    _set(metadata, "subject", None)
-    _set(metadata, "data_schema", None)
-    _set(metadata, "extensions", _EMPTY_HEADERS)
+    metadata = _plain_metadata(
+        event_id, event_type, source, _now() if occurred_at is None else occurred_at, content_type
+    )
     event: Event = _new(Event)
     _set(event, "topic", topic)
     _set(event, "payload", payload)

@@ -606,7 +606,11 @@ def decode_message(
     if content_type == "application/json" and headers.__class__ is dict:
         # What this package's JSON codec writes: the quick path, when the envelope is
         # plain (see _quick); the body is read first, the envelope checked after.
-        codec = decoder_for(content_type)
+        try:
+            codec = decoder_for(content_type)
+        except Exception:
+            split_headers(headers)  # as on the full path, an envelope error comes first
+            raise
         if codec is not None:
             try:
                 payload = codec.decode(value, topic=topic, headers=headers)

@@ -406,9 +406,10 @@ class Subscription:
         return cancelling is not None and cancelling() > 0
 
     # -- intake ------------------------------------------------------------------------
-    async def _take_slot(self, delivery: Delivery) -> bool:
-        """Wait for room in the window; ``False`` (the delivery released) if stopping."""
-        if not self._window.try_take():
+    async def _take_slot(self, delivery: Delivery, *, taken: bool = False) -> bool:
+        """Wait for room in the window (unless ``taken``); ``False`` (the delivery
+        released, its room given back) if stopping."""
+        if not taken and not self._window.try_take():
             await self._window.take()
         if self._stopping.is_set():
             self._window.give()
@@ -418,7 +419,9 @@ class Subscription:
 
     async def _deliver(self, delivery: Delivery) -> None:
         """The sink handed to the transport: waits for room, then queues the delivery."""
-        if not await self._take_slot(delivery):
+        taken = self._window.try_take()
+        # With room and running (the common case) no _take_slot coroutine is needed.
+        if (not taken or self._stopping.is_set()) and not await self._take_slot(delivery, taken=taken):
             return
         lanes = self._lanes
         if len(lanes) == 1:

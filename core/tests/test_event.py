@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
@@ -172,11 +174,41 @@ def test_with_headers() -> None:
 
 
 def test_event_ids_are_version_4_uuids() -> None:
-    for _ in range(200):
-        parsed = uuid.UUID(EventMetadata().event_id)
-        assert parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
-        assert str(parsed) == EventMetadata(event_id=str(parsed)).event_id
+    # More than one batch of ids made ahead, from both constructors.
+    for _ in range(600):
+        for made in (EventMetadata().event_id, Event(topic="t").event_id):
+            parsed = uuid.UUID(made)
+            assert parsed.version == 4
+            assert parsed.variant == uuid.RFC_4122
+            assert str(parsed) == EventMetadata(event_id=str(parsed)).event_id
+
+
+def test_threads_never_share_an_event_id() -> None:
+    def make() -> list[str]:
+        return [Event(topic="t").event_id for _ in range(2000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = [i for ids in pool.map(lambda _: make(), range(4)) for i in ids]
+    assert len(set(made)) == len(made) == 8000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_other_event_ids_than_its_parent() -> None:
+    Event(topic="t")  # ids are made ahead now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its next ids and leave without cleanup
+        try:
+            os.write(write, " ".join(Event(topic="t").event_id for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    parent = {Event(topic="t").event_id for _ in range(10)}
+    assert len(child) == 10
+    assert not child & parent
 
 
 class _Text(str):
@@ -230,3 +262,32 @@ def test_evolve_validates_again() -> None:
         "tenant_id",
         "metadata",
     ]
+
+
+def test_events_with_equal_small_headers_share_one_checked_copy() -> None:
+    given = {"x-origin": "checkout", "x-schema": "order.v1"}
+    first, second = Event(topic="t", headers=given), Event(topic="t", headers=dict(given))
+    assert first.headers == given
+    assert first.headers is second.headers
+    given["x-origin"] = "changed"
+    third = Event(topic="t", headers=given)
+    assert third.headers == {"x-origin": "changed", "x-schema": "order.v1"}
+    assert first.headers["x-origin"] == "checkout"
+    with pytest.raises(TypeError):
+        first.headers["x-origin"] = "x"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-list": ["a"]},
+        {"x-bad": "a\nb"},
+        {"bad name": "x"},
+        {"ce_id": "x"},
+        {"x-long": "v" * (MAX_HEADER_VALUE_LENGTH + 1)},
+    ],
+)
+def test_invalid_headers_are_refused_every_time(headers: dict[str, object]) -> None:
+    for _ in range(2):
+        with pytest.raises(HeaderValidationError):
+            Event(topic="t", headers=headers)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .dlq_headers import HOLD_UNTIL, SCHEDULE_DELIVER_AT, SCHEDULE_DELIVER_TO, SCHEDULE_HEADERS
 from .errors import DecodeError, ValidationError
-from .event import validate_topic
+from .event import Event, validate_topic
 from .options import ConsumerOptions
 from .retry import NoRetry
 from .runner import RELEASE, ConsumerHost, Subscription, _Outcome, consumer_name
@@ -123,6 +123,9 @@ class _DelayStage(Subscription):
     of order are safe: a transport commits only a prefix of acked messages.
     """
 
+    # Its messages are scheduling records, not events: _process reads them, unhandled.
+    _decodes = False
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._holding: set[asyncio.Task[None]] = set()
@@ -139,7 +142,7 @@ class _DelayStage(Subscription):
         # in flight gets the drain timeout like a running handler.
         return [*super()._worker_tasks(), *self._holding]
 
-    async def _process(self, delivery: Delivery) -> _Outcome:
+    async def _process(self, delivery: Delivery, event: Event | None = None) -> _Outcome:
         if delivery.withdrawn:
             return None
         message = delivery.message

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -197,7 +198,11 @@ def _frozen_dict(value: dict[Any, Any], depth: int) -> FrozenDict[Any, Any]:
         if depth >= MAX_PAYLOAD_DEPTH:
             _frozen(value, depth)  # raises
         for name, item in value.items():
-            if item.__class__ not in leaves:
+            cls = item.__class__
+            if cls is dict and depth + 1 < MAX_PAYLOAD_DEPTH:
+                # A nested object, the common case: no detour through _frozen.
+                _set_dict_item(result, name, _frozen_dict(item, depth + 1))
+            elif cls not in leaves:
                 frozen_item = _frozen(item, depth + 1)
                 if frozen_item is not item:
                     _set_dict_item(result, name, frozen_item)
@@ -358,6 +363,7 @@ _known_tenants: set[str] = set()
 _NOTHING: Any = object()
 _EMPTY_HEADERS: FrozenDict[str, str] = FrozenDict()
 _set = object.__setattr__
+_new = object.__new__
 
 
 def _remember(cache: set[str], value: Any) -> None:
@@ -384,13 +390,50 @@ def _header_name_field(name: Any) -> None:
     _remember(_known_header_names, name)
 
 
+# Small sets of user headers that passed validation, by their (name, value) pairs, each
+# with its read-only copy. Publishers attach the same few headers to event after
+# event; those events share one checked copy (it cannot change), so the check and the
+# copy happen once. Only exact ``str`` names and values are remembered, at most
+# _SHARED_HEADERS_CHARS characters per set, and the table is emptied when it reaches
+# _CACHE_LIMIT entries, so hostile input cannot grow it.
+_shared_headers: dict[tuple[tuple[str, str], ...], FrozenDict[str, str]] = {}
+_SHARED_HEADERS_COUNT = 8
+_SHARED_HEADERS_CHARS = 512
+
+
+def _share_headers(items: tuple[tuple[str, str], ...], headers: FrozenDict[str, str]) -> None:
+    total = 0
+    for name, text in items:
+        if name.__class__ is not str or text.__class__ is not str:
+            return
+        total += len(name) + len(text)
+    if total <= _SHARED_HEADERS_CHARS:
+        if len(_shared_headers) >= _CACHE_LIMIT:
+            _shared_headers.clear()
+        _shared_headers[items] = headers
+
+
 def _headers_field(value: Any) -> Mapping[str, str]:
     if value is _NOTHING or value is None:
         return _EMPTY_HEADERS
-    headers: Mapping[str, str]
+    if value.__class__ is dict and 0 < len(value) <= _SHARED_HEADERS_COUNT:
+        items = tuple(value.items())
+        try:
+            shared = _shared_headers.get(items)
+        except TypeError:  # a value that cannot be hashed cannot be a header either
+            shared = None
+        if shared is None:
+            shared = _checked_headers(value)
+            _share_headers(items, shared)
+        return shared
+    return _checked_headers(value)
+
+
+def _checked_headers(value: Any) -> FrozenDict[str, str]:
+    headers: FrozenDict[str, str]
     if value.__class__ is FrozenDict:
         headers = value
-    elif isinstance(value, Mapping):
+    elif value.__class__ is dict or isinstance(value, Mapping):
         # A copy: the caller's mapping (or the dict behind a MappingProxyType) may change.
         # Values are checked to be str below, so there is nothing nested to freeze.
         headers = _frozen_headers(value)
@@ -571,16 +614,41 @@ def _to_utc(value: Any) -> datetime:
 
 
 _urandom = os.urandom
+# Event ids made ahead from one read of the system's random source per 256 ids: the
+# read is a system call, and on this project's benchmark machine it cost more than
+# the rest of building an id. ``popleft`` and ``extend`` are atomic, so threads never
+# share an id; a forked child empties the pool, so parent and child never do either.
+_ID_BATCH = 256
+_ids: deque[str] = deque()
+_next_id = _ids.popleft
+
+
+def _fill_ids() -> None:
+    h = _urandom(16 * _ID_BATCH).hex()
+    variant = _VARIANT
+    _ids.extend(
+        [
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{variant[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(0, 32 * _ID_BATCH, 32)
+        ]
+    )
 
 
 def _new_id() -> str:
     """A random (version 4) UUID in its usual text form, at a fraction of ``uuid.uuid4``'s cost."""
-    h = _urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    try:
+        return _next_id()
+    except IndexError:
+        _fill_ids()
+        return _new_id()
 
 
 # The RFC 4122 variant: the top two bits of the 17th hex digit are 10.
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.clear)
 
 
 def _now() -> datetime:
@@ -677,6 +745,31 @@ class EventMetadata:
         _set(self, "extensions", extensions)
 
 
+def _plain_metadata(
+    event_id: str, event_type: str | None, source: str | None, occurred_at: datetime, content_type: str | None
+) -> EventMetadata:
+    """Metadata with no optional attribute, from values the caller has checked."""
+    metadata: EventMetadata = _new(EventMetadata)
+    _set(metadata, "event_id", event_id)
+    _set(metadata, "event_type", event_type)
+    _set(metadata, "source", source)
+    _set(metadata, "occurred_at", occurred_at)
+    _set(metadata, "correlation_id", None)
+    _set(metadata, "causation_id", None)
+    _set(metadata, "reply_to", None)
+    _set(metadata, "content_type", content_type)
+    _set(metadata, "schema_version", None)
+    _set(metadata, "subject", None)
+    _set(metadata, "data_schema", None)
+    _set(metadata, "extensions", _EMPTY_HEADERS)
+    return metadata
+
+
+def _fresh_metadata() -> EventMetadata:
+    """``EventMetadata()``: a new id, the time now, nothing else (nothing to check)."""
+    return _plain_metadata(_new_id(), None, None, _now(), None)
+
+
 @frozen(init=False)
 class Event:
     """An event: where it goes (``topic``), what it says (``payload``) and its envelope.
@@ -732,7 +825,7 @@ class Event:
                     field="tenant_id",
                 )
         if metadata is _NOTHING:
-            metadata = EventMetadata()
+            metadata = _fresh_metadata()
         elif metadata.__class__ is not EventMetadata and not isinstance(metadata, EventMetadata):
             raise ValidationError(
                 f"must be an EventMetadata, got {type(metadata).__name__}", field="metadata"
@@ -772,3 +865,71 @@ class Event:
             ),
             **kwargs,
         )
+
+
+def _received_event(
+    topic: Any,
+    payload: Any,
+    key: Any,
+    received: Mapping[str, str],
+    user_names: tuple[str, ...],
+    tenant_id: str | None,
+    event_id: Any,
+    event_type: Any,
+    source: Any,
+    occurred_at: datetime | None,
+    content_type: Any,
+) -> Event | None:
+    """A received event whose envelope the wire decoder found plain, or None.
+
+    The caller (``wire._quick``) has checked that ``user_names`` are valid user
+    header names of ``received`` and that every value in ``received`` (so every text
+    argument) is a ``str`` of ASCII without CR, LF or NUL, short enough for a header
+    value; that ``tenant_id`` passed validation before; and that ``occurred_at`` is a
+    UTC datetime (None: now). What is left to check is checked here, and anything
+    that fails returns None so that the general constructors raise their precise
+    errors (a payload nested too deep raises :class:`PayloadValidationError`).
+    """
+    if (
+        topic.__class__ is not str
+        or topic not in _known_topics
+        or event_id is None
+        or not 0 < len(event_id) <= MAX_ID_LENGTH
+        or (event_type is not None and not 0 < len(event_type) <= MAX_ID_LENGTH)
+        or (source is not None and not 0 < len(source) <= MAX_ID_LENGTH)
+        or (content_type is not None and not 0 < len(content_type) <= MAX_ID_LENGTH)
+        or (
+            key is not None
+            and (
+                key.__class__ is not str
+                or len(key) > MAX_KEY_LENGTH
+                or "\x00" in key
+                or (not key.isascii() and _SURROGATE.search(key))
+            )
+        )
+    ):
+        return None
+    if payload.__class__ is dict and _STR_ONLY.issuperset(map(type, payload)):
+        payload = _frozen_dict(payload, 0)  # raises for a payload nested too deep
+    else:
+        payload = _payload_field(payload)
+    if user_names:
+        items = tuple([(name, received[name]) for name in user_names])
+        frozen_headers = _shared_headers.get(items)
+        if frozen_headers is None:
+            frozen_headers = _new_dict(FrozenDict)
+            _init_dict(frozen_headers, items)
+            _share_headers(items, frozen_headers)
+    else:
+        frozen_headers = _EMPTY_HEADERS
+    metadata = _plain_metadata(
+        event_id, event_type, source, _now() if occurred_at is None else occurred_at, content_type
+    )
+    event: Event = _new(Event)
+    _set(event, "topic", topic)
+    _set(event, "payload", payload)
+    _set(event, "key", key)
+    _set(event, "headers", frozen_headers)
+    _set(event, "tenant_id", tenant_id)
+    _set(event, "metadata", metadata)
+    return event

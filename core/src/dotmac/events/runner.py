@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import time
+import types
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping
@@ -95,6 +96,7 @@ MAX_ERROR_MESSAGE = 1024
 # A handler raising one of these can never succeed on a retry: the payload does not
 # have the shape the handler needs.
 _SCHEMA_ERRORS = (PayloadValidationError, SchemaValidationError)
+_Coroutine = types.CoroutineType
 
 
 class ConsumerHost(Protocol):
@@ -214,6 +216,10 @@ class Subscription:
     topic and were acked rather than dead-lettered a second time).
     """
 
+    # Deliveries carry events: _settle decodes them itself and calls _handle directly
+    # in the common case (a subclass whose _process reads something else says False).
+    _decodes = True
+
     def __init__(
         self,
         host: ConsumerHost,
@@ -250,6 +256,8 @@ class Subscription:
             max_deliveries if max_deliveries is not None else host.transport.default_max_deliveries
         )
         self._threaded = not is_async_callable(handler) and options.sync_handlers == "thread"
+        # The handler is called in the loop with no timeout: _handle calls it directly.
+        self._plain_call = not self._threaded and options.handler_timeout is None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lanes = [_Lane() for _ in range(options.concurrency)]
         self._window = _Window(max(options.prefetch_count, options.concurrency))
@@ -398,9 +406,10 @@ class Subscription:
         return cancelling is not None and cancelling() > 0
 
     # -- intake ------------------------------------------------------------------------
-    async def _take_slot(self, delivery: Delivery) -> bool:
-        """Wait for room in the window; ``False`` (the delivery released) if stopping."""
-        if not self._window.try_take():
+    async def _take_slot(self, delivery: Delivery, *, taken: bool = False) -> bool:
+        """Wait for room in the window (unless ``taken``); ``False`` (the delivery
+        released, its room given back) if stopping."""
+        if not taken and not self._window.try_take():
             await self._window.take()
         if self._stopping.is_set():
             self._window.give()
@@ -410,7 +419,9 @@ class Subscription:
 
     async def _deliver(self, delivery: Delivery) -> None:
         """The sink handed to the transport: waits for room, then queues the delivery."""
-        if not await self._take_slot(delivery):
+        taken = self._window.try_take()
+        # With room and running (the common case) no _take_slot coroutine is needed.
+        if (not taken or self._stopping.is_set()) and not await self._take_slot(delivery, taken=taken):
             return
         lanes = self._lanes
         if len(lanes) == 1:
@@ -423,8 +434,10 @@ class Subscription:
         lane.wakeup.set()
 
     async def _work(self, lane: _Lane) -> None:
-        while await self._has_work(lane):
-            await self._settle(lane.queue.popleft())
+        queue = lane.queue
+        # A queued delivery is taken without a _has_work coroutine.
+        while queue or await self._has_work(lane):
+            await self._settle(queue.popleft())
 
     async def _has_work(self, lane: _Lane) -> bool:
         """Wait until ``lane`` has a delivery queued; ``False`` once stopping with none."""
@@ -448,12 +461,23 @@ class Subscription:
         """
         outcome: _Outcome = RELEASE
         try:
-            outcome = await self._process(delivery)
+            event = self._admit_now(delivery) if self._decodes else None
+            if event is not None and self._observers.consume_context is None:
+                # The common case, without a _process coroutine.
+                outcome = await self._handle(delivery, event)
+            else:
+                outcome = await self._process(delivery, event)
         except Exception:
             self.errors += 1
             log.exception("unexpected error while processing a delivery on %s", list(self.topics))
         finally:
-            await self._conclude(delivery, outcome)
+            # _conclude inline for the outcomes that need no await (an ack, no end).
+            if outcome is None:
+                self._window.give()
+            elif isinstance(outcome, _Release):
+                await self._conclude(delivery, outcome)
+            else:
+                outcome.add_done_callback(self._window.give)
 
     async def _conclude(self, delivery: Delivery, outcome: _Outcome) -> None:
         """Carry out ``outcome`` (a release) and free the window slot once it settled."""
@@ -467,11 +491,13 @@ class Subscription:
         else:
             outcome.add_done_callback(self._window.give)
 
-    async def _process(self, delivery: Delivery) -> _Outcome:
-        admitted = await self._admit(delivery)
-        if not isinstance(admitted, Event):
-            return admitted
-        event = admitted
+    async def _process(self, delivery: Delivery, event: Event | None = None) -> _Outcome:
+        """Handle ``delivery``; ``event`` is what ``_admit_now`` gave (None: admit it)."""
+        if event is None:
+            admitted = await self._admit(delivery)
+            if not isinstance(admitted, Event):
+                return admitted
+            event = admitted
         observers = self._observers
         if observers.consume_context is None:
             return await self._handle(delivery, event)
@@ -479,6 +505,27 @@ class Subscription:
             managers = observers.consume_context(event=event, info=self._info(delivery))
             observers.enter_all(stack, managers, "consume_context")
             return await self._handle(delivery, event)
+
+    def _admit_now(self, delivery: Delivery) -> Event | None:
+        """The event of an ordinary delivery, without a coroutine of its own; None when
+        ``_admit`` must look at it (it starts over: nothing here has an effect)."""
+        message = delivery.message
+        headers = message.headers
+        if (
+            delivery.withdrawn
+            or REPLAY_GROUP in headers
+            or HOLD_UNTIL in headers
+            or len(message.value) > self._max_bytes
+        ):
+            return None
+        max_deliveries = self._max_deliveries
+        if max_deliveries is not None and delivery.delivery_count > max_deliveries:
+            return None
+        try:
+            return self._decode(message)
+        except Exception:
+            # _admit decodes it again and dead-letters it with the reason.
+            return None
 
     async def _admit(self, delivery: Delivery) -> Event | _Outcome:
         """The event to hand to the handler, or the end the delivery already reached
@@ -572,7 +619,14 @@ class Subscription:
         while True:
             attempt += 1
             try:
-                result = await self._call(event)
+                if self._plain_call:
+                    # An async (or sync, in the loop) handler with no timeout: no
+                    # coroutine of _call's own per event.
+                    result = self._handler(event)
+                    if result is not None and (result.__class__ is _Coroutine or inspect.isawaitable(result)):
+                        result = await result
+                else:
+                    result = await self._call(event)
             except BaseException as raised:
                 failure = self._failure(raised)
                 if failure is None:  # a shutdown, or the process exiting: _settle releases

@@ -32,12 +32,16 @@ from attrs import field, frozen
 from .errors import DecodeError, SchemaValidationError, ValidationError
 from .event import _NOTHING as _DEFAULT
 from .event import (
+    MAX_HEADER_COUNT,
+    MAX_HEADER_NAME_LENGTH,
+    MAX_HEADER_VALUE_LENGTH,
     MAX_ID_LENGTH,
     Event,
     EventMetadata,
     _frozen_headers,
     _is_tenant,
     _known_tenants,
+    _received_event,
     validate_extension_name,
 )
 
@@ -199,13 +203,15 @@ def parse_time(value: str) -> datetime:
 def envelope_headers(event: Event, *, content_type: str, source: str) -> dict[str, str]:
     """User headers followed by the ``ce_*`` attributes of ``event``."""
     meta = event.metadata
-    headers = dict(event.headers)
-    headers["ce_specversion"] = SPEC_VERSION
-    headers["ce_id"] = meta.event_id
-    headers["ce_type"] = meta.event_type or event.topic
-    headers["ce_source"] = meta.source or source
-    headers["ce_time"] = format_time(meta.occurred_at)
-    headers["content-type"] = content_type
+    headers = {
+        **event.headers,
+        "ce_specversion": SPEC_VERSION,
+        "ce_id": meta.event_id,
+        "ce_type": meta.event_type or event.topic,
+        "ce_source": meta.source or source,
+        "ce_time": format_time(meta.occurred_at),
+        "content-type": content_type,
+    }
     if event.tenant_id is not None:
         headers["ce_tenantid"] = event.tenant_id
     if meta.correlation_id is not None:
@@ -289,6 +295,111 @@ def split_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str,
         else:
             envelope[kind] = value
     return envelope, user
+
+
+# The envelope names every message of a publisher repeats, and the only ones the quick
+# decode (_quick) reads; a message with any other envelope header takes the full one.
+_QUICK_ENVELOPE = frozenset(
+    {"ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "content-type", "ce_tenantid"}
+)
+# The header names of a message, in order -> its user header names, for name sequences
+# that passed every check of split_headers and of Event's headers (HTTP tokens of at
+# most MAX_HEADER_NAME_LENGTH characters, each envelope name spelled in lower case and
+# once, no envelope name outside _QUICK_ENVELOPE, at most MAX_HEADER_COUNT user
+# headers). Publishers repeat one sequence per kind of event, so the per-name work of
+# split_headers runs once per sequence instead of once per message.
+_plans: dict[tuple[str, ...], tuple[str, ...]] = {}
+_STR_ONLY = frozenset({str})
+_NO_PLAN: tuple[str, ...] = ("",)
+
+
+def _plan(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The user header names among ``names``, or ``_NO_PLAN`` for the full decode."""
+    user: list[str] = []
+    for name in names:
+        if name.__class__ is not str:
+            return _NO_PLAN
+        try:
+            kind = _header_kinds[name] if name in _header_kinds else _header_kind(name)
+        except DecodeError:
+            return _NO_PLAN
+        if kind is None:
+            if len(name) > MAX_HEADER_NAME_LENGTH:
+                return _NO_PLAN
+            user.append(name)
+        elif kind != name or kind not in _QUICK_ENVELOPE:
+            return _NO_PLAN
+    if len(user) > MAX_HEADER_COUNT:
+        return _NO_PLAN
+    plan = tuple(user)
+    if len(_plans) >= _CACHE_LIMIT:
+        _plans.clear()
+    _plans[names] = plan
+    return plan
+
+
+def _quick(message: Message, payload: Any) -> Event | None:
+    """The event of a received message whose envelope is plain, or None for the full path.
+
+    Plain: header names of a known good sequence (see ``_plans``), every header value
+    a ``str`` of ASCII without CR, LF or NUL, all of them together no longer than one
+    header value may be, a tenant this process has validated before. Such a
+    message passes every check of split_headers and of the envelope's fields but the
+    ones made here; anything else (and every error) goes the full way, which says
+    precisely what is wrong.
+    """
+    headers = message.headers
+    if headers.__class__ is not dict:
+        return None
+    names = tuple(headers)
+    user_names = _plans.get(names)
+    if user_names is None:
+        user_names = _plan(names)
+    if user_names is _NO_PLAN:
+        return None
+    values = headers.values()
+    if not _STR_ONLY.issuperset(map(type, values)):
+        return None
+    joined = "".join(values)
+    if (
+        len(joined) > MAX_HEADER_VALUE_LENGTH
+        or not joined.isascii()
+        or "\n" in joined
+        or "\r" in joined
+        or "\x00" in joined
+    ):
+        return None
+    get = headers.get
+    version = get("ce_specversion")
+    if version is not None and version != SPEC_VERSION:
+        return None
+    tenant = get("ce_tenantid")
+    if tenant is not None and tenant not in _known_tenants:
+        return None
+    time_text = get("ce_time")
+    if time_text is None:
+        occurred_at = None
+    else:
+        try:
+            occurred_at = parse_time(time_text)
+        except ValueError:
+            return None
+    try:
+        return _received_event(
+            message.topic,
+            payload,
+            message.key,
+            headers,
+            user_names,
+            tenant,
+            get("ce_id"),
+            get("ce_type"),
+            get("ce_source"),
+            occurred_at,
+            get("content-type"),
+        )
+    except ValidationError:
+        return None
 
 
 def build_event(message: Message, payload: dict[str, Any]) -> Event:
@@ -570,8 +681,38 @@ def decode_message(
     value = message.value
     if value.__class__ is not bytes and not isinstance(value, (bytes, bytearray, memoryview)):
         raise DecodeError(f"message on {topic!r} has a {type(value).__name__} body, not bytes")
+    headers = message.headers
+    content_type = headers.get("content-type")
+    if content_type == "application/json" and headers.__class__ is dict:
+        # What this package's JSON codec writes: the quick path, when the envelope is
+        # plain (see _quick); the body is read first, the envelope checked after.
+        try:
+            codec = decoder_for(content_type)
+        except Exception:
+            split_headers(headers)  # as on the full path, an envelope error comes first
+            raise
+        if codec is not None:
+            try:
+                payload = codec.decode(value, topic=topic, headers=headers)
+            except (DecodeError, ValidationError):
+                # The envelope is checked first on the full path: its error wins.
+                split_headers(headers)
+                raise
+            except Exception as exc:
+                split_headers(headers)
+                raise DecodeError(
+                    f"the {codec.name!r} codec could not read a message on {topic!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            event = _quick(message, payload)
+            if event is None:
+                envelope, user = split_headers(headers)
+                event = _build(message, envelope, user, payload)
+            if validate is not None:
+                _validate(event, validate)
+            return event
     # The envelope first: an ambiguous or unreadable one is refused whatever the body.
-    envelope, user = split_headers(message.headers)
+    envelope, user = split_headers(headers)
     content_type = envelope.get("content-type")
     if content_type is not None:
         content_type = content_type.split(";", 1)[0].strip().lower()
@@ -582,7 +723,7 @@ def decode_message(
         if codec is None:
             raise DecodeError(f"no installed codec reads content type {content_type!r}")
         try:
-            payload = codec.decode(value, topic=topic, headers=message.headers)
+            payload = codec.decode(value, topic=topic, headers=headers)
         except (DecodeError, ValidationError):
             raise
         except Exception as exc:

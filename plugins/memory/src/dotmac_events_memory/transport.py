@@ -302,6 +302,18 @@ class MemoryTransport(Transport):
         broker = self._require()
         config = self.config
         while True:
+            if len(messages) == 1:
+                # One event (bus.publish): each holder of its topic needs one place.
+                name = messages[0].topic
+                full = None
+                for holder in broker.topic(name).holders:
+                    if not holder.closed and len(holder.ready) >= holder.maxsize:
+                        full = holder
+                        break
+                if full is None:
+                    break
+                await self._wait_for_space(full, 1, name, batch=1)
+                continue
             needed: dict[int, tuple[_Holder, int, str]] = {}
             for message in messages:
                 for holder in broker.topic(message.topic).holders:
@@ -318,13 +330,7 @@ class MemoryTransport(Transport):
             topic = broker.topic(message.topic)
             offset = topic.next_offset
             topic.next_offset = offset + 1
-            stored = Message(
-                topic=message.topic,
-                value=message.value,
-                key=message.key,
-                headers=message.headers,
-                position=str(offset),
-            )
+            stored = Message(message.topic, message.value, message.key, message.headers, str(offset))
             topic.retained.append(stored)
             for holder in topic.holders:
                 holder.put(_Entry(stored, 1))

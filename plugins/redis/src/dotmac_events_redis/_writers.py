@@ -71,9 +71,12 @@ class Coalescer(Generic[_T]):
         """Queue ``item`` for the writer task; the future settles once it is written."""
         self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        self._idle.clear()
-        self._wake.set()
+        queue = self._queue
+        if not queue:
+            # Otherwise the writer is awake and the idle flag down already.
+            self._idle.clear()
+            self._wake.set()
+        queue.append((item, future))
         return future
 
     async def _enqueue(self, item: _T) -> None:

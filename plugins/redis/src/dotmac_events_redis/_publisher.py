@@ -93,13 +93,15 @@ class Publisher(Coalescer[Sequence[Message]]):
                 limits[key] = config.dead_letter_max_length
         trim_keys = sorted(limits)
         deadline = time.monotonic() + config.publish_timeout
-        backoff = Backoff(config.reconnect_backoff_max)
+        backoff: Backoff | None = None  # made at the first failure
         while True:
             try:
                 results = await self._send(flat, reply_keys, trim_keys, link)
             except Exception as exc:
                 if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("publish failed, retrying: %r", exc)
+                    if backoff is None:
+                        backoff = Backoff(config.reconnect_backoff_max)
                     await asyncio.sleep(backoff.next())
                     continue
                 what = "publish failed"

@@ -163,7 +163,7 @@ class AckWriter(Coalescer[_AckItem]):
             else:
                 releases.setdefault((key, group, consumer), []).extend((entry_id, count))
         deadline = time.monotonic() + transport.config.ack_timeout
-        backoff = Backoff(transport.config.reconnect_backoff_max)
+        backoff: Backoff | None = None  # made at the first failure
         error: BaseException | None = None
         while True:
             try:
@@ -171,6 +171,8 @@ class AckWriter(Coalescer[_AckItem]):
             except Exception as exc:
                 if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("ack write failed, retrying: %r", exc)
+                    if backoff is None:
+                        backoff = Backoff(transport.config.reconnect_backoff_max)
                     await asyncio.sleep(backoff.next())
                     continue
                 what = "acknowledgement not written"

@@ -228,7 +228,7 @@ _FIELD = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(fields=st.lists(_FIELD, max_size=12).filter(lambda f: len(f) % 2 == 0))
 def test_every_layout_of_fields_reads_as_the_field_by_field_parse(fields: list[Any]) -> None:
     # Entries written by other clients may hold any fields in any order: the result

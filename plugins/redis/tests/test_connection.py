@@ -14,6 +14,8 @@ from typing import Any
 import hiredis
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio.connection import Connection
 from redis.exceptions import (
     AuthenticationError,
@@ -30,8 +32,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import dotmac_events_redis
+from dotmac.events import Message
+from dotmac.events.wire import WireHeaders
 from dotmac_events_redis import RedisConfig
-from dotmac_events_redis._common import entry_message
+from dotmac_events_redis._common import entry_fields, entry_message
 from dotmac_events_redis._connection import Endpoint, Link, RespConnection, _pack, reply_error
 
 from .conftest import config_for
@@ -197,6 +201,66 @@ def test_entries_become_messages(fields: Any, headers: dict[str, str]) -> None:
 def test_an_entry_without_key_or_data_is_an_empty_message() -> None:
     message = entry_message("orders", b"1-2", [b"h", b"v"])
     assert (message.key, message.value, message.headers) == (None, b"", {"h": "v"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "headers", "conflicts"),
+    [
+        # A name twice with one value is kept once; with two values it is ambiguous.
+        ([b"h", b"v", b"h", b"v", b"@data", b"{}"], {"h": "v"}, ()),
+        ([b"h", b"v", b"h", b"w", b"@data", b"{}"], {"h": "v"}, ("h",)),
+        # A NUL byte inside a value is kept.
+        ([b"h", b"a\x00b", b"@key", b"k\x00", b"@data", b"{}"], {"h": "a\x00b"}, ()),
+    ],
+)
+def test_repeated_names_and_nul_bytes_are_kept_apart(
+    fields: list[bytes], headers: dict[str, str], conflicts: tuple[str, ...]
+) -> None:
+    message = entry_message("orders", b"1-2", fields)
+    assert message.headers == headers
+    assert getattr(message.headers, "conflicts", ()) == conflicts
+    assert message.value == b"{}"
+
+
+_FIELD = st.one_of(
+    st.sampled_from([b"@data", b"@key", b"h", b"ce_id", b"", b"\x00", b"\xff", "h"]),
+    st.binary(max_size=6),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(fields=st.lists(_FIELD, max_size=12).filter(lambda f: len(f) % 2 == 0))
+def test_every_layout_of_fields_reads_as_the_field_by_field_parse(fields: list[Any]) -> None:
+    # Entries written by other clients may hold any fields in any order: the result
+    # must be the one of a field-by-field reading (the str entry id takes that path).
+    fast = entry_message("t", b"1700000000000-1", list(fields))
+    general = entry_message("t", "1700000000000-1", list(fields))
+    assert fast == general
+    assert getattr(fast.headers, "conflicts", ()) == getattr(general.headers, "conflicts", ())
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8) | st.sampled_from(
+    ["\udcff", "a\x00"]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    headers=st.dictionaries(_TEXT.filter(lambda n: n not in ("@key", "@data")), _TEXT, max_size=6),
+    key=st.none() | _TEXT,
+    value=st.binary(max_size=20),
+)
+def test_entries_read_back_as_they_were_written(
+    headers: dict[str, str], key: str | None, value: bytes
+) -> None:
+    written = Message(topic="t", value=value, key=key, headers=headers)
+    fields = entry_fields(written)
+    assert all(type(f) is bytes for f in fields)
+    read = entry_message("t", b"1700000000000-1", fields)
+    assert (read.value, read.key, read.headers) == (value, key, headers)
+    assert not isinstance(read.headers, WireHeaders)
+    assert read.position == "1700000000000-1"
+    assert read.timestamp is not None and read.timestamp.year == 2023
 
 
 # -- nothing private of redis-py or hiredis --------------------------------------------------

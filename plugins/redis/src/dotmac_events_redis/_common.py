@@ -78,6 +78,10 @@ def entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
     headers ambiguous; the core's decode then dead-letters the entry. An entry
     without the body field is a :class:`~dotmac.events.wire.FieldsMessage`.
     """
+    if type(fields) is list and type(entry_id) is bytes:
+        message = _written_entry(topic, entry_id, fields)
+        if message is not None:
+            return message
     if isinstance(fields, list):
         flat = iter(fields)
         pairs: Iterable[tuple[Any, Any]] = zip(flat, flat, strict=True)
@@ -113,13 +117,75 @@ def entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
     )
 
 
+def _written_entry(topic: str, entry_id: bytes, fields: list[Any]) -> Message | None:
+    """The fast path of :func:`entry_message`, for an entry laid out as
+    :func:`entry_fields` writes it (bytes: headers, ``@key`` and its value if any,
+    ``@data`` and the body last); ``None`` for any other layout.
+
+    Every name and value but the body is decoded in one go: joined with NUL bytes,
+    decoded, split again (UTF-8 never puts a NUL byte inside a character, so each
+    part decodes as it would alone; a part holding a NUL byte itself takes the
+    general path).
+    """
+    end = len(fields) - 2
+    if end < 0 or end % 2 or fields[end] != _DATA_FIELD_B:
+        return None
+    value = fields[-1]
+    has_key = end >= 2 and fields[end - 2] == _KEY_FIELD_B
+    if has_key:
+        end -= 2
+    names = fields[0:end:2]
+    if _DATA_FIELD_B in names or _KEY_FIELD_B in names or type(value) is not bytes:
+        return None
+    parts = fields[:end]
+    if has_key:
+        parts.append(fields[end + 1])
+    if parts:
+        try:
+            decoded = b"\x00".join(parts).decode("utf-8", "surrogateescape").split("\x00")
+        except TypeError:  # not all bytes
+            return None
+        if len(decoded) != len(parts):
+            return None
+    else:
+        decoded = []
+    key = decoded.pop() if has_key else None
+    headers = dict(zip(decoded[0::2], decoded[1::2], strict=False))
+    if len(headers) != end // 2:
+        # A name given twice: kept once if the values agree, else marked ambiguous.
+        headers = headers_from_pairs(zip(decoded[0::2], decoded[1::2], strict=False))
+    position = entry_id.decode("utf-8", "surrogateescape")
+    return Message(
+        topic=topic,
+        value=value,
+        key=key,
+        headers=headers,
+        position=position,
+        timestamp=_id_time(position),
+    )
+
+
 def entry_time(entry_id: Any) -> datetime | None:
     """The time in a stream entry id (``<milliseconds>-<sequence>``)."""
+    return _id_time(text(entry_id))
+
+
+# The time of the last entry id seen: entries of a batch mostly share their millisecond.
+_last_time: tuple[str, datetime | None] = ("", None)
+
+
+def _id_time(entry_id: str) -> datetime | None:
+    global _last_time
+    millis = entry_id.partition("-")[0]
+    cached = _last_time
+    if cached[0] == millis:
+        return cached[1]
     try:
-        millis = int(text(entry_id).partition("-")[0])
-        return datetime.fromtimestamp(millis / 1000, timezone.utc)
+        when: datetime | None = datetime.fromtimestamp(int(millis) / 1000, timezone.utc)
     except (ValueError, OverflowError, OSError):
-        return None
+        when = None
+    _last_time = (millis, when)
+    return when
 
 
 def streams(reply: Any) -> Iterable[tuple[Any, Any]]:
@@ -136,15 +202,28 @@ def entry_fields(message: Message) -> list[Any]:
     header bytes were not UTF-8 carries those very bytes.
     """
     fields: list[Any] = []
+    add = fields.append
+    names = _header_names
     for name, value in message.headers.items():
-        fields.append(name.encode("utf-8", "surrogateescape"))
-        fields.append(value.encode("utf-8", "surrogateescape"))
+        encoded = names.get(name)
+        if encoded is None:
+            encoded = name.encode("utf-8", "surrogateescape")
+            if len(names) < _HEADER_NAMES_CACHED:
+                names[name] = encoded
+        add(encoded)
+        add(value.encode("utf-8", "surrogateescape"))
     if message.key is not None:
-        fields.append(_KEY_FIELD_B)
-        fields.append(message.key.encode("utf-8", "surrogateescape"))
-    fields.append(_DATA_FIELD_B)
-    fields.append(message.value)
+        add(_KEY_FIELD_B)
+        add(message.key.encode("utf-8", "surrogateescape"))
+    add(_DATA_FIELD_B)
+    add(message.value)
     return fields
+
+
+# Header names repeat from entry to entry: their encoded form is kept (up to a bound,
+# should an application make up names as it goes).
+_HEADER_NAMES_CACHED = 1024
+_header_names: dict[str, bytes] = {}
 
 
 # -- waiting -----------------------------------------------------------------------------

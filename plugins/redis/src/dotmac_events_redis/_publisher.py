@@ -74,32 +74,38 @@ class Publisher(Coalescer[Sequence[Message]]):
         flat: list[tuple[int, str, Message]] = []
         dead_letter_keys: set[str] = set()
         reply_keys: set[str] = set()
+        stream_keys: dict[str, str] = {}  # topic -> stream key, worked out once per topic
         for index, (messages, _future) in enumerate(batch):
             for message in messages:
-                key = config.stream_key(message.topic)
+                topic = message.topic
+                key = stream_keys.get(topic)
+                if key is None:
+                    key = stream_keys[topic] = config.stream_key(topic)
+                    if topic.startswith(REPLY_TOPIC_PREFIX):
+                        reply_keys.add(key)
                 flat.append((index, key, message))
                 if _DLQ_MARKER in message.headers:
                     dead_letter_keys.add(key)
-                if message.topic.startswith(REPLY_TOPIC_PREFIX):
-                    reply_keys.add(key)
         # Streams to keep within their cap: ordinary ones at max_stream_length, dead-letter
         # ones at dead_letter_max_length (never trimmed when that is None).
         limits: dict[str, int] = {}
         if config.max_stream_length is not None:
-            for key in {key for _i, key, _m in flat} - dead_letter_keys - reply_keys:
+            for key in set(stream_keys.values()) - dead_letter_keys - reply_keys:
                 limits[key] = config.max_stream_length
         if config.dead_letter_max_length is not None:
             for key in dead_letter_keys:
                 limits[key] = config.dead_letter_max_length
         trim_keys = sorted(limits)
         deadline = time.monotonic() + config.publish_timeout
-        backoff = Backoff(config.reconnect_backoff_max)
+        backoff: Backoff | None = None  # made at the first failure
         while True:
             try:
                 results = await self._send(flat, reply_keys, trim_keys, link)
             except Exception as exc:
                 if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("publish failed, retrying: %r", exc)
+                    if backoff is None:
+                        backoff = Backoff(config.reconnect_backoff_max)
                     await asyncio.sleep(backoff.next())
                     await transport._reroute(key for _i, key, _m in flat)
                     continue

@@ -71,9 +71,12 @@ class Coalescer(Generic[_T]):
         """Queue ``item`` for the writer task; the future settles once it is written."""
         self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        self._idle.clear()
-        self._wake.set()
+        queue = self._queue
+        if not queue:
+            # Otherwise the writer is awake and the idle flag down already.
+            self._idle.clear()
+            self._wake.set()
+        queue.append((item, future))
         return future
 
     async def _enqueue(self, item: _T) -> None:
@@ -160,7 +163,7 @@ class AckWriter(Coalescer[_AckItem]):
             else:
                 releases.setdefault((key, group, consumer), []).extend((entry_id, count))
         deadline = time.monotonic() + transport.config.ack_timeout
-        backoff = Backoff(transport.config.reconnect_backoff_max)
+        backoff: Backoff | None = None  # made at the first failure
         error: BaseException | None = None
         while True:
             try:
@@ -168,6 +171,8 @@ class AckWriter(Coalescer[_AckItem]):
             except Exception as exc:
                 if retriable(exc) and time.monotonic() < deadline and not transport._closing.is_set():
                     log.debug("ack write failed, retrying: %r", exc)
+                    if backoff is None:
+                        backoff = Backoff(transport.config.reconnect_backoff_max)
                     await asyncio.sleep(backoff.next())
                     await transport._reroute([key for key, _g in acks] + [key for key, _g, _c in releases])
                     continue

@@ -5,7 +5,8 @@ subject: its ``num_pending`` (messages of the subject it was not handed yet) is 
 lag and ``num_ack_pending`` (handed out, not acknowledged) the pending count. Pull
 consumers have no named members on the server (``num_waiting`` counts open pull
 requests, not consumers), and the server does not say when the oldest pending message
-was handed out, so ``members`` is empty and ``oldest_pending_age`` is ``None``.
+was handed out, so ``members`` is empty, ``member_count`` and ``oldest_pending_age``
+are ``None``.
 
 Consumer names hold a hash of the group and topic (``subjects.consumer_name``), so the
 group is recovered from the consumer's description (written when the bus creates the
@@ -91,6 +92,7 @@ async def list_groups(transport: NatsTransport, topic: str) -> list[GroupInfo]:
             GroupInfo(
                 topic=topic,
                 group=group_of(info, topic),
+                member_count=None,
                 pending=info.num_ack_pending or 0,
                 lag=info.num_pending,
             )

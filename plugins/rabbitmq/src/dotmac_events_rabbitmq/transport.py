@@ -68,6 +68,7 @@ retained queue, whatever its name, so dead letters are never dropped as unroutab
 
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, OSError, *CHANNEL_GONE)
+_GROUPS_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *CHANNEL_GONE)
 
 
 def _is_retained_topic(message: Message) -> bool:
@@ -369,8 +370,9 @@ class RabbitMQTransport(Transport):
         with the ready messages (lag) and consumers of their queues (see ``groups.py``)."""
         self._live_connection()
         try:
-            return await list_groups(self, topic)
-        except CHANNEL_GONE as exc:
+            # Bounded: a channel asked for while the connection is being restored waits.
+            return await asyncio.wait_for(list_groups(self, topic), self.config.connect_timeout)
+        except _GROUPS_ERRORS as exc:
             raise TransportUnavailableError(
                 f"RabbitMQ did not answer for the groups of {topic!r}: {type(exc).__name__}"
             ) from exc

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -15,6 +17,7 @@ from dotmac.events import (
     Event,
     EventBus,
     GroupInfo,
+    TransportUnavailableError,
     UnsupportedOperationError,
     create_bus,
 )
@@ -87,10 +90,13 @@ async def test_another_bus_sees_the_groups_with_exact_lag_and_members(rabbitmq_u
 
 async def test_the_registry_lists_each_group_once_and_drops_deleted_queues(rabbitmq_url: str) -> None:
     name = topic()
+    # Classic group queues: this broker closes connections that declare one new quorum
+    # queue from several channels at once (INTERNAL_ERROR); the registry is classic anyway.
+    classic = rabbitmq_url + ("&" if "?" in rabbitmq_url else "?") + "queue_type=classic"
     connection = await aio_pika.connect(rabbitmq_url)
     try:
         channel = await connection.channel()
-        async with create_bus(rabbitmq_url) as bus:
+        async with create_bus(classic) as bus:
             transport = bus.transport
             assert isinstance(transport, RabbitMQTransport)
             registry = transport.config.queue_name(name, REGISTRY_SUFFIX)
@@ -103,7 +109,7 @@ async def test_the_registry_lists_each_group_once_and_drops_deleted_queues(rabbi
             # Two members of a group subscribing at once may both write it; never more.
             written = await entries()
             assert 2 <= written <= 4
-            async with create_bus(rabbitmq_url) as again:  # a restarted member finds its group
+            async with create_bus(classic) as again:  # a restarted member finds its group
                 await again.subscribe(name, Collector(), group="a")
             assert await entries() == written
             for sub in bus.subscriptions:
@@ -111,11 +117,56 @@ async def test_the_registry_lists_each_group_once_and_drops_deleted_queues(rabbi
             await channel.queue_delete(transport.config.queue_name(name, "b"))
     finally:
         await connection.close()
-        async with create_bus(rabbitmq_url) as ops:
-            assert [(g.group, g.member_count, g.lag) for g in await ops.groups(name)] == [("a", 0, 0)]
+    async with create_bus(rabbitmq_url) as ops:
+        assert [(g.group, g.member_count, g.lag) for g in await ops.groups(name)] == [("a", 0, 0)]
 
 
 async def test_topics_cannot_be_listed_over_amqp(rabbitmq_url: str) -> None:
     async with create_bus(rabbitmq_url) as bus:
         with pytest.raises(UnsupportedOperationError, match="management API"):
             await bus.topics()
+
+
+async def test_groups_of_an_unreachable_broker_fail_precisely(rabbitmq_url: str) -> None:
+    """The connection runs through a TCP relay of the test's, cut while the bus is up."""
+    target = urlsplit(rabbitmq_url)
+    links: list[asyncio.StreamWriter] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port or 5672)
+        links.extend([writer, up_writer])
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    netloc = target.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{port}"
+    query = "&".join(filter(None, [target.query, "connect_timeout=1"]))
+    url = urlunsplit((target.scheme, netloc, target.path, query, ""))
+    name = topic()
+    try:
+        async with create_bus(url) as bus:
+            await bus.subscribe(name, Collector(), group="g")
+            assert [g.group for g in await bus.groups(name)] == ["g"]
+            server.close()
+            for link in links:
+                link.close()
+            with pytest.raises(TransportUnavailableError, match=f"groups of '{name}'"):
+                await bus.groups(name)
+            # The broker is back (closing a bus needs it): the groups are answered again.
+            server = await asyncio.start_server(relay, "127.0.0.1", port)
+            deadline = time.monotonic() + T
+            while True:
+                with contextlib.suppress(TransportUnavailableError):
+                    if [g.group for g in await bus.groups(name)] == ["g"]:
+                        break
+                assert time.monotonic() < deadline, "groups not answered after the broker came back"
+                await asyncio.sleep(0.05)
+    finally:
+        server.close()

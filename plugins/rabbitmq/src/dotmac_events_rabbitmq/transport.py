@@ -376,6 +376,14 @@ class RabbitMQTransport(Transport):
             raise TransportUnavailableError(
                 f"RabbitMQ did not answer for the groups of {topic!r}: {type(exc).__name__}"
             ) from exc
+        except RuntimeError as exc:
+            # aio-pika refuses a channel while the connection is being restored.
+            connection = self._connection
+            if connection is None or (connection.connected.is_set() and not connection.is_closed):
+                raise
+            raise TransportUnavailableError(
+                f"RabbitMQ did not answer for the groups of {topic!r}: the connection is being restored"
+            ) from exc
 
     async def topics(self) -> list[str]:
         raise UnsupportedOperationError(

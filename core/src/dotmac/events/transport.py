@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Literal
 
-from attrs import frozen
+from attrs import Factory, field, frozen
 
 from .wire import Message
 
@@ -50,7 +50,9 @@ class Capabilities:
     - ``restartable``: the broker can restart under a live bus without losing acked events.
     - ``batch_publish``: :meth:`Transport.publish` sends several messages in one round trip.
     - ``introspection``: :meth:`Transport.groups` reports consumer groups and their lag,
-      and :meth:`Transport.topics` lists the topics.
+      and :meth:`Transport.topics` lists the topics (or raises
+      :class:`~dotmac.events.errors.UnsupportedOperationError` where the broker cannot
+      list them: RabbitMQ over AMQP).
     """
 
     persistent: bool = False
@@ -71,19 +73,24 @@ class GroupInfo:
 
     - ``members``: names of the group's consumers the broker knows (live ones, and on
       Redis also dead ones still holding pending entries).
-    - ``pending``: events delivered to a member and not yet acknowledged.
+    - ``pending``: events delivered to a member and not yet acknowledged; ``None`` when
+      the broker does not say (RabbitMQ over AMQP).
     - ``lag``: events of the topic the group has not been handed yet; ``None`` when the
       broker cannot tell (a Redis group on a trimmed stream, say).
     - ``oldest_pending_age``: seconds since the oldest pending event was handed out,
       ``None`` when nothing is pending or the broker does not say.
+    - ``member_count``: how many consumers the group has. ``len(members)`` unless given:
+      a broker may count consumers it does not name (RabbitMQ), or know neither
+      (NATS pull consumers: ``None``).
     """
 
     topic: str
     group: str
     members: tuple[str, ...] = ()
-    pending: int = 0
+    pending: int | None = 0
     lag: int | None = None
     oldest_pending_age: float | None = None
+    member_count: int | None = field(default=Factory(lambda self: len(self.members), takes_self=True))
 
 
 class Delivery(abc.ABC):

@@ -32,6 +32,7 @@ from nats.js.errors import NotFoundError
 from dotmac.events import Delivery, Message, SubscriptionSpec, TransportError, TransportSubscription
 from dotmac.events.transport import DeliverySink
 
+from .groups import describe_group
 from .subjects import consumer_name, decode_headers, subject_for
 
 if TYPE_CHECKING:
@@ -138,6 +139,9 @@ class _Puller:
         return ConsumerConfig(
             name=self.name,
             durable_name=self.name if self.durable else None,
+            description=describe_group(self.sub.spec.group, self.topic)
+            if self.sub.spec.group is not None
+            else None,
             deliver_policy=policy,
             opt_start_seq=opt,
             ack_policy=AckPolicy.EXPLICIT,

@@ -28,6 +28,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from dotmac.events import (
     Capabilities,
+    GroupInfo,
     Message,
     MessageTooLargeError,
     PublishError,
@@ -42,6 +43,7 @@ from dotmac.events.transport import DeliverySink
 
 from .config import NatsConfig
 from .consumer import NatsSubscription
+from .groups import list_groups, list_topics
 from .replies import ReplySubscription, is_reply_topic, reply_subject
 from .subjects import decode_headers, encode_headers, parse_header_block, subject_for
 
@@ -61,6 +63,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=True,
     batch_publish=False,
+    introspection=True,
 )
 
 # JetStream API error codes (err_code) this module tells apart.
@@ -405,3 +408,11 @@ class NatsTransport(Transport):
             )
             seq = int(stored["seq"]) + 1
         return out
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        """The durable consumers of ``topic``'s subject (see ``groups.py``)."""
+        return await list_groups(self, topic)
+
+    async def topics(self) -> list[str]:
+        """The topics of the stream's subjects under the subject prefix, and of its groups."""
+        return await list_topics(self)

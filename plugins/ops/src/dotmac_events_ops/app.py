@@ -176,6 +176,7 @@ def group_rows(state: OpsState) -> list[dict[str, Any]]:
                     "topic": info.topic,
                     "group": info.group,
                     "members": list(info.members),
+                    "member_count": info.member_count,
                     "pending": info.pending,
                     "lag": info.lag,
                     "oldest_pending_age": info.oldest_pending_age,

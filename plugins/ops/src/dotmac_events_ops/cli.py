@@ -44,6 +44,13 @@ async def _all_topics(bus: EventBus) -> list[str]:
         ) from None
 
 
+def _members(info: GroupInfo) -> str:
+    """The members' names, or how many there are where the broker does not name them."""
+    unnamed = (info.member_count or 0) - len(info.members)
+    parts = [*info.members, f"{unnamed} unnamed"] if unnamed > 0 else list(info.members)
+    return ",".join(parts) or "-"
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -74,6 +81,7 @@ async def _groups(args: argparse.Namespace, out: TextIO) -> int:
                 "pending": info.pending,
                 "oldest_pending_age": info.oldest_pending_age,
                 "members": list(info.members),
+                "member_count": info.member_count,
                 "dead_letter": is_dead_letter_topic(info.topic),
             }
             out.write(json.dumps(record) + "\n")
@@ -86,7 +94,7 @@ async def _groups(args: argparse.Namespace, out: TextIO) -> int:
             _fmt(i.lag) if i.group else "-",
             _fmt(i.pending) if i.group else "-",
             _fmt(i.oldest_pending_age),
-            ",".join(i.members) or "-",
+            _members(i),
         )
         for i in infos
     ]

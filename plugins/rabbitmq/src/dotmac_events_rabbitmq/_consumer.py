@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 
-from dotmac.events.errors import ConfigurationError
+from dotmac.events.errors import ConfigurationError, TransportError
 from dotmac.events.transport import Delivery, DeliverySink, Message, SubscriptionSpec, TransportSubscription
+
+from .groups import register_group
 
 if TYPE_CHECKING:
     from .transport import RabbitMQTransport
@@ -61,6 +63,8 @@ CHANNEL_GONE: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelInvalidStateError,
     ConnectionError,
 )
+
+_REGISTRY_ERRORS: tuple[type[BaseException], ...] = (TransportError, *CHANNEL_GONE)
 
 
 def _text(value: Any) -> str:
@@ -280,6 +284,8 @@ class RabbitMQSubscription(TransportSubscription):
                 tag = await queue.consume(self._on_message, no_ack=False)
                 self._consumers.append((queue, tag))
                 self.queues.append(queue.name)
+                if spec.group is not None:
+                    await self._register(topic, spec.group)
         except BaseException:
             await self._close_channel()
             raise
@@ -287,6 +293,19 @@ class RabbitMQSubscription(TransportSubscription):
             self._run(), name=f"dotmac-events-rabbitmq:{spec.consumer_name}"
         )
         log.debug("subscribed %s to %s (group %s)", spec.consumer_name, ", ".join(self.queues), spec.group)
+
+    async def _register(self, topic: str, group: str) -> None:
+        # Only bus.groups() needs the registry: a failure is logged, the subscription stands.
+        try:
+            await register_group(self._transport, topic, group)
+        except _REGISTRY_ERRORS as exc:
+            log.warning(
+                "group %s of %s could not be written to the group registry (%s); "
+                "bus.groups() on another bus will not list it until it is",
+                group,
+                topic,
+                type(exc).__name__,
+            )
 
     async def _declare(self, channel: AbstractRobustChannel, topic: str) -> AbstractQueue:
         config = self._transport.config

@@ -23,10 +23,17 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, Abstra
 
 from dotmac.events.dlq import LEDGER_REPLAYED_AT
 from dotmac.events.dlq_headers import DLQ_ORIGINAL_TOPIC
-from dotmac.events.errors import PublishError, TransportError, TransportUnavailableError, ValidationError
+from dotmac.events.errors import (
+    PublishError,
+    TransportError,
+    TransportUnavailableError,
+    UnsupportedOperationError,
+    ValidationError,
+)
 from dotmac.events.transport import (
     Capabilities,
     DeliverySink,
+    GroupInfo,
     Message,
     SubscriptionSpec,
     Transport,
@@ -35,6 +42,7 @@ from dotmac.events.transport import (
 
 from ._consumer import CHANNEL_GONE, KEY_HEADER, RabbitMQSubscription, decode_message
 from .config import RabbitMQConfig
+from .groups import list_groups
 
 __all__ = ["CAPABILITIES", "DLQ_MARKER_HEADER", "RETAINED_SUFFIX", "RabbitMQTransport"]
 
@@ -50,6 +58,7 @@ CAPABILITIES = Capabilities(
     readable=True,
     restartable=True,
     batch_publish=True,
+    introspection=True,
 )
 
 RETAINED_SUFFIX = "@retained"
@@ -59,6 +68,7 @@ retained queue, whatever its name, so dead letters are never dropped as unroutab
 
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, OSError, *CHANNEL_GONE)
+_GROUPS_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *CHANNEL_GONE)
 
 
 def _is_retained_topic(message: Message) -> bool:
@@ -85,6 +95,8 @@ class RabbitMQTransport(Transport):
         self._retained: set[str] = set()
         self._retained_lock = asyncio.Lock()
         self._subscriptions: set[RabbitMQSubscription] = set()
+        self.known_groups: set[tuple[str, str]] = set()
+        """(topic, group) pairs this transport subscribed or found in a registry."""
         self._start_lock = asyncio.Lock()
         self._lost: asyncio.Future[None] | None = None  # resolved when the connection drops
         self._closed = False
@@ -352,6 +364,41 @@ class RabbitMQTransport(Transport):
         await sub.open()
         self._subscriptions.add(sub)
         return sub
+
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        """The groups of ``topic`` in its registry queue, and those this transport knows,
+        with the ready messages (lag) and consumers of their queues (see ``groups.py``)."""
+        self._live_connection()
+        try:
+            # Bounded: a channel asked for while the connection is being restored waits.
+            return await asyncio.wait_for(list_groups(self, topic), self.config.connect_timeout)
+        except _GROUPS_ERRORS as exc:
+            raise TransportUnavailableError(
+                f"RabbitMQ did not answer for the groups of {topic!r}: {type(exc).__name__}"
+            ) from exc
+        except RuntimeError as exc:
+            # aio-pika refuses a channel while the connection is being restored.
+            connection = self._connection
+            if connection is None or (connection.connected.is_set() and not connection.is_closed):
+                raise
+            raise TransportUnavailableError(
+                f"RabbitMQ did not answer for the groups of {topic!r}: the connection is being restored"
+            ) from exc
+
+    async def topics(self) -> list[str]:
+        raise UnsupportedOperationError(
+            "the rabbitmq transport cannot list topics: AMQP lists neither queues nor "
+            "bindings (the management API does)"
+        )
+
+    async def publish_internal(self, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish a message of the transport's own (a registry entry) and wait for its confirm."""
+        exchange = self._exchange
+        if exchange is None:
+            raise TransportError("the RabbitMQ transport is not started", retriable=False)
+        result = await exchange.publish(message, routing_key=routing_key, mandatory=True)
+        if isinstance(result, aiormq.abc.DeliveredMessage):  # returned: nothing bound
+            raise PublishError(f"RabbitMQ routed no queue for {routing_key!r}", retriable=True)
 
     async def read(self, topic: str, *, limit: int = 100) -> list[Message]:
         """The oldest ``limit`` messages of ``topic``'s retained queue, left in place.

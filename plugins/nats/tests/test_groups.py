@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from dotmac.events import ConsumerOptions, Event, EventBus, GroupInfo, create_bus
-from dotmac.events.testing import Collector
+from dotmac.events import ConsumerOptions, Event, GroupInfo, create_bus
+from dotmac.events.testing import Collector, wait_groups
 from dotmac_events_nats.subjects import consumer_name
 
 T = 15.0
@@ -20,20 +19,6 @@ BusUrl = Callable[..., str]
 
 def topic() -> str:
     return f"t.{uuid.uuid4().hex[:8]}"
-
-
-async def groups_until(
-    bus: EventBus, name: str, predicate: Callable[[list[GroupInfo]], bool], what: str
-) -> list[GroupInfo]:
-    """Poll ``bus.groups(name)`` until ``predicate`` holds (acks travel without a reply)."""
-    deadline = time.monotonic() + T
-    while True:
-        infos = list(await bus.groups(name))
-        if predicate(infos):
-            return infos
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last report: {infos}")
-        await asyncio.sleep(0.02)
 
 
 async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) -> None:
@@ -48,7 +33,9 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) ->
         await bus.subscribe(name, Collector())  # broadcast: an ephemeral consumer, not a group
         await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(m)])
         await seen.wait_count(m, T)
-        (info,) = await groups_until(bus, name, lambda g: g[0].pending == 0, "the acks of the first events")
+        (info,) = await wait_groups(
+            bus, name, lambda g: g[0].pending == 0, T, what="the acks of the first events"
+        )
         assert info == GroupInfo(
             topic=name, group="billing.eu", members=(), member_count=None, pending=0, lag=0
         )
@@ -63,7 +50,7 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) ->
         gate = asyncio.Event()
         held = Collector(on_event=lambda e: gate.wait())
         await bus.subscribe(name, held, group="billing.eu", options=ConsumerOptions(prefetch_count=3))
-        (info,) = await groups_until(bus, name, lambda g: g[0].pending == 3, "three pending events")
+        (info,) = await wait_groups(bus, name, lambda g: g[0].pending == 3, T, what="three pending events")
         assert (info.lag, info.oldest_pending_age, info.members) == (n - m - 3, None, ())
         # A second group that starts from the beginning sees the whole backlog.
         await bus.subscribe(
@@ -72,8 +59,8 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) ->
             group="audit",
             options=ConsumerOptions(prefetch_count=1, start_from="earliest"),
         )
-        infos = await groups_until(
-            bus, name, lambda g: len(g) == 2 and g[0].pending == 1, "audit to take one"
+        infos = await wait_groups(
+            bus, name, lambda g: len(g) == 2 and g[0].pending == 1, T, what="audit to take one"
         )
         assert [(g.group, g.lag, g.pending) for g in infos] == [
             ("audit", n - 1, 1),
@@ -81,11 +68,12 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) ->
         ]
         gate.set()
         await held.wait_count(n - m, T)
-        await groups_until(
+        await wait_groups(
             bus,
             name,
             lambda g: [(i.lag, i.pending) for i in g] == [(0, 0), (0, 0)],
-            "both groups to catch up",
+            T,
+            what="both groups to catch up",
         )
 
 

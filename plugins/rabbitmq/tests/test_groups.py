@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -15,13 +14,12 @@ import pytest
 from dotmac.events import (
     ConsumerOptions,
     Event,
-    EventBus,
     GroupInfo,
     TransportUnavailableError,
     UnsupportedOperationError,
     create_bus,
 )
-from dotmac.events.testing import Collector
+from dotmac.events.testing import Collector, wait_groups
 from dotmac_events_rabbitmq import RabbitMQTransport
 from dotmac_events_rabbitmq.groups import REGISTRY_SUFFIX
 
@@ -32,20 +30,6 @@ T = 15.0
 
 def topic() -> str:
     return f"rmq.groups.{uuid.uuid4().hex[:8]}"
-
-
-async def groups_until(
-    bus: EventBus, name: str, predicate: Callable[[list[GroupInfo]], bool], what: str
-) -> list[GroupInfo]:
-    """Poll ``bus.groups(name)`` until ``predicate`` holds (acks travel without a reply)."""
-    deadline = time.monotonic() + T
-    while True:
-        infos = list(await bus.groups(name))
-        if predicate(infos):
-            return infos
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last report: {infos}")
-        await asyncio.sleep(0.02)
 
 
 async def test_another_bus_sees_the_groups_with_exact_lag_and_members(rabbitmq_url: str) -> None:
@@ -62,7 +46,7 @@ async def test_another_bus_sees_the_groups_with_exact_lag_and_members(rabbitmq_u
         await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(m)])
         await seen.wait(lambda c: c.total_calls >= 1, T)
         # The bus that reads has never subscribed: it finds the group in the registry.
-        (info,) = await groups_until(ops, name, lambda g: g[0].lag == 0, "every event handed out")
+        (info,) = await wait_groups(ops, name, lambda g: g[0].lag == 0, T, what="every event handed out")
         assert info == GroupInfo(
             topic=name, group="billing.eu", members=(), member_count=2, pending=None, lag=0
         )
@@ -72,7 +56,7 @@ async def test_another_bus_sees_the_groups_with_exact_lag_and_members(rabbitmq_u
 
         # Nobody consumes: every event published now waits in the group's queue.
         await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(n)])
-        await groups_until(ops, name, lambda g: g[0].lag == n, f"a lag of {n}")
+        await wait_groups(ops, name, lambda g: g[0].lag == n, T, what=f"a lag of {n}")
         (info,) = await ops.groups(name)
         assert (info.member_count, info.lag) == (0, n)
 
@@ -81,11 +65,11 @@ async def test_another_bus_sees_the_groups_with_exact_lag_and_members(rabbitmq_u
         gate = asyncio.Event()
         held = Collector(on_event=lambda e: gate.wait())
         await bus.subscribe(name, held, group="billing.eu", options=ConsumerOptions(prefetch_count=3))
-        (info,) = await groups_until(ops, name, lambda g: g[0].lag == n - 3, "three events handed out")
+        (info,) = await wait_groups(ops, name, lambda g: g[0].lag == n - 3, T, what="three events handed out")
         assert (info.member_count, info.pending, info.oldest_pending_age) == (1, None, None)
         gate.set()
         await held.wait_count(n, T)
-        await groups_until(ops, name, lambda g: g[0].lag == 0, "the member to catch up")
+        await wait_groups(ops, name, lambda g: g[0].lag == 0, T, what="the member to catch up")
 
 
 async def test_the_registry_lists_each_group_once_and_drops_deleted_queues(rabbitmq_url: str) -> None:

@@ -7,21 +7,13 @@ from typing import Any
 
 import pytest
 
-_FIGURES = pytest.StashKey[list[str]]()
+from dotmac.events.testing.pytest_plugin import record_figures
 
 
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[..., None]:
     def emit(**figures: Any) -> None:
         line = ", ".join(f"{k}={v}" for k, v in figures.items())
-        request.config.stash.setdefault(_FIGURES, []).append(f"{request.node.name}: {line}")
+        record_figures(request.node, "app runner fault-test figures", line)
 
     return emit
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    lines = config.stash.get(_FIGURES, [])
-    if lines:
-        terminalreporter.section("app runner fault-test figures")
-        for line in lines:
-            terminalreporter.write_line(line)

@@ -14,6 +14,7 @@ import pytest
 
 from dotmac.events import EventBus
 from dotmac.events.retry import is_testing, set_testing
+from dotmac.events.testing.pytest_plugin import record_figures
 from dotmac_events_kafka import create_kafka_bus
 from dotmac_events_kafka.testing import (
     ENV_BOOTSTRAP,
@@ -97,22 +98,11 @@ def s3_broker(s3_server: MotoS3Server) -> Iterator[TansuBroker]:
         yield broker
 
 
-_FIGURES = pytest.StashKey[list[str]]()
-
-
 @pytest.fixture
 def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Record a fault test's figures; they are printed in pytest's terminal summary."""
 
     def emit(line: str) -> None:
-        request.config.stash.setdefault(_FIGURES, []).append(f"{request.node.name}: {line}")
+        record_figures(request.node, "Kafka fault-test figures", line)
 
     return emit
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    lines = config.stash.get(_FIGURES, [])
-    if lines:
-        terminalreporter.section("Kafka fault-test figures")
-        for line in lines:
-            terminalreporter.write_line(line)

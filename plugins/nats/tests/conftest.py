@@ -10,19 +10,8 @@ from typing import Any
 
 import pytest
 
+from dotmac.events.testing.pytest_plugin import record_figures
 from dotmac_events_nats.testing import NatsUnavailableError, delete_stream, nats_url_for_tests
-
-# Figures of the fault tests, printed at the end of the run (visible with -q).
-FIGURES: list[tuple[str, dict[str, Any]]] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("nats fault-test figures")
-    for name, figures in FIGURES:
-        line = ", ".join(f"{k}={v}" for k, v in figures.items())
-        terminalreporter.write_line(f"{name}: {line}")
 
 
 @pytest.fixture
@@ -30,10 +19,12 @@ def report(request: pytest.FixtureRequest, record_property: Callable[[str, objec
     """``report(**figures)``: record a fault test's figures for the summary."""
 
     def add(**figures: Any) -> None:
-        FIGURES.append((request.node.name, figures))
+        line = ", ".join(f"{k}={v}" for k, v in figures.items())
+        # Printed at the end of the run (visible with -q).
+        record_figures(request.node, "nats fault-test figures", line)
         for key, value in figures.items():
             record_property(key, value)
-        print(f"\n[{request.node.name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        print(f"\n[{request.node.name}] {line}")
 
     return add
 

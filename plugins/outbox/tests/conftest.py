@@ -18,19 +18,9 @@ import pytest
 
 from dotmac.events.plugins import reset_plugins
 from dotmac.events.retry import set_testing
+from dotmac.events.testing.pytest_plugin import record_figures
 
 SERVER_DSN = os.environ.get("DOTMAC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-# Figures of the fault tests, printed at the end of the run (visible with -q).
-FIGURES: list[tuple[str, dict[str, Any]]] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("outbox/inbox fault-test figures")
-    for name, figures in FIGURES:
-        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
 @pytest.fixture
@@ -38,8 +28,10 @@ def report(request: pytest.FixtureRequest) -> Callable[..., None]:
     """``report(**figures)``: record a fault test's figures for the summary."""
 
     def add(**figures: Any) -> None:
-        FIGURES.append((request.node.name, figures))
-        print(f"\n[{request.node.name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        line = ", ".join(f"{k}={v}" for k, v in figures.items())
+        # Printed at the end of the run (visible with -q).
+        record_figures(request.node, "outbox/inbox fault-test figures", line)
+        print(f"\n[{request.node.name}] {line}")
 
     return add
 

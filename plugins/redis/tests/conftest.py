@@ -14,20 +14,9 @@ import redis.asyncio as aioredis
 from dotmac.events import EventBus, create_bus
 from dotmac.events.config import structure_config
 from dotmac.events.plugins import get_registry
+from dotmac.events.testing.pytest_plugin import record_figures
 from dotmac_events_redis import RedisConfig
 from dotmac_events_redis.testing import RedisServer, redis_server_available
-
-# Figures of the fault tests, printed at the end of the run (visible with -q).
-FIGURES: list[tuple[str, dict[str, Any]]] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("redis fault-test figures")
-    for name, figures in FIGURES:
-        line = ", ".join(f"{k}={v}" for k, v in figures.items())
-        terminalreporter.write_line(f"{name}: {line}")
 
 
 @pytest.fixture
@@ -35,10 +24,12 @@ def report(request: pytest.FixtureRequest, record_property: Callable[[str, objec
     """``report(**figures)``: record a fault test's figures for the summary."""
 
     def add(**figures: Any) -> None:
-        FIGURES.append((request.node.name, figures))
+        line = ", ".join(f"{k}={v}" for k, v in figures.items())
+        # Printed at the end of the run (visible with -q).
+        record_figures(request.node, "redis fault-test figures", line)
         for key, value in figures.items():
             record_property(key, value)
-        print(f"\n[{request.node.name}] " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+        print(f"\n[{request.node.name}] {line}")
 
     return add
 

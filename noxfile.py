@@ -13,6 +13,22 @@ own (visibly, next to the reason)::
     [tool.dotmac-events]
     coverage-floor = 80
 
+What runs where (``make test``, the command CI runs, runs all of these):
+
+- ``tests(<distribution>)``: its suite on the default interpreter (3.11 when
+  installed), with coverage. The memory session runs the core's whole suite too and
+  measures the core's coverage; ``tests(core)`` runs that suite with no plugin. The
+  memory and redis sessions run again, whole, on the oldest installed interpreter
+  (3.10), without coverage. Each runs in one process: its fault tests dominate its
+  time and slow down when another module runs beside them.
+- ``conformance``: ``tests/`` but ``tests/docs`` (the conformance kit against every
+  transport, cross-package tests), on two pytest-xdist workers, each taking a whole
+  module at a time.
+- ``lint``, ``typecheck``, ``wheels``, ``audit``; ``bench_smoke`` (a tiny benchmark
+  run); ``docs`` (every code block runs, then the site builds).
+
+Pass pytest arguments after ``--`` to run a subset (conformance then runs in one process).
+
 Only interpreters that exist on the machine are used; none is ever downloaded.
 """
 
@@ -71,7 +87,8 @@ COVERAGE = "coverage>=7.10,<8"  # 7.10: [run] patch = subprocess
 CORE_TEST_KIT = ROOT / "core" / "src" / "dotmac" / "events" / "testing"
 # Distributions tested on the oldest supported interpreter as well as the default one;
 # the others on the default one. The core's whole suite runs in the memory session on
-# each of them (tests(core) runs it once more with no plugin installed). The Redis
+# each of them (tests(core) runs it once more with no plugin installed). Their whole
+# suites run on both; coverage is measured on the default interpreter only. The Redis
 # plugin builds on the event loop's socket writes, whose behaviour differs between
 # Python releases. With MATRIX_PYTHONS=all they run on every installed interpreter
 # (3.12 and 3.13 too); CI keeps to the two to stay within its time.
@@ -104,8 +121,9 @@ def _test_requires(package: str) -> list[str]:
     return list(_settings(package).get("test-requires", []))
 
 
-def _install(session: nox.Session, *packages: str, test: bool = True) -> None:
-    """Install core and the named plugin distributions editable (with their test extras)."""
+def _install(session: nox.Session, *packages: str, test: bool = True, also: tuple[str, ...] = ()) -> None:
+    """Install core and the named plugin distributions editable (with their test extras)
+    and the requirements in ``also``, in one resolution."""
     extra = "[test]" if test else ""
     args = ["-e", f"{ROOT / 'core'}{extra}"]
     for name in packages:
@@ -116,7 +134,7 @@ def _install(session: nox.Session, *packages: str, test: bool = True) -> None:
             "optional-dependencies", {}
         )
         args += ["-e", f"{path}[test]" if test and has_test else str(path)]
-    session.install(*args)
+    session.install(*args, *also)
 
 
 def _params() -> list[object]:
@@ -136,7 +154,6 @@ def _params() -> list[object]:
 def tests(session: nox.Session, package: str) -> None:
     """One distribution in a venv of its own (core alone, or core plus one plugin)."""
     wanted = [package, *_test_requires(package)]
-    _install(session, *wanted)
     paths = (
         [str(ROOT / "core" / "tests")] if package == "core" else [str(ROOT / "plugins" / package / "tests")]
     )
@@ -148,11 +165,16 @@ def tests(session: nox.Session, package: str) -> None:
         measured.append("core")
     elif package == "core":
         measured = []
+    if session.python != DEFAULT_PYTHON:
+        # The same tests on another interpreter; coverage is measured (and its floor
+        # checked) once, on the default one: tracing slows the run, and the figure
+        # would tell nothing new.
+        measured = []
+    _install(session, *wanted, also=(COVERAGE,) if measured else ())
     env = {"DOTMAC_EVENTS_LOAD_PLUGINS": ",".join(n for n in wanted if n != "core")}
     if not measured:
         session.run("pytest", *paths, *session.posargs, env=env)
         return
-    session.install(COVERAGE)
     tmp = Path(session.create_tmp())
     # Processes the tests start (the worker runner, the relay) are measured too.
     rcfile = tmp / "coveragerc"
@@ -191,8 +213,7 @@ def _check_coverage(session: nox.Session, measured: list[str], env: dict[str, st
 @nox.session(python=DEFAULT_PYTHON)
 def conformance(session: nox.Session) -> None:
     """The conformance kit against every transport plugin, plus cross-package tests."""
-    _install(session, *PLUGINS)
-    session.install(XDIST)
+    _install(session, *PLUGINS, also=(XDIST,))
     # Two workers, one test module each at a time: most of this suite waits on brokers,
     # and a module keeps its own broker fixtures. The docs' code blocks have a session
     # of their own (docs).
@@ -212,8 +233,8 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=DEFAULT_PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the core and every plugin."""
-    _install(session, *PLUGINS)
-    session.install(MYPY, "tomli")  # tomli: the Python 3.10 branch of the TOML loader
+    # tomli: the Python 3.10 branch of the TOML loader
+    _install(session, *PLUGINS, also=(MYPY, "tomli"))
     sources = [str(ROOT / "core" / "src")] + [str(ROOT / "plugins" / p / "src") for p in PLUGINS]
     env = {"MYPYPATH": os.pathsep.join(sources)}
     targets = [str(ROOT / "core" / "src" / "dotmac")]
@@ -232,16 +253,14 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=DEFAULT_PYTHON)
 def bench(session: nox.Session) -> None:
     """End-to-end benchmarks against the raw clients (pass options after --)."""
-    _install(session, *PLUGINS, test=False)
-    session.install("-r", str(ROOT / "benchmarks" / "requirements.txt"))
+    _install(session, *PLUGINS, test=False, also=("-r", str(ROOT / "benchmarks" / "requirements.txt")))
     session.run("python", str(ROOT / "benchmarks" / "run.py"), *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON)
 def bench_smoke(session: nox.Session) -> None:
     """A tiny benchmark run so the harness cannot rot (numbers are not checked)."""
-    _install(session, *PLUGINS, test=False)
-    session.install("-r", str(ROOT / "benchmarks" / "requirements.txt"))
+    _install(session, *PLUGINS, test=False, also=("-r", str(ROOT / "benchmarks" / "requirements.txt")))
     session.run("python", str(ROOT / "benchmarks" / "run.py"), "--smoke")
 
 
@@ -441,11 +460,10 @@ def docs(session: nox.Session) -> None:
     The blocks run with every plugin and its test extra installed (the Kafka test
     broker runs the quick start on Kafka). Pass pytest arguments after ``--``.
     """
-    _install(session, *PLUGINS)
-    session.install("-r", str(ROOT / "requirements-docs.txt"))
-    # What the observability page tells a reader to install next to the otel plugin
-    # (its range follows the OpenTelemetry SDK that the plugin's test extra resolves).
-    session.install("opentelemetry-exporter-prometheus")
+    # With the site's tools and what the observability page tells a reader to install
+    # next to the otel plugin (resolved with the OpenTelemetry SDK of its test extra).
+    docs_tools = ("-r", str(ROOT / "requirements-docs.txt"), "opentelemetry-exporter-prometheus")
+    _install(session, *PLUGINS, also=docs_tools)
     session.run("pytest", str(ROOT / "tests" / "docs"), *session.posargs)
     site = Path(session.create_tmp()) / "site"
     env = {"NO_MKDOCS_2_WARNING": "1"}

@@ -102,7 +102,6 @@ def test_fault_figures_reach_the_summary_and_junit(pytester: pytest.Pytester) ->
         from dotmac.events.testing import FaultFigures
         _figures = FaultFigures("demo fault-test figures")
         report = _figures.fixture()
-        pytest_terminal_summary = _figures.terminal_summary()
         """
     )
     pytester.makepyfile(

@@ -6,4 +6,3 @@ from dotmac.events.testing.figures import FaultFigures
 
 _figures = FaultFigures("app runner fault-test figures")
 report = _figures.fixture()
-pytest_terminal_summary = _figures.terminal_summary()

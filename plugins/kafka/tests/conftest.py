@@ -100,4 +100,3 @@ def s3_broker(s3_server: MotoS3Server) -> Iterator[TansuBroker]:
 
 _figures = FaultFigures("Kafka fault-test figures")
 report = _figures.fixture()
-pytest_terminal_summary = _figures.terminal_summary()

@@ -16,7 +16,6 @@ from dotmac_events_nats.testing import NatsUnavailableError, delete_stream, nats
 # Figures of the fault tests, printed at the end of the run (visible with -q).
 _figures = FaultFigures("nats fault-test figures")
 report = _figures.fixture()
-pytest_terminal_summary = _figures.terminal_summary()
 
 
 @pytest.fixture(scope="session")

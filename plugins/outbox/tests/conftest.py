@@ -25,7 +25,6 @@ SERVER_DSN = os.environ.get("DOTMAC_TEST_PG", "postgresql://postgres@127.0.0.1:5
 # Figures of the fault tests, printed at the end of the run (visible with -q).
 _figures = FaultFigures("outbox/inbox fault-test figures")
 report = _figures.fixture()
-pytest_terminal_summary = _figures.terminal_summary()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,7 +21,6 @@ from dotmac_events_redis.testing import RedisServer, redis_server_available
 # Figures of the fault tests, printed at the end of the run (visible with -q).
 _figures = FaultFigures("redis fault-test figures")
 report = _figures.fixture()
-pytest_terminal_summary = _figures.terminal_summary()
 
 
 def needs_redis_server() -> None:

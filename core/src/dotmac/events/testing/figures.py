@@ -7,30 +7,31 @@ from typing import Any
 
 import pytest
 
+from .pytest_plugin import record_figures
+
 __all__ = ["FaultFigures"]
 
 
 class FaultFigures:
-    """A test suite's figures: a ``report`` fixture to record them and a
-    ``pytest_terminal_summary`` hook that prints them under ``title`` (visible with -q).
+    """A test suite's figures: a ``report`` fixture that records them under ``title``.
 
     In a ``conftest.py``::
 
-        figures = FaultFigures("redis fault-test figures")
-        report = figures.fixture()
-        pytest_terminal_summary = figures.terminal_summary()
+        report = FaultFigures("redis fault-test figures").fixture()
 
-    A test calls ``report("free text", lost=0, duplicates=3)``: the line is printed in
-    the summary, the keyword figures are also recorded as JUnit properties.
+    A test calls ``report("free text", lost=0, duplicates=3)``. The line is printed in
+    a section named ``title`` at the end of the run (visible with -q, and under
+    pytest-xdist too: the lines travel in the test reports, see
+    :func:`~dotmac.events.testing.pytest_plugin.record_figures`); the keyword figures
+    are also recorded as JUnit properties.
     """
 
     def __init__(self, title: str) -> None:
         self.title = title
-        self.lines: list[str] = []
 
     def fixture(self) -> Any:
         """The ``report`` fixture."""
-        lines = self.lines
+        title = self.title
 
         @pytest.fixture(name="report")
         def report(
@@ -38,7 +39,7 @@ class FaultFigures:
         ) -> Callable[..., None]:
             def add(*text: str, **figures: Any) -> None:
                 line = ", ".join([*text, *(f"{k}={v}" for k, v in figures.items())])
-                lines.append(f"{request.node.name}: {line}")
+                record_figures(request.node, title, line)
                 for key, value in figures.items():
                     record_property(key, value)
                 print(f"\n[{request.node.name}] {line}")
@@ -46,14 +47,3 @@ class FaultFigures:
             return add
 
         return report
-
-    def terminal_summary(self) -> Callable[[Any], None]:
-        """The ``pytest_terminal_summary`` hook."""
-
-        def pytest_terminal_summary(terminalreporter: Any) -> None:
-            if self.lines:
-                terminalreporter.section(self.title)
-                for line in self.lines:
-                    terminalreporter.write_line(line)
-
-        return pytest_terminal_summary

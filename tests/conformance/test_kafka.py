@@ -1,5 +1,6 @@
-"""The conformance kit against the Kafka transport on Tansu and on noida-db (or on
-$KAFKA_BOOTSTRAP_SERVERS)."""
+"""The conformance kit against the Kafka transport on Tansu (or on
+$KAFKA_BOOTSTRAP_SERVERS); ``test_kafka_noida.py`` runs it on noida-db, in a module of
+its own so that pytest-xdist runs the two brokers on different workers."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ from dotmac_events_kafka.testing import (  # noqa: E402
 
 
 @pytest.fixture(
-    scope="module", params=["external"] if os.environ.get(ENV_BOOTSTRAP) else broker_kinds_under_test()
+    scope="module",
+    params=["external"]
+    if os.environ.get(ENV_BOOTSTRAP)
+    else [k for k in broker_kinds_under_test() if k == "tansu"],
 )
 def kafka_servers(request: pytest.FixtureRequest) -> Iterator[str]:
     with kafka_bootstrap_servers(request.param) as servers:

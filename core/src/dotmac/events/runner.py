@@ -462,15 +462,22 @@ class Subscription:
             if self._stopping.is_set():
                 return False
             lane.wakeup.clear()
-            lane.idle = True
-            if not lane.listed:
-                lane.listed = True
-                self._idle_lanes.append(lane)
-            try:
+            if len(self._lanes) == 1:
                 await lane.wakeup.wait()
-            finally:
-                lane.idle = False
+            else:
+                await self._wait_idle(lane)
         return True
+
+    async def _wait_idle(self, lane: _Lane) -> None:
+        """Wait on the list of idle lanes until a delivery wakes ``lane``."""
+        lane.idle = True
+        if not lane.listed:
+            lane.listed = True
+            self._idle_lanes.append(lane)
+        try:
+            await lane.wakeup.wait()
+        finally:
+            lane.idle = False
 
     # -- the life of one delivery -------------------------------------------------------
     async def _settle(self, delivery: Delivery) -> None:

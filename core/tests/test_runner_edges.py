@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -92,6 +93,49 @@ async def test_sync_handlers_see_the_callers_context_variables(memory_url: str) 
         await bus.publish(Event(topic="ctx"))
         await wait_for(lambda: bool(seen), 5, what="the handler")
     assert seen == ["from the loop"]
+
+
+async def test_keyless_events_go_to_a_free_lane_not_behind_a_busy_one(memory_url: str) -> None:
+    gate = asyncio.Event()
+    started: list[int] = []
+    handled: list[int] = []
+
+    async def handler(event: Event) -> None:
+        started.append(event.payload["i"])
+        if event.payload["i"] == 0:
+            await gate.wait()
+        handled.append(event.payload["i"])
+
+    async with create_bus(memory_url) as bus:
+        sub = await bus.subscribe("lanes", handler, group="g", options=ConsumerOptions(concurrency=3))
+        await bus.publish(Event(topic="lanes", payload={"i": 0}))
+        await wait_for(lambda: started == [0], 5, what="the first handler")
+        for i in range(1, 21):
+            await bus.publish(Event(topic="lanes", payload={"i": i}))
+        # The lane holding event 0 takes none of them: the two free lanes handle all.
+        await wait_for(lambda: len(handled) == 20, 5, what="the keyless events on the free lanes")
+        assert sorted(handled) == list(range(1, 21))
+        gate.set()
+        await wait_for(lambda: sub.handled == 21, 5, what="the first event")
+
+
+async def test_keyed_events_keep_their_order_beside_keyless_ones(memory_url: str) -> None:
+    seen: dict[str, list[int]] = {}
+
+    async def handler(event: Event) -> None:
+        await asyncio.sleep(0)  # let the other lanes run between events
+        seen.setdefault(event.key or "", []).append(event.payload["i"])
+
+    async with create_bus(memory_url) as bus:
+        sub = await bus.subscribe("mixed", handler, group="g", options=ConsumerOptions(concurrency=4))
+        events = [
+            Event(topic="mixed", payload={"i": i}, key=None if i % 3 == 0 else f"k{i % 3}") for i in range(60)
+        ]
+        await bus.publish_many(events)
+        await wait_for(lambda: sub.handled == 60, 10, what="every event")
+    assert seen["k1"] == [i for i in range(60) if i % 3 == 1]
+    assert seen["k2"] == [i for i in range(60) if i % 3 == 2]
+    assert sorted(seen[""]) == list(range(0, 60, 3))
 
 
 def test_async_callables_are_recognised() -> None:

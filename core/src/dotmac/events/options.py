@@ -80,7 +80,8 @@ class ConsumerOptions:
       or ``"none"``.
     - ``dlq_topic``: where failed events go; ``None`` means ``<topic>.dlq``.
     - ``concurrency``: handlers running at once. Events with the same key (the same
-      partition on partitioned transports) are still handled one after another.
+      partition on partitioned transports) are still handled one after another;
+      events without a key go to whichever handler slot is free first.
     - ``prefetch_count``: unacknowledged events the transport may hand out at once.
     - ``start_from``: where a group that does not exist yet starts: ``"latest"`` (events
       published from now on) or ``"earliest"`` (the retained backlog too).

@@ -196,12 +196,15 @@ class _Window:
 
 
 class _Lane:
-    __slots__ = ("queue", "task", "wakeup")
+    __slots__ = ("idle", "listed", "queue", "task", "wakeup")
 
     def __init__(self) -> None:
         self.queue: deque[Delivery] = deque()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        # Waiting for work with nothing on its way, and on the list of idle lanes.
+        self.idle = False
+        self.listed = False
 
 
 class Subscription:
@@ -260,6 +263,12 @@ class Subscription:
         self._plain_call = not self._threaded and options.handler_timeout is None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lanes = [_Lane() for _ in range(options.concurrency)]
+        # Keyless deliveries, taken by whichever lane is free first, and the lanes
+        # that went idle (one entry per lane at most): O(1) per delivery at any
+        # concurrency, and no keyless delivery waits behind a slow handler while
+        # another lane is free.
+        self._keyless: deque[Delivery] = deque()
+        self._idle_lanes: deque[_Lane] = deque()
         self._window = _Window(max(options.prefetch_count, options.concurrency))
         self._stopping = asyncio.Event()
         self._cancelling = False
@@ -355,11 +364,12 @@ class Subscription:
             )
 
     async def _release_queued(self) -> None:
-        for lane in self._lanes:
-            while lane.queue:
-                delivery = lane.queue.popleft()
+        for queue in (*(lane.queue for lane in self._lanes), self._keyless):
+            while queue:
+                delivery = queue.popleft()
                 await self._release(delivery)
                 self._window.give()
+        for lane in self._lanes:
             lane.wakeup.set()
 
     def _worker_tasks(self) -> list[asyncio.Task[None]]:
@@ -428,25 +438,58 @@ class Subscription:
             lane = lanes[0]
         else:
             key: Hashable | None = delivery.ordering_key
+            if key is None:
+                self._keyless.append(delivery)
+                self._wake_idle_lane()
+                return
             # Same key, same lane: per-key order survives concurrency.
-            lane = min(lanes, key=lambda ln: len(ln.queue)) if key is None else lanes[hash(key) % len(lanes)]
+            lane = lanes[hash(key) % len(lanes)]
+            lane.idle = False
         lane.queue.append(delivery)
         lane.wakeup.set()
 
+    def _wake_idle_lane(self) -> None:
+        """Wake the lane that went idle last (the likeliest to be warm), if any is;
+        with every lane busy, the first to finish takes the keyless delivery."""
+        idle = self._idle_lanes
+        while idle:
+            lane = idle.pop()
+            lane.listed = False
+            if lane.idle:
+                lane.idle = False
+                lane.wakeup.set()
+                return
+
     async def _work(self, lane: _Lane) -> None:
-        queue = lane.queue
-        # A queued delivery is taken without a _has_work coroutine.
+        queue, keyless = lane.queue, self._keyless
+        # The lane's own (keyed) deliveries first, then the shared keyless ones; a
+        # queued delivery is taken without a _has_work coroutine.
         while queue or await self._has_work(lane):
-            await self._settle(queue.popleft())
+            await self._settle(queue.popleft() if queue else keyless.popleft())
 
     async def _has_work(self, lane: _Lane) -> bool:
-        """Wait until ``lane`` has a delivery queued; ``False`` once stopping with none."""
-        while not lane.queue:
+        """Wait until ``lane`` has a delivery queued (its own or a keyless one);
+        ``False`` once stopping with none."""
+        while not lane.queue and not self._keyless:
             if self._stopping.is_set():
                 return False
             lane.wakeup.clear()
-            await lane.wakeup.wait()
+            if len(self._lanes) == 1:
+                await lane.wakeup.wait()
+            else:
+                await self._wait_idle(lane)
         return True
+
+    async def _wait_idle(self, lane: _Lane) -> None:
+        """Wait on the list of idle lanes until a delivery wakes ``lane``."""
+        lane.idle = True
+        if not lane.listed:
+            lane.listed = True
+            self._idle_lanes.append(lane)
+        try:
+            await lane.wakeup.wait()
+        finally:
+            lane.idle = False
 
     # -- the life of one delivery -------------------------------------------------------
     async def _settle(self, delivery: Delivery) -> None:

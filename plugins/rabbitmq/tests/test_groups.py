@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
@@ -22,6 +21,7 @@ from dotmac.events import (
 from dotmac.events.testing import Collector, wait_groups
 from dotmac_events_rabbitmq import RabbitMQTransport
 from dotmac_events_rabbitmq.groups import REGISTRY_SUFFIX
+from dotmac_events_rabbitmq.testing import TcpRelay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,38 +113,17 @@ async def test_topics_cannot_be_listed_over_amqp(rabbitmq_url: str) -> None:
 
 async def test_groups_of_an_unreachable_broker_fail_precisely(rabbitmq_url: str) -> None:
     """The connection runs through a TCP relay of the test's, cut while the bus is up."""
-    target = urlsplit(rabbitmq_url)
-    links: list[asyncio.StreamWriter] = []
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port or 5672)
-        links.extend([writer, up_writer])
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(relay, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    netloc = target.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{port}"
-    query = "&".join(filter(None, [target.query, "connect_timeout=1"]))
-    url = urlunsplit((target.scheme, netloc, target.path, query, ""))
+    relay = await TcpRelay.start(rabbitmq_url)
     name = topic()
     try:
-        async with create_bus(url) as bus:
+        async with create_bus(relay.url(connect_timeout=1)) as bus:
             await bus.subscribe(name, Collector(), group="g")
             assert [g.group for g in await bus.groups(name)] == ["g"]
-            server.close()
-            for link in links:
-                link.close()
+            relay.cut()
             with pytest.raises(TransportUnavailableError, match=f"groups of '{name}'"):
                 await bus.groups(name)
-            # The broker is back (closing a bus needs it): the groups are answered again.
-            server = await asyncio.start_server(relay, "127.0.0.1", port)
+            # The broker is back: the groups are answered again.
+            await relay.restore()
             deadline = time.monotonic() + T
             while True:
                 with contextlib.suppress(TransportUnavailableError):
@@ -153,4 +132,4 @@ async def test_groups_of_an_unreachable_broker_fail_precisely(rabbitmq_url: str)
                 assert time.monotonic() < deadline, "groups not answered after the broker came back"
                 await asyncio.sleep(0.05)
     finally:
-        server.close()
+        relay.close()

@@ -276,7 +276,13 @@ class NatsTransport(Transport):
                     await nc.flush(timeout=max(1, int(self.config.request_timeout)))
                 except Exception as exc:
                     log.debug("flush before close failed: %r", exc)
-                await nc.close()
+                try:
+                    # With the server gone, nats-py's close fails writing what it buffered
+                    # (acks, which JetStream then redelivers) after it has stopped its
+                    # reconnect loop; the connection is closed either way.
+                    await asyncio.wait_for(nc.close(), self.config.connect_timeout)
+                except (OSError, asyncio.TimeoutError) as exc:
+                    log.debug("closing the NATS connection failed: %r", exc)
             self._nc = self._js = None
 
     def forget(self, sub: NatsSubscription | ReplySubscription) -> None:

@@ -376,10 +376,7 @@ class RabbitMQSubscription(TransportSubscription):
             return
         self._stopped = True
         for queue, tag in self._consumers:
-            try:
-                await queue.cancel(tag)
-            except CHANNEL_GONE as exc:
-                log.debug("cancel of %s failed (%s): its channel is gone", queue.name, type(exc).__name__)
+            await self._transport.while_reachable(queue.cancel(tag), f"cancel of {queue.name}")
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -403,7 +400,4 @@ class RabbitMQSubscription(TransportSubscription):
     async def _close_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            try:
-                await channel.close()
-            except CHANNEL_GONE as exc:
-                log.debug("closing a consumer channel failed: %s", type(exc).__name__)
+            await self._transport.while_reachable(channel.close(), "closing a consumer channel")

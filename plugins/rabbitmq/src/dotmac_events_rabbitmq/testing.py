@@ -4,6 +4,8 @@
 ...     bus = create_bus(f"amqp://guest:guest@127.0.0.1:5672/{vhost.quoted}")
 >>> with RabbitMQNode() as node:               # its own node name, ports and data
 ...     node.restart()                         # stop, start again with the same data
+>>> relay = await TcpRelay.start(url)          # the broker behind a TCP path of the test's
+>>> relay.cut()                                # unreachable until relay.restore()
 
 Besides ``dotmac.events`` only the standard library is used, so other packages' test
 suites can reuse it.
@@ -11,6 +13,7 @@ suites can reuse it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -20,13 +23,14 @@ import uuid
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from dotmac.events.testing.server import ServerProcess, free_port, port_accepts
 
 __all__ = [
     "BrokerUnusable",
     "RabbitMQNode",
+    "TcpRelay",
     "TemporaryVhost",
     "broker_reachable",
     "free_port",
@@ -202,3 +206,66 @@ class RabbitMQNode(ServerProcess):
         """Stop the node cleanly and delete its data."""
         self.stop()
         super().cleanup()
+
+
+class TcpRelay:
+    """A TCP relay on a free loopback port in front of the broker of ``url``.
+
+    :meth:`cut` closes the listener and every relayed connection, so the broker is
+    unreachable (connections refused); :meth:`restore` listens on the same port again.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._target = urlsplit(url)
+        self._links: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @classmethod
+    async def start(cls, url: str) -> TcpRelay:
+        relay = cls(url)
+        await relay.restore()
+        return relay
+
+    def url(self, **params: object) -> str:
+        """The broker's URL through the relay, with ``params`` added to its query."""
+        t = self._target
+        credentials = t.netloc.rsplit("@", 1)[0] + "@" if "@" in t.netloc else ""
+        query = "&".join(filter(None, [t.query, *(f"{k}={v}" for k, v in params.items())]))
+        return urlunsplit((t.scheme, f"{credentials}127.0.0.1:{self.port}", t.path, query, ""))
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                self._target.hostname, self._target.port or 5672
+            )
+        except OSError:
+            writer.close()
+            return
+        self._links.extend([writer, up_writer])
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Stop listening and drop every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in self._links:
+            link.close()
+        self._links.clear()
+
+    async def restore(self) -> None:
+        """Listen again, on the same port once one was chosen."""
+        if self._server is None:
+            self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    close = cut

@@ -11,10 +11,11 @@ without consuming.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -69,6 +70,7 @@ retained queue, whatever its name, so dead letters are never dropped as unroutab
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, OSError, *CHANNEL_GONE)
 _GROUPS_ERRORS: tuple[type[BaseException], ...] = (asyncio.TimeoutError, *CHANNEL_GONE)
+_CLOSE_ERRORS = _GROUPS_ERRORS  # a closing step that timed out, or whose channel is gone
 
 
 def _is_retained_topic(message: Message) -> bool:
@@ -100,6 +102,7 @@ class RabbitMQTransport(Transport):
         self._start_lock = asyncio.Lock()
         self._lost: asyncio.Future[None] | None = None  # resolved when the connection drops
         self._closed = False
+        self._closing = asyncio.Event()  # set by close(): wakes publishes waiting to re-send
 
     def __repr__(self) -> str:
         c = self.config
@@ -173,16 +176,39 @@ class RabbitMQTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         subscriptions, self._subscriptions = list(self._subscriptions), set()
         for sub in subscriptions:
             await sub.close()
         connection, self._connection = self._connection, None
         self._channel = self._exchange = None
         if connection is not None:
+            # aio-pika cancels its reconnect loop here; the broker, if it is gone, is
+            # given connect_timeout to answer connection.close, never more.
             try:
-                await connection.close()
-            except CHANNEL_GONE as exc:
+                await asyncio.wait_for(connection.close(), self.config.connect_timeout)
+            except _CLOSE_ERRORS as exc:
                 log.debug("closing the RabbitMQ connection failed: %s", type(exc).__name__)
+
+    async def while_reachable(self, operation: Awaitable[object], what: str) -> None:
+        """Run a closing step that needs the broker (a ``basic.cancel``, a ``channel.close``)
+        only while the connection is up, and for ``connect_timeout`` at most.
+
+        aio-pika holds such a step until its reconnect loop has restored the
+        connection, which may be never. While the connection is down the broker has
+        dropped its channels and consumers and requeued their unacknowledged messages by
+        itself, so there is nothing to do; a step that times out is given up the same way.
+        """
+        connection = self._connection
+        if connection is None or not connection.connected.is_set() or connection.is_closed:
+            if asyncio.iscoroutine(operation):
+                operation.close()
+            log.debug("%s skipped: the RabbitMQ connection is down", what)
+            return
+        try:
+            await asyncio.wait_for(operation, self.config.connect_timeout)
+        except _CLOSE_ERRORS as exc:
+            log.debug("%s failed (%s): its channel is gone", what, type(exc).__name__)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._connection is not None and not self._closed:
@@ -253,16 +279,28 @@ class RabbitMQTransport(Transport):
             if deadline is None:
                 deadline = loop.time() + self.config.publish_timeout
             remaining = deadline - loop.time()
-            if remaining <= 0 or self._closed:
+            if self._closed:
+                raise TransportUnavailableError(self._closed_unconfirmed(len(failed)))
+            if remaining <= 0:
                 raise TransportUnavailableError(self._not_confirmed(len(failed)))
             attempt += 1
             log.debug("re-publishing %d unconfirmed event(s), attempt %d", len(failed), attempt)
-            await asyncio.sleep(min(0.05 * 2**attempt, 1.0, remaining))
-            assert self._channel is not None
-            try:
-                await asyncio.wait_for(self._channel.ready(), max(deadline - loop.time(), 0.001))
-            except asyncio.TimeoutError:
-                pass
+            channel = self._channel
+            assert channel is not None
+            # Back off, then wait for the restored channel; close() ends either wait.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), min(0.05 * 2**attempt, 1.0, remaining))
+            if not self._closed:
+                waits = {asyncio.ensure_future(channel.ready()), asyncio.ensure_future(self._closing.wait())}
+                try:
+                    await asyncio.wait(
+                        waits, timeout=max(deadline - loop.time(), 0.001), return_when="FIRST_COMPLETED"
+                    )
+                finally:
+                    for waiting in waits:
+                        waiting.cancel()
+            if self._closed:
+                raise TransportUnavailableError(self._closed_unconfirmed(len(failed)))
             pending = failed
 
     async def _attempt(self, pending: list[Message]) -> list[bool | BaseException]:
@@ -302,6 +340,13 @@ class RabbitMQTransport(Transport):
         return (
             f"RabbitMQ at {c.host}:{c.effective_port} did not confirm {count} event(s) "
             f"within publish_timeout={c.publish_timeout}s"
+        )
+
+    def _closed_unconfirmed(self, count: int) -> str:
+        c = self.config
+        return (
+            f"the bus was closed before RabbitMQ at {c.host}:{c.effective_port} confirmed "
+            f"{count} event(s); they may or may not have arrived"
         )
 
     async def _publish_one(self, message: Message) -> bool:

@@ -77,13 +77,23 @@ def markdown(report: Mapping[str, Any]) -> str:
         ["contender", "ping-pong p50", "p99", "p99.9", "open loop p50", "p99", "p99.9"],
         rows,
     )
-    out += ["", "**Targets**", ""]
-    rows = []
-    for check in report["targets"]:
-        value = f"{check['value']:+.3f} ms" if check.get("unit") == "ms" else f"{check['value']:.2f}x"
-        result = "-" if check["ok"] is None else ("met" if check["ok"] else "**missed**")
-        rows.append([check["target"], check["measured"], value, check["required"], result])
-    out += _table(["comparison", "measured", "ratio", "target", "result"], rows)
+    for title, key in (("**Targets**", "targets"), ("**Targets of the second round**", "targets_round_two")):
+        if not report.get(key):
+            continue
+        out += ["", title, ""]
+        rows = []
+        for check in report[key]:
+            unit = check.get("unit")
+            value = (
+                f"{check['value']:+.3f} ms"
+                if unit == "ms"
+                else f"{check['value']:.1f}"
+                if unit == "value"
+                else f"{check['value']:.2f}x"
+            )
+            result = "-" if check["ok"] is None else ("met" if check["ok"] else "**missed**")
+            rows.append([check["target"], check["measured"], value, check["required"], result])
+        out += _table(["comparison", "measured", "ratio", "target", "result"], rows)
     out += ["", "Contenders:", ""]
     out += [f"- `{name}`: {labels.get(name, '')}" for name in names]
     if report.get("skipped"):

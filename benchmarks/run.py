@@ -211,6 +211,59 @@ TARGETS: list[tuple[str, str, str, str, str, str, float]] = [
         0.95,
     ),
 ]
+# The second round's targets, same-run ratios: (what, contender, workload, key, base
+# contender, base workload, limit). For events/s the ratio must reach the limit; for a
+# latency the contender's value may be at most ``limit`` times the base's; a base of
+# None compares the value itself with the limit (the core's CPU per event, µs).
+ROUND_TWO: list[tuple[str, str, str, str, str | None, str, float]] = [
+    (
+        "memory e2e vs asyncio.Queue + orjson",
+        "bus-memory",
+        "e2e_publish",
+        "events_per_s",
+        "queue",
+        "e2e_publish",
+        0.3,
+    ),
+    (
+        "core CPU per event, memory:// e2e (µs)",
+        "bus-memory",
+        "e2e_publish",
+        "cpu_us_per_event",
+        None,
+        "",
+        8.0,
+    ),
+    (
+        "redis e2e pipelined vs redis-py pipelined",
+        "bus-redis",
+        "e2e_batch",
+        "events_per_s",
+        "redis-py-pipelined",
+        "e2e_batch",
+        0.8,
+    ),
+    ("kafka e2e batched vs aiokafka", "bus-kafka", "e2e_batch", "events_per_s", "aiokafka", "e2e_batch", 0.7),
+    ("kafka consume only vs aiokafka", "bus-kafka", "consume", "events_per_s", "aiokafka", "consume", 0.5),
+    (
+        "kafka e2e one per await vs FastStream",
+        "bus-kafka",
+        "e2e_publish",
+        "events_per_s",
+        "faststream-kafka",
+        "e2e_publish",
+        1.0,
+    ),
+    (
+        "kafka ping-pong p50 vs FastStream",
+        "bus-kafka",
+        "pingpong",
+        "p50_ms",
+        "faststream-kafka",
+        "pingpong",
+        1.0,
+    ),
+]
 LATENCY_TARGETS = [
     ("memory", "bus-memory", "queue"),
     ("redis", "bus-redis", "redis-py"),
@@ -498,8 +551,50 @@ def evaluate(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
+def evaluate_round_two(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+    for what, name, workload, key, base, base_workload, limit in ROUND_TWO:
+        mine = _get(summary, name, workload, key)
+        if mine is None:
+            continue
+        if base is None:
+            checks.append(
+                {
+                    "target": what,
+                    "measured": f"{mine:.1f}",
+                    "value": mine,
+                    "unit": "value",
+                    "required": f"<= {limit:g}",
+                    "ok": mine <= limit,
+                }
+            )
+            continue
+        theirs = _get(summary, base, base_workload, key)
+        if theirs is None or theirs == 0:
+            continue
+        ratio = mine / theirs
+        if key == "events_per_s":
+            measured, required, ok = (
+                f"{mine:,.0f} vs {theirs:,.0f} events/s",
+                f">= {limit:g}x",
+                ratio >= limit,
+            )
+        else:
+            measured, required, ok = f"{mine:.3f} vs {theirs:.3f} ms", f"<= {limit:g}x", ratio <= limit
+        checks.append({"target": what, "measured": measured, "value": ratio, "required": required, "ok": ok})
+    return checks
+
+
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _check_value(check: Mapping[str, Any]) -> str:
+    if check.get("unit") == "ms":
+        return f"{check['value']:+.3f}ms"
+    if check.get("unit") == "value":
+        return f"{check['value']:.1f}"
+    return f"{check['value']:.2f}x"
 
 
 def render(report: Mapping[str, Any]) -> str:
@@ -546,12 +641,14 @@ def render(report: Mapping[str, Any]) -> str:
         ping = " ".join(f"{c:>8}" for c in cells[:3])
         loop = " ".join(f"{c:>8}" for c in cells[3:])
         lines.append(f"{spec.name:<30} {ping}   {loop}")
-    checks = report["targets"]
-    if checks:
+    for title, key in (("targets", "targets"), ("targets, second round", "targets_round_two")):
+        checks = report.get(key) or []
+        if not checks:
+            continue
         header = f"{'target':<42} {'measured':<28} {'value':>8}  {'required':<26} result"
-        lines += ["", "targets", header, "-" * len(header)]
+        lines += ["", title, header, "-" * len(header)]
         for c in checks:
-            value = f"{c['value']:+.3f}ms" if c.get("unit") == "ms" else f"{c['value']:.2f}x"
+            value = _check_value(c)
             result = "-" if c["ok"] is None else ("PASS" if c["ok"] else "MISS")
             lines.append(f"{c['target']:<42} {c['measured']:<28} {value:>8}  {c['required']:<26} {result}")
     if report.get("skipped"):
@@ -663,6 +760,7 @@ def _orchestrate(args: argparse.Namespace, specs: list[Spec], skipped: dict[str,
         "contenders": {s.name: s.label for s in specs},
         "summary": summary,
         "targets": evaluate(summary),
+        "targets_round_two": evaluate_round_two(summary),
         "skipped": {**skipped, **{k: f"failed: {v}" for k, v in failures.items()}},
         "per_round": runs,
         "seconds": time.perf_counter() - started,

@@ -9,9 +9,12 @@ from dotmac.events.plugins import reset_plugins
 from dotmac.events.retry import set_testing
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _only_memory_plugin() -> Iterator[None]:
     # Core tests describe the core: other installed plugins (observers) stay out.
+    # Module scope, not session: a session fixture is torn down only when the whole
+    # run ends, so the plugins' tests run in the same process after these would find
+    # the registry still limited to memory (test_plugins.py checks this).
     mp = pytest.MonkeyPatch()
     mp.setenv("DOTMAC_EVENTS_LOAD_PLUGINS", "memory")
     reset_plugins()

@@ -21,6 +21,7 @@ class ExampleConfig:
     db: int = field(default=0, validator=check.int_in(0))
     prefetch_count: int | None = field(default=None, validator=check.optional(check.int_in(1)))
     timeout: float = field(default=5.0, validator=check.positive_number)
+    max_age: float = field(default=0.0, validator=check.non_negative_number)
     password: str | None = field(default=None, repr=False, validator=check.optional_text)
     mode: str = field(default="safe", validator=check.choice("safe", "fast"))
     ssl: bool = field(default=False, validator=check.is_bool)
@@ -39,6 +40,8 @@ def test_defaults_and_good_values_pass() -> None:
     )
     assert (config.port, config.prefetch_count, config.mode) == (65535, 1, "fast")
     assert ExampleConfig(prefetch_count=None, password=None, timeout=1).timeout == 1
+    assert ExampleConfig(max_age=0).max_age == 0
+    assert ExampleConfig(max_age=2.5, timeout=10**400).max_age == 2.5  # a huge int is finite
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,13 @@ def test_defaults_and_good_values_pass() -> None:
         ({"timeout": 0}, "ExampleConfig.timeout must be a number > 0, got 0"),
         ({"timeout": float("nan")}, "ExampleConfig.timeout must be a number > 0, got nan"),
         ({"timeout": False}, "ExampleConfig.timeout must be a number > 0, got False"),
+        ({"timeout": float("inf")}, "ExampleConfig.timeout must be a finite number > 0, got inf"),
+        ({"timeout": float("-inf")}, "ExampleConfig.timeout must be a number > 0, got -inf"),
+        ({"max_age": -0.5}, "ExampleConfig.max_age must be a number >= 0, got -0.5"),
+        ({"max_age": float("nan")}, "ExampleConfig.max_age must be a number >= 0, got nan"),
+        ({"max_age": float("inf")}, "ExampleConfig.max_age must be a finite number >= 0, got inf"),
+        ({"max_age": "1"}, "ExampleConfig.max_age must be a number >= 0, got '1'"),
+        ({"max_age": True}, "ExampleConfig.max_age must be a number >= 0, got True"),
         ({"host": ""}, "ExampleConfig.host must be a host name or address, got ''"),
         ({"host": "db.internal/0"}, "ExampleConfig.host must be a host name or address, got 'db.internal/0'"),
         ({"host": "db internal"}, "ExampleConfig.host must be a host name or address, got 'db internal'"),

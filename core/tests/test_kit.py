@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 from attrs import evolve
 
-from dotmac.events import Delivery, EventBus, Message, SubscriptionSpec, TransportSubscription
+from dotmac.events import Delivery, EventBus, GroupInfo, Message, SubscriptionSpec, TransportSubscription
 from dotmac.events.plugins import get_plugin_manager, get_registry
 from dotmac.events.testing import TransportConformance
-from dotmac.events.transport import DeliverySink
+from dotmac.events.transport import Capabilities, DeliverySink
 
 pytest.importorskip("dotmac_events_memory")
 
 from dotmac_events_memory import MemoryConfig  # noqa: E402
+from dotmac_events_memory.transport import CAPABILITIES as MEMORY_CAPABILITIES  # noqa: E402
 from dotmac_events_memory.transport import MemoryTransport  # noqa: E402
 
 
@@ -81,6 +82,16 @@ class _Broken(MemoryTransport):
             sink = stalling_sink
         return await super().subscribe(spec, sink)
 
+    async def groups(self, topic: str) -> list[GroupInfo]:
+        infos = await super().groups(topic)
+        if self.flaw == "lag off by one":
+            infos = [evolve(g, lag=None if g.lag is None else g.lag + 1) for g in infos]
+        if self.flaw == "counts held events as lag":
+            infos = [evolve(g, lag=(g.lag or 0) + (g.pending or 0), pending=0) for g in infos]
+        if self.flaw == "lists broadcast readers":
+            infos = [*infos, GroupInfo(topic=topic, group="", lag=0)] if infos else infos
+        return infos
+
 
 def _kit(flaw: str) -> TransportConformance:
     class BrokenKit(TransportConformance):
@@ -106,6 +117,9 @@ CASES: list[tuple[str, Callable[[TransportConformance], Any]]] = [
     ("ignores prefetch", lambda kit: kit.test_prefetch_bounds_unacknowledged_deliveries()),
     ("drops keys", lambda kit: kit.test_round_trip_preserves_everything()),
     ("stalls when idle", lambda kit: kit.test_an_idle_subscription_receives_again()),
+    ("lag off by one", lambda kit: kit.test_group_lag_is_exact_for_a_known_backlog()),
+    ("counts held events as lag", lambda kit: kit.test_group_lag_is_exact_for_a_known_backlog()),
+    ("lists broadcast readers", lambda kit: kit.test_group_lag_is_exact_for_a_known_backlog()),
 ]
 
 
@@ -120,3 +134,20 @@ def test_the_same_cases_pass_on_the_healthy_transport(
     flaw: str, case: Callable[[TransportConformance], Any]
 ) -> None:
     case(_kit("none"))
+
+
+def test_the_introspection_case_skips_a_transport_without_it() -> None:
+    """A third-party transport without ``introspection`` (or without groups) is skipped,
+    before any bus is started."""
+    for flags in ({"introspection": False}, {"consumer_groups": False}):
+        kit = _kit("none")
+        capabilities = evolve(MEMORY_CAPABILITIES, **flags)
+        kit.create_bus = lambda capabilities=capabilities: _bus_with(capabilities)  # type: ignore[method-assign]
+        with pytest.raises(pytest.skip.Exception, match="capability"):
+            kit.test_group_lag_is_exact_for_a_known_backlog()
+
+
+def _bus_with(capabilities: Capabilities) -> EventBus:
+    transport = _Broken(MemoryConfig(name=f"kit-{uuid.uuid4().hex[:8]}"))
+    transport.capabilities = capabilities
+    return EventBus(transport, registry=get_registry(), plugin_manager=get_plugin_manager())

@@ -17,6 +17,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 from dotmac.events.plugins import get_plugin_manager, get_registry, plugin_infos
 
+pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
@@ -176,3 +177,37 @@ def test_one_table_names_the_first_party_plugins() -> None:
             assert KNOWN_EXTRAS[name] == plugin.extra
         for name in plugin.names:
             assert name in dir(dotmac.events)
+
+
+def test_the_core_tests_leave_the_plugins_as_they_found_them(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core tests see the memory plugin only; tests of another folder run after
+    them in the same process (the plugins' tests) see every installed plugin again."""
+    monkeypatch.setenv("DOTMAC_EVENTS_LOAD_PLUGINS", "")  # what the later tests must find
+    core = pytester.mkdir("core")
+    (core / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (core / "test_core.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+
+            def test_core():
+                assert os.environ["DOTMAC_EVENTS_LOAD_PLUGINS"] == "memory"
+            """
+        )
+    )
+    (pytester.mkdir("plugin") / "test_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            from dotmac.events.plugins import get_registry
+
+            def test_plugin():
+                assert os.environ["DOTMAC_EVENTS_LOAD_PLUGINS"] == ""
+                assert get_registry().transports == {}
+            """
+        )
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider", "-p", "no:asyncio", "core", "plugin")
+    result.assert_outcomes(passed=2)

@@ -3,40 +3,13 @@ it on Tansu, or on $KAFKA_BOOTSTRAP_SERVERS; this module then has nothing to run
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
-
-from dotmac.events import EventBus
-from dotmac.events.testing import TransportConformance
 
 pytest.importorskip("dotmac_events_kafka")
 pytest.importorskip("aiokafka")
 
-from dotmac_events_kafka import create_kafka_bus  # noqa: E402
-from dotmac_events_kafka.testing import (  # noqa: E402
-    ENV_BOOTSTRAP,
-    broker_kinds_under_test,
-    fast_config,
-    kafka_bootstrap_servers,
-)
+from dotmac_events_kafka.testing import KafkaConformance  # noqa: E402
 
 
-@pytest.fixture(
-    scope="module",
-    params=[] if os.environ.get(ENV_BOOTSTRAP) else [k for k in broker_kinds_under_test() if k == "noida"],
-)
-def kafka_servers(request: pytest.FixtureRequest) -> Iterator[str]:
-    with kafka_bootstrap_servers(request.param) as servers:
-        yield servers
-
-
-class TestKafkaNoidaConformance(TransportConformance):
-    @pytest.fixture(autouse=True)
-    def _servers(self, kafka_servers: str) -> None:
-        self.servers = kafka_servers
-
-    def create_bus(self) -> EventBus:
-        # Low group timings, chosen for the broker (Tansu takes lower ones than Kafka allows).
-        return create_kafka_bus(fast_config(self.servers))
+class TestKafkaNoidaConformance(KafkaConformance):
+    broker = "noida"

@@ -15,25 +15,17 @@ MakeBus = Callable[..., EventBus]
 T = 20.0
 
 
-async def test_lag_is_exact_for_a_known_backlog(make_bus: MakeBus, topic: str, group: str) -> None:
-    n, m = 13, 5
+async def test_members_are_the_brokers_member_ids(make_bus: MakeBus, topic: str, group: str) -> None:
+    """What the kit's lag case leaves to the broker: the one member of a group is
+    listed, by the id the broker gave it."""
     async with make_bus() as bus:
-        assert bus.capabilities.introspection
-        assert await bus.groups(topic) == []  # no topic yet
         seen = Collector()
-        sub = await bus.subscribe(topic, seen, group=group)
-        await bus.publish_many([Event(topic=topic, payload={"i": i}, key=str(i)) for i in range(m)])
-        await seen.wait_count(m, T)
+        await bus.subscribe(topic, seen, group=group)
+        await bus.publish(Event(topic=topic, payload={"i": 0}))
+        await seen.wait_count(1, T)
         (info,) = await wait_groups(bus, topic, lambda g: len(g) == 1 and g[0].lag == 0, T, what="commits")
-        assert (info.topic, info.group, info.pending, info.oldest_pending_age) == (topic, group, 0, None)
-        assert len(info.members) == 1
-        await sub.stop()
-
-        # Consumed m of n (keys spread the rest over the partitions): lag is n - m.
-        await bus.publish_many([Event(topic=topic, payload={"i": i}, key=str(i)) for i in range(m, n)])
-        # The publish was acknowledged by the broker, the member stopped: no waiting.
-        (info,) = await bus.groups(topic)
-        assert info.lag == n - m
+        (member,) = info.members
+        assert member
 
 
 async def test_a_topic_no_group_consumed_has_no_groups(make_bus: MakeBus, topic: str) -> None:

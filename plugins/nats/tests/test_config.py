@@ -78,6 +78,37 @@ def test_bad_settings_are_named(url: str, message: str) -> None:
         create_bus(url)
 
 
+POSITIVE = (
+    "connect_timeout",
+    "request_timeout",
+    "ping_interval",
+    "ack_wait",
+    "pull_expires",
+    "inactive_threshold",
+)
+NON_NEGATIVE = ("reconnect_wait", "max_age")
+
+
+@pytest.mark.parametrize("name", POSITIVE + NON_NEGATIVE)
+@pytest.mark.parametrize(("value", "shown"), [("nan", "nan"), ("inf", "inf"), ("-1", "-1.0")])
+def test_number_fields_refuse_nan_infinity_and_negatives(name: str, value: str, shown: str) -> None:
+    """The wording of the Redis and RabbitMQ plugins (the shared FieldChecks), from a
+    URL and from Python alike."""
+    bound = "> 0" if name in POSITIVE else ">= 0"
+    expected = f"a finite number {bound}" if value == "inf" else f"a number {bound}"
+    message = f"NatsConfig.{name} must be {expected}, got {shown}"
+    with pytest.raises(ConfigurationError) as info:
+        create_bus(f"nats://host?{name}={value}")
+    assert str(info.value) == f"invalid nats configuration: {message} @ NatsConfig"
+    with pytest.raises(ConfigurationError) as info:
+        NatsConfig(**{name: float(value)})
+    assert str(info.value) == message
+
+
+def test_number_fields_take_their_bounds() -> None:
+    assert NatsConfig(reconnect_wait=0, max_age=0, ack_wait=0.001, pull_expires=1).reconnect_wait == 0
+
+
 def test_password_needs_a_user() -> None:
     with pytest.raises(ConfigurationError, match="password needs user"):
         NatsConfig(password="x")

@@ -21,38 +21,21 @@ def topic() -> str:
     return f"t.{uuid.uuid4().hex[:8]}"
 
 
-async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) -> None:
+async def test_groups_come_sorted_by_name_without_members(bus_url: BusUrl) -> None:
+    """What the kit's lag case leaves to the broker: pull consumers have neither member
+    names nor a member count, JetStream gives no age for pending messages, and a group
+    that starts from the beginning lags by the whole stream."""
     name = topic()
-    n, m = 11, 4
+    n = 5
     async with create_bus(bus_url()) as bus:
-        assert bus.capabilities.introspection
-        assert await bus.groups(name) == []
-
-        seen = Collector()
-        sub = await bus.subscribe(name, seen, group="billing.eu")
-        await bus.subscribe(name, Collector())  # broadcast: an ephemeral consumer, not a group
-        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(m)])
-        await seen.wait_count(m, T)
-        (info,) = await wait_groups(
-            bus, name, lambda g: g[0].pending == 0, T, what="the acks of the first events"
-        )
-        assert info == GroupInfo(
-            topic=name, group="billing.eu", members=(), member_count=None, pending=0, lag=0
-        )
-        await sub.stop()
-
-        # Consumed m of n: the group lags by exactly n - m.
-        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(m, n)])
-        (info,) = await bus.groups(name)
-        assert (info.lag, info.pending) == (n - m, 0)
-
-        # A member that takes 3 and holds them: 3 pending, the rest lag behind.
         gate = asyncio.Event()
-        held = Collector(on_event=lambda e: gate.wait())
-        await bus.subscribe(name, held, group="billing.eu", options=ConsumerOptions(prefetch_count=3))
-        (info,) = await wait_groups(bus, name, lambda g: g[0].pending == 3, T, what="three pending events")
-        assert (info.lag, info.oldest_pending_age, info.members) == (n - m - 3, None, ())
-        # A second group that starts from the beginning sees the whole backlog.
+        await bus.subscribe(
+            name,
+            Collector(on_event=lambda e: gate.wait()),
+            group="billing.eu",
+            options=ConsumerOptions(prefetch_count=1),
+        )
+        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(n)])
         await bus.subscribe(
             name,
             Collector(on_event=lambda e: gate.wait()),
@@ -60,21 +43,13 @@ async def test_lag_and_pending_are_exact_for_a_known_backlog(bus_url: BusUrl) ->
             options=ConsumerOptions(prefetch_count=1, start_from="earliest"),
         )
         infos = await wait_groups(
-            bus, name, lambda g: len(g) == 2 and g[0].pending == 1, T, what="audit to take one"
+            bus, name, lambda g: [i.pending for i in g] == [1, 1], T, what="each group to take one"
         )
-        assert [(g.group, g.lag, g.pending) for g in infos] == [
-            ("audit", n - 1, 1),
-            ("billing.eu", n - m - 3, 3),
+        assert infos == [
+            GroupInfo(topic=name, group=group, members=(), member_count=None, pending=1, lag=n - 1)
+            for group in ("audit", "billing.eu")
         ]
         gate.set()
-        await held.wait_count(n - m, T)
-        await wait_groups(
-            bus,
-            name,
-            lambda g: [(i.lag, i.pending) for i in g] == [(0, 0), (0, 0)],
-            T,
-            what="both groups to catch up",
-        )
 
 
 async def test_groups_of_consumers_made_without_a_description_are_named(bus_url: BusUrl) -> None:

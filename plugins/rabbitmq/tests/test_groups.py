@@ -11,8 +11,6 @@ import aio_pika
 import pytest
 
 from dotmac.events import (
-    ConsumerOptions,
-    Event,
     GroupInfo,
     TransportUnavailableError,
     UnsupportedOperationError,
@@ -32,44 +30,22 @@ def topic() -> str:
     return f"rmq.groups.{uuid.uuid4().hex[:8]}"
 
 
-async def test_another_bus_sees_the_groups_with_exact_lag_and_members(rabbitmq_url: str) -> None:
+async def test_members_are_counted_not_named(rabbitmq_url: str) -> None:
+    """What the kit's lag case leaves to the broker: AMQP counts a group's consumers
+    without naming them and does not count un-acknowledged messages."""
     name = topic()
-    n, m = 11, 4
     async with create_bus(rabbitmq_url) as bus, create_bus(rabbitmq_url) as ops:
-        assert ops.capabilities.introspection
-        assert await ops.groups(name) == []
-
-        seen = Collector()
-        sub = await bus.subscribe(name, seen, group="billing.eu")
+        await bus.subscribe(name, Collector(), group="billing.eu")
         await bus.subscribe(name, Collector(), group="billing.eu")  # a second member
-        await bus.subscribe(name, Collector())  # broadcast: not a group
-        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(m)])
-        await seen.wait(lambda c: c.total_calls >= 1, T)
-        # The bus that reads has never subscribed: it finds the group in the registry.
-        (info,) = await wait_groups(ops, name, lambda g: g[0].lag == 0, T, what="every event handed out")
+        (info,) = await wait_groups(
+            ops, name, lambda g: len(g) == 1 and g[0].member_count == 2, T, what="two members"
+        )
         assert info == GroupInfo(
             topic=name, group="billing.eu", members=(), member_count=2, pending=None, lag=0
         )
-        await sub.stop()
-        for other in bus.subscriptions:
-            await other.stop()
-
-        # Nobody consumes: every event published now waits in the group's queue.
-        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(n)])
-        await wait_groups(ops, name, lambda g: g[0].lag == n, T, what=f"a lag of {n}")
-        (info,) = await ops.groups(name)
-        assert (info.member_count, info.lag) == (0, n)
-
-        # A member that takes 3 and holds them: they leave the ready count (AMQP does
-        # not report them as pending).
-        gate = asyncio.Event()
-        held = Collector(on_event=lambda e: gate.wait())
-        await bus.subscribe(name, held, group="billing.eu", options=ConsumerOptions(prefetch_count=3))
-        (info,) = await wait_groups(ops, name, lambda g: g[0].lag == n - 3, T, what="three events handed out")
-        assert (info.member_count, info.pending, info.oldest_pending_age) == (1, None, None)
-        gate.set()
-        await held.wait_count(n, T)
-        await wait_groups(ops, name, lambda g: g[0].lag == 0, T, what="the member to catch up")
+        for sub in bus.subscriptions:
+            await sub.stop()
+        await wait_groups(ops, name, lambda g: g[0].member_count == 0, T, what="no member left")
 
 
 async def test_the_registry_lists_each_group_once_and_drops_deleted_queues(rabbitmq_url: str) -> None:

@@ -15,17 +15,20 @@ A plugin names its class once and takes its validators from that::
         port: int = field(default=9000, validator=check.int_in(1, 65535))
         prefetch_count: int | None = field(default=None, validator=check.optional(check.int_in(1)))
         timeout: float = field(default=5.0, validator=check.positive_number)
+        max_age: float = field(default=0.0, validator=check.non_negative_number)
         password: str | None = field(default=None, repr=False, validator=check.optional_text)
         mode: str = field(default="safe", validator=check.choice("safe", "fast"))
 
 A bad value raises :class:`~dotmac.events.errors.ConfigurationError` naming the class
 and field, what is expected and the value given (``ExampleConfig.port must be an int
 from 1 to 65535, got 0``); :attr:`FieldChecks.optional_text` never repeats the value,
-since text fields may hold secrets. ``bool`` is not taken for an int or a number.
+since text fields may hold secrets. ``bool`` is not taken for an int or a number, and
+a number must be finite (``nan`` and ``inf`` are refused).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -73,9 +76,23 @@ class FieldChecks:
         return inner
 
     def positive_number(self, _inst: Any, attr: Any, value: Any) -> None:
-        """An int or float > 0 (NaN is refused)."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise self.error(attr.name, "a number > 0", value)
+        """A finite int or float > 0 (NaN and infinity are refused)."""
+        self._number(attr.name, value, low=0, strict=True)
+
+    def non_negative_number(self, _inst: Any, attr: Any, value: Any) -> None:
+        """A finite int or float >= 0 (NaN and infinity are refused)."""
+        self._number(attr.name, value, low=0, strict=False)
+
+    def _number(self, name: str, value: Any, *, low: int, strict: bool) -> None:
+        bound = f"> {low}" if strict else f">= {low}"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (value > low if strict else value >= low)  # NaN compares false
+        ):
+            raise self.error(name, f"a number {bound}", value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(name, f"a finite number {bound}", value)
 
     def optional_text(self, _inst: Any, attr: Any, value: Any) -> None:
         """``None`` or a non-empty str; the message never repeats the value."""

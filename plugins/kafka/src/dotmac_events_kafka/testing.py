@@ -13,7 +13,8 @@ and enforces Apache Kafka's group limits (``group.min.session.timeout.ms`` = 600
 
 :func:`kafka_bootstrap_servers` is what fixtures use: it yields
 ``$KAFKA_BOOTSTRAP_SERVERS`` when set (a real Kafka) and otherwise a fresh broker of
-the kind asked for (Tansu by default).
+the kind asked for (Tansu by default). :class:`KafkaConformance` is the conformance
+kit on a broker of one kind: a test module subclasses it and names the broker.
 
 Every process is started in its own session and killed on :meth:`stop`, on
 interpreter exit, and when the context manager exits through an exception.
@@ -31,17 +32,25 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import pytest
+
+from dotmac.events.testing import TransportConformance
 from dotmac.events.testing.server import ServerProcess, free_port, port_accepts
 
+from . import create_kafka_bus
 from .config import KafkaConfig
+
+if TYPE_CHECKING:
+    from dotmac.events import EventBus
 
 __all__ = [
     "BROKER_KINDS",
     "ENV_BOOTSTRAP",
     "ENV_BROKERS",
     "FAST_SETTINGS",
+    "KafkaConformance",
     "TANSU_FAST_SETTINGS",
     "BrokerError",
     "MotoS3Server",
@@ -329,3 +338,41 @@ def kafka_bootstrap_servers(kind: str = "tansu") -> Iterator[str]:
     broker: TansuBroker | NoidaBroker = NoidaBroker() if kind == "noida" else TansuBroker()
     with broker:
         yield broker.bootstrap_servers
+
+
+class KafkaConformance(TransportConformance):
+    """The conformance kit on a Kafka-protocol broker of kind ``broker`` (``"tansu"`` or
+    ``"noida"``), started for the subclass and shared by its tests::
+
+        class TestKafkaNoidaConformance(KafkaConformance):
+            broker = "noida"
+
+    Put each broker kind in a test module of its own: pytest-xdist (``--dist
+    loadfile``) then runs them on different workers. A kind left out of
+    ``$DOTMAC_EVENTS_KAFKA_TEST_BROKERS`` is skipped. With ``$KAFKA_BOOTSTRAP_SERVERS``
+    set the ``"tansu"`` subclass runs on that broker and the others are skipped, so
+    the external broker is tested once.
+    """
+
+    broker: ClassVar[str] = "tansu"
+    groups_held_events = "lag"  # Kafka knows what a group committed, not what it holds
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def kafka_servers(cls) -> Iterator[str]:
+        kind = cls.broker
+        if os.environ.get(ENV_BOOTSTRAP):
+            if kind != "tansu":
+                pytest.skip(f"${ENV_BOOTSTRAP} is set: the kit runs once, on that broker")
+        elif kind not in broker_kinds_under_test():
+            pytest.skip(f"broker {kind!r} is not in ${ENV_BROKERS}")
+        with kafka_bootstrap_servers(kind) as servers:
+            yield servers
+
+    @pytest.fixture(autouse=True)
+    def _kafka_servers(self, kafka_servers: str) -> None:
+        self.servers = kafka_servers
+
+    def create_bus(self) -> EventBus:
+        # Low group timings, chosen for the broker (Tansu takes lower ones than Kafka allows).
+        return create_kafka_bus(fast_config(self.servers))

@@ -29,6 +29,8 @@ STORAGE_TYPES = ("file", "memory")
 _check = FieldChecks("NatsConfig")
 _int_at_least = _check.int_in
 _optional_secret = _check.optional_text  # never echoes the value: these fields hold secrets
+_positive_number = _check.positive_number  # finite: NaN and infinity are refused
+_non_negative_number = _check.non_negative_number
 
 
 def _servers(value: Any) -> str:
@@ -67,16 +69,6 @@ def _check_servers(_inst: Any, _attr: Any, value: str) -> None:
             )
         if port is not None and not 0 < port < 65536:
             raise ConfigurationError(f"NatsConfig.servers: bad port for host {parts.hostname!r}")
-
-
-def _positive_number(_inst: Any, attr: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"NatsConfig.{attr.name} must be a number > 0, got {value!r}")
-
-
-def _non_negative_number(_inst: Any, attr: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigurationError(f"NatsConfig.{attr.name} must be a number >= 0, got {value!r}")
 
 
 def _limit(_inst: Any, attr: Any, value: Any) -> None:

@@ -26,7 +26,10 @@ import pytest
 
 # Plain asserts in the kit report what was expected and what was seen.
 pytest.register_assert_rewrite(
-    "dotmac.events.testing.conformance", "dotmac.events.testing.contract", "dotmac.events.testing.hostile"
+    "dotmac.events.testing.conformance",
+    "dotmac.events.testing.contract",
+    "dotmac.events.testing.hostile",
+    "dotmac.events.testing.introspection",
 )
 
 from .app import TestApp  # noqa: E402

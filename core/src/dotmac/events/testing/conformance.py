@@ -33,6 +33,7 @@ from ..wire import parse_time
 from .collect import Collector, wait_for
 from .contract import ContractConformance
 from .hostile import HostileConformance
+from .introspection import IntrospectionConformance
 from .patterns import PatternConformance
 
 __all__ = ["TransportConformance"]
@@ -42,14 +43,18 @@ class _Opaque:
     """A value no JSON codec can encode."""
 
 
-class TransportConformance(ContractConformance, HostileConformance, PatternConformance):
+class TransportConformance(
+    ContractConformance, HostileConformance, PatternConformance, IntrospectionConformance
+):
     """Contract tests every transport must pass. Implement :meth:`create_bus`.
 
     Class attributes tune the suite for slow brokers: ``timeout`` bounds every wait
     for an expected delivery, ``scenario_timeout`` a whole test, ``many_events`` and
     ``parallel_publishes`` the sizes of the load cases, ``prompt_redelivery`` how soon
     a released event must reach another member, ``idle_seconds`` how long the idle
-    case stays silent. :meth:`cleanup` removes what a test created on a real broker.
+    case stays silent, ``groups_held_events`` how ``bus.groups()`` counts the events a
+    member holds unacknowledged (see :mod:`dotmac.events.testing.introspection`).
+    :meth:`cleanup` removes what a test created on a real broker.
     """
 
     timeout: float = 30.0

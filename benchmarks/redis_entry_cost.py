@@ -27,8 +27,10 @@ from dotmac_events_redis._common import entry_fields, entry_message
 from dotmac_events_redis._connection import _pack
 
 
-def reply(fields: list[list[bytes]]) -> bytes:
-    """The RESP2 bytes of an ``XREADGROUP`` reply holding these entries of stream ``k``."""
+def reply(fields: list[list[Any]]) -> bytes:
+    """The RESP2 bytes of an ``XREADGROUP`` reply holding these entries of stream ``k``
+    (``str`` fields as UTF-8, as the packer writes them)."""
+    fields = [[f.encode() if isinstance(f, str) else f for f in entry] for entry in fields]
     out = [b"*1\r\n*2\r\n$1\r\nk\r\n*%d\r\n" % len(fields)]
     for seq, entry in enumerate(fields):
         entry_id = b"1764570000000-%d" % seq

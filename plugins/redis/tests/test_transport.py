@@ -149,6 +149,32 @@ async def test_prefetch_bounds_unacknowledged_entries(
         assert sorted(seen.payloads("i")) == list(range(20))
 
 
+async def test_an_ack_the_writer_abandons_still_frees_its_prefetch_slot(
+    buses: Callable[..., EventBus],
+) -> None:
+    # The ack writer settles each acknowledged entry itself (no callback per future):
+    # an ack it never wrote, because it stopped first, must settle the entry too.
+    name = topic()
+    gate = asyncio.Event()
+
+    async def blocked(event: Event) -> None:
+        await gate.wait()
+
+    async with buses() as bus:
+        await bus.subscribe(name, Collector(on_event=blocked), group="g")
+        sub = group_sub(bus)
+        await bus.publish_many([Event(topic=name, payload={"i": i}) for i in range(3)])
+        await wait_for(lambda: len(sub._outstanding) == 3, T, what="3 entries in the core")
+        delivery = next(iter(sub._outstanding.values()))
+        written = delivery.ack_nowait()
+        assert written is not None and not written.done()
+        await transport_of(bus)._acks.stop()
+        assert isinstance(written.exception(), TransportUnavailableError)
+        assert (delivery.key, delivery.entry_id) not in sub._outstanding
+        assert len(sub._outstanding) == 2
+        gate.set()
+
+
 async def test_stop_does_not_wait_for_the_blocking_read(buses: Callable[..., EventBus]) -> None:
     async with buses(block_timeout=30.0) as bus:
         group = await bus.subscribe(topic(), Collector(), group="g")

@@ -119,8 +119,8 @@ def entry_message(topic: str, entry_id: Any, fields: Any) -> Message:
 
 def _written_entry(topic: str, entry_id: bytes, fields: list[Any]) -> Message | None:
     """The fast path of :func:`entry_message`, for an entry laid out as
-    :func:`entry_fields` writes it (bytes: headers, ``@key`` and its value if any,
-    ``@data`` and the body last); ``None`` for any other layout.
+    :func:`entry_fields` writes it, read back as bytes (headers, ``@key`` and its
+    value if any, ``@data`` and the body last); ``None`` for any other layout.
 
     Every name and value but the body is decoded in one go: joined with NUL bytes,
     decoded, split again (UTF-8 never puts a NUL byte inside a character, so each
@@ -198,32 +198,18 @@ def streams(reply: Any) -> Iterable[tuple[Any, Any]]:
 def entry_fields(message: Message) -> list[Any]:
     """The field/value list of ``XADD`` for ``message``.
 
-    Text is written back with ``surrogateescape``: a dead letter of an entry whose
-    header bytes were not UTF-8 carries those very bytes.
+    Names, header values and the key stay ``str``: the packer encodes them (in C),
+    and text holding lone surrogates with ``surrogateescape``, so a dead letter of
+    an entry whose header bytes were not UTF-8 carries those very bytes (see
+    ``_connection._pack``).
     """
     fields: list[Any] = []
-    add = fields.append
-    names = _header_names
-    for name, value in message.headers.items():
-        encoded = names.get(name)
-        if encoded is None:
-            encoded = name.encode("utf-8", "surrogateescape")
-            if len(names) < _HEADER_NAMES_CACHED:
-                names[name] = encoded
-        add(encoded)
-        add(value.encode("utf-8", "surrogateescape"))
+    for item in message.headers.items():
+        fields += item
     if message.key is not None:
-        add(_KEY_FIELD_B)
-        add(message.key.encode("utf-8", "surrogateescape"))
-    add(_DATA_FIELD_B)
-    add(message.value)
+        fields += (KEY_FIELD, message.key)
+    fields += (DATA_FIELD, message.value)
     return fields
-
-
-# Header names repeat from entry to entry: their encoded form is kept (up to a bound,
-# should an application make up names as it goes).
-_HEADER_NAMES_CACHED = 1024
-_header_names: dict[str, bytes] = {}
 
 
 # -- waiting -----------------------------------------------------------------------------

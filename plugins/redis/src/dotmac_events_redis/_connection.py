@@ -141,8 +141,16 @@ class Endpoint:
 
 
 def _pack(args: Sequence[Any]) -> bytes:
+    """``args`` as one RESP command; ``str`` as UTF-8, lone surrogates (text read
+    from bytes that were not UTF-8) as the bytes they stand for."""
     try:
-        return hiredis.pack_command(tuple(args))  # type: ignore[no-any-return]
+        try:
+            return hiredis.pack_command(tuple(args))  # type: ignore[no-any-return]
+        except UnicodeEncodeError:
+            encoded: tuple[Any, ...] = tuple(
+                a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a for a in args
+            )
+            return hiredis.pack_command(encoded)  # type: ignore[no-any-return]
     except TypeError:
         # The values are not repeated: they may be event contents.
         kinds = sorted({type(a).__name__ for a in args if type(a) not in (str, bytes, int, float)})

@@ -119,12 +119,7 @@ class GroupSubscription(Subscription):
                 if fields is None:
                     continue
                 batch.append((key, entry_message(topic, entry_id, fields)))
-        for i, (key, message) in enumerate(batch):
-            if self._stopping.is_set():
-                # Fetched but never handed out: stop() releases what this consumer owns.
-                log.debug("subscription %s stopping with %d fetched entries", self.name, len(batch) - i)
-                return
-            await self._hand(key, message, 1)
+        await self._hand_read(batch)
 
     async def _recreate_groups(self) -> None:
         # The stream or the group vanished (deleted, or Redis lost its data): create the
@@ -289,7 +284,7 @@ class GroupSubscription(Subscription):
 
     # -- acks ----------------------------------------------------------------------------
     def _acknowledge(self, delivery: RedisDelivery) -> asyncio.Future[None]:
-        return self._transport._acks.put(("ack", delivery.key, self.group, self.name, delivery.entry_id, 0))
+        return self._transport._acks.ack(delivery, self.group, self.name)
 
     async def _release(self, delivery: RedisDelivery) -> None:
         self._transport.counters["released"] += 1

@@ -74,8 +74,9 @@ class RedisDelivery(Delivery):
             await written
 
     def ack_nowait(self) -> asyncio.Future[None] | None:
-        # The ack writer's own future: no task per acknowledged entry. Settling rides
-        # on the future, so a cancelled waiter settles the entry too.
+        # The ack writer's own future: no task per acknowledged entry. The writer
+        # settles the entry once the ack is written, failed or abandoned (a waiter
+        # that gives up on the future does not end the write).
         if self._state != PENDING:
             return None
         self._state = ACKED
@@ -86,12 +87,7 @@ class RedisDelivery(Delivery):
             raise
         if written is None:
             self._sub._settle(self)
-            return None
-        written.add_done_callback(self._written)
         return written
-
-    def _written(self, _future: asyncio.Future[None]) -> None:
-        self._sub._settle(self)
 
     async def release(self) -> None:
         if self._state != PENDING:
@@ -283,6 +279,33 @@ class Subscription(TransportSubscription):
             self._phase = "idle"
         return delivery
 
+    async def _hand_read(self, batch: list[tuple[str, Message]]) -> None:
+        """Hand entries a read fetched (first deliveries) to the core in order, as
+        :meth:`_hand` does one at a time, with one coroutine for the batch."""
+        outstanding = self._outstanding
+        sink = self._sink
+        stopping = self._stopping
+        delivery: RedisDelivery | None = None
+        self._phase = "sink"
+        try:
+            for i, (key, message) in enumerate(batch):
+                if stopping.is_set():
+                    # Fetched but never handed out: stop() releases what this consumer owns.
+                    log.debug("subscription %s stopping with %d fetched entries", self.name, len(batch) - i)
+                    return
+                delivery = RedisDelivery(self, key, message, 1)
+                outstanding[(key, delivery.entry_id)] = delivery
+                await sink(delivery)
+                delivery = None
+        except asyncio.CancelledError:
+            if delivery is not None:
+                # The core did not take it: give it back (see _hand).
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(delivery.release())
+            raise
+        finally:
+            self._phase = "idle"
+
     async def _read(self, *args: Any) -> Any:
         self._phase = "read"
         try:
@@ -306,7 +329,8 @@ class Subscription(TransportSubscription):
 
     def _acknowledge(self, delivery: RedisDelivery) -> asyncio.Future[None] | None:
         """Hook: start making the acknowledgement durable; the future is done once it
-        is (``None``: nothing to wait for)."""
+        is (``None``: nothing to wait for). Whatever returns a future settles the
+        delivery (``_settle``) before the future is done."""
         return None
 
     async def _release(self, delivery: RedisDelivery) -> None:

@@ -24,6 +24,7 @@ from ._common import RELEASED_IDLE_MS, Backoff, retriable, transport_error
 from ._connection import Link, Router, Script, redirected
 
 if TYPE_CHECKING:
+    from ._subscription import RedisDelivery
     from .transport import RedisTransport
 
 __all__ = ["AckWriter", "Coalescer"]
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 RELEASE = Script(_scripts.RELEASE)
 
 _T = TypeVar("_T")
-_AckItem = tuple[str, str, str, str, str, int]  # op, key, group, consumer, entry id, delivery count
+# op, key, group, consumer, entry id, delivery count, and the delivery an ack settles
+_AckItem = tuple[str, str, str, str, str, int, "RedisDelivery | None"]
 
 
 class Coalescer(Generic[_T]):
@@ -63,14 +65,16 @@ class Coalescer(Generic[_T]):
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._task_name)
 
-    def _check_open(self) -> None:
-        if self._task is None or self._task.done():
+    def _check_open(self) -> asyncio.Task[None]:
+        """The writer task, if it runs."""
+        task = self._task
+        if task is None or task.done():
             raise BusStateError("the redis transport is closed")
+        return task
 
     def put(self, item: _T) -> asyncio.Future[None]:
         """Queue ``item`` for the writer task; the future settles once it is written."""
-        self._check_open()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._check_open().get_loop().create_future()
         queue = self._queue
         if not queue:
             # Otherwise the writer is awake and the idle flag down already.
@@ -151,13 +155,25 @@ class AckWriter(Coalescer[_AckItem]):
         super().__init__(transport, "dotmac-events-redis-acks")
 
     async def submit(self, op: str, key: str, group: str, consumer: str, entry_id: str, count: int) -> None:
-        await self._enqueue((op, key, group, consumer, entry_id, count))
+        await self._enqueue((op, key, group, consumer, entry_id, count, None))
+
+    def ack(self, delivery: RedisDelivery, group: str, consumer: str) -> asyncio.Future[None]:
+        """Queue the ack of ``delivery``; the writer settles the delivery once the ack
+        was written or failed (or the writer stopped), then the future."""
+        return self.put(("ack", delivery.key, group, consumer, delivery.entry_id, 0, delivery))
+
+    async def stop(self) -> None:
+        abandoned = [item[6] for item, _future in (*self._batch, *self._queue)]
+        await super().stop()
+        for delivery in abandoned:
+            if delivery is not None:
+                delivery._sub._settle(delivery)
 
     async def _write(self, batch: list[tuple[_AckItem, asyncio.Future[None]]], link: Router) -> None:
         transport = self._transport
         acks: dict[tuple[str, str], list[str]] = {}
         releases: dict[tuple[str, str, str], list[Any]] = {}
-        for (op, key, group, consumer, entry_id, count), _future in batch:
+        for (op, key, group, consumer, entry_id, count, _delivery), _future in batch:
             if op == "ack":
                 acks.setdefault((key, group), []).append(entry_id)
             else:
@@ -187,7 +203,12 @@ class AckWriter(Coalescer[_AckItem]):
                 elif isinstance(result, Exception):
                     error = transport_error("acknowledgement not written", result)
             break
-        for _item, future in batch:
+        for item, future in batch:
+            delivery = item[6]
+            if delivery is not None:
+                # Settled here rather than in a callback of each future: one call per
+                # entry, no callback scheduled per acknowledged entry.
+                delivery._sub._settle(delivery)
             if future.done():
                 continue
             if error is None:

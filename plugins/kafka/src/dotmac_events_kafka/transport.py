@@ -272,9 +272,13 @@ def record_to_message(record: Any) -> Message:
     """A consumed aiokafka record as a :class:`Message` (position ``partition:offset``)."""
     # surrogateescape keeps invalid UTF-8 visible to the core, which dead-letters it.
     pairs = record.headers or ()
-    headers = {
-        name: value.decode("utf-8", "surrogateescape") if value is not None else "" for name, value in pairs
-    }
+    try:
+        headers = {name: value.decode("utf-8", "surrogateescape") for name, value in pairs}
+    except AttributeError:  # a header without a value (None): read as ""
+        headers = {
+            name: value.decode("utf-8", "surrogateescape") if value is not None else ""
+            for name, value in pairs
+        }
     if len(headers) != len(pairs):
         # A name is repeated: headers_from_pairs keeps it once if the values agree and
         # records it as ambiguous (dead-lettered by the core) if they do not.
@@ -293,31 +297,29 @@ def record_to_message(record: Any) -> Message:
     )
 
 
+# The last record timestamp converted: records of one producer batch share their
+# millisecond, and a datetime is immutable, so consecutive records share the object.
+_last_time: tuple[int | None, datetime | None] = (None, None)
+
+
 def _record_time(millis: int | None) -> datetime | None:
+    global _last_time
+    last_millis, last = _last_time
+    if millis == last_millis:
+        return last
     # -1 (or None) is a record written without a timestamp by an old client.
     if millis is None or millis < 0:
         return None
     try:
-        return datetime.fromtimestamp(millis / 1000, timezone.utc)
+        converted = datetime.fromtimestamp(millis / 1000, timezone.utc)
     except (OverflowError, OSError, ValueError):
         return None
+    _last_time = (millis, converted)
+    return converted
 
 
 # -- commit tracking -----------------------------------------------------------------------
 _PENDING, _ACKED, _RELEASED = 0, 1, 2
-
-
-class _Entry:
-    """One delivered record: its offset and whether the core acked or released it."""
-
-    __slots__ = ("alive", "count", "offset", "state", "tracker")
-
-    def __init__(self, tracker: _Tracker, offset: int, count: int) -> None:
-        self.tracker = tracker
-        self.offset = offset
-        self.count = count
-        self.state = _PENDING
-        self.alive = True
 
 
 class _Tracker:
@@ -344,7 +346,7 @@ class _Tracker:
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
-        self.entries: deque[_Entry] = deque()
+        self.entries: deque[_KafkaDelivery] = deque()
         self.alive = True
         self.positioned = False
         self.revoking = False
@@ -370,8 +372,9 @@ class _Tracker:
             and offset >= self.floor
         )
 
-    def add(self, offset: int) -> _Entry:
-        entry = _Entry(self, offset, self.redeliveries.pop(offset, 0) + 1)
+    def add(self, sub: _KafkaSubscription, offset: int, ordering_key: tuple[str, int]) -> _KafkaDelivery:
+        count = self.redeliveries.pop(offset, 0) + 1 if self.redeliveries else 1
+        entry = _KafkaDelivery(sub, self, offset, count, ordering_key)
         self.entries.append(entry)
         self.pending += 1
         self.floor = offset + 1
@@ -387,7 +390,7 @@ class _Tracker:
 
     def cut(self, offset: int) -> None:
         """Forget entries from ``offset`` on: they will be fetched and delivered again."""
-        kept: deque[_Entry] = deque()
+        kept: deque[_KafkaDelivery] = deque()
         for entry in self.entries:
             if entry.offset < offset:
                 kept.append(entry)
@@ -395,7 +398,7 @@ class _Tracker:
             entry.alive = False
             if entry.state == _PENDING:
                 self.pending -= 1
-            self.redeliveries[entry.offset] = entry.count
+            self.redeliveries[entry.offset] = entry.delivery_count
         self.entries = kept
         self.floor = offset
         self.rewind_to = None
@@ -410,31 +413,43 @@ class _Tracker:
 
 
 class _KafkaDelivery(Delivery):
-    __slots__ = ("_entry", "_sub", "delivery_count", "message", "ordering_key")
+    """One delivered record, also its tracker's entry: its offset and whether the core
+    acked or released it. ``alive`` turns false when its tracker forgets it."""
+
+    __slots__ = ("_sub", "alive", "delivery_count", "message", "offset", "ordering_key", "state", "tracker")
+
+    message: Message
 
     def __init__(
-        self, sub: _KafkaSubscription, entry: _Entry, message: Message, ordering_key: tuple[str, int]
+        self,
+        sub: _KafkaSubscription,
+        tracker: _Tracker,
+        offset: int,
+        count: int,
+        ordering_key: tuple[str, int],
     ) -> None:
         self._sub = sub
-        self._entry = entry
-        self.message = message
-        self.delivery_count = entry.count
+        self.tracker = tracker
+        self.offset = offset
+        self.delivery_count = count
         self.ordering_key = ordering_key
+        self.state = _PENDING
+        self.alive = True
 
     @property
     def withdrawn(self) -> bool:
         # Revoked partition, or a seek back re-fetches it: not to be handled from here.
-        return not self._entry.alive
+        return not self.alive
 
     async def ack(self) -> None:
-        self._sub._settle(self._entry, acked=True)
+        self._sub._settle(self, acked=True)
 
     def ack_nowait(self) -> None:
         # Settling is in-process (the commit loop commits later): done here, no task.
-        self._sub._settle(self._entry, acked=True)
+        self._sub._settle(self, acked=True)
 
     async def release(self) -> None:
-        self._sub._settle(self._entry, acked=False)
+        self._sub._settle(self, acked=False)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -480,7 +495,8 @@ class _KafkaSubscription(TransportSubscription):
         self._needs_positioning = False
         self._positioned = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._settled = asyncio.Event()
+        self._settled = asyncio.Event()  # set by each settle while a _drain waits
+        self._draining = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._outstanding = 0
@@ -653,13 +669,17 @@ class _KafkaSubscription(TransportSubscription):
 
     async def _drain(self, trackers: Sequence[_Tracker], timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while any(tr.pending for tr in trackers):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._settled.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), remaining)
+        self._draining += 1
+        try:
+            while any(tr.pending for tr in trackers):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._settled.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), remaining)
+        finally:
+            self._draining -= 1
 
     async def _position(self) -> None:
         """Seek every newly assigned partition: committed offset, else the start position."""
@@ -775,20 +795,21 @@ class _KafkaSubscription(TransportSubscription):
                     # Revoked, not positioned yet, or about to seek back: the records
                     # are fetched again from the position that follows.
                     break
-                entry = tracker.add(record.offset)
+                delivery = tracker.add(self, record.offset, ordering_key)
+                delivery.message = record_to_message(record)
+                if not self._outstanding:
+                    self._idle.clear()
                 self._outstanding += 1
-                self._idle.clear()
-                delivery = _KafkaDelivery(self, entry, record_to_message(record), ordering_key)
                 try:
                     await sink(delivery)
                 except asyncio.CancelledError:
-                    self._settle(entry, acked=False)
+                    self._settle(delivery, acked=False)
                     raise
                 except Exception:
                     # The core did not take it: keep the commit point before it and
                     # fetch it again.
                     log.exception("handing %s to the core failed", delivery.message.position)
-                    self._settle(entry, acked=False)
+                    self._settle(delivery, acked=False)
                     break
 
     def _apply_rewinds(self) -> None:
@@ -803,12 +824,13 @@ class _KafkaSubscription(TransportSubscription):
                 continue
             log.debug("%s seeks %s back to released offset %d", self._spec.consumer_name, tracker.tp, offset)
 
-    def _settle(self, entry: _Entry, *, acked: bool) -> None:
+    def _settle(self, entry: _KafkaDelivery, *, acked: bool) -> None:
         if entry.state != _PENDING:
             return
         entry.state = _ACKED if acked else _RELEASED
         self._outstanding -= 1
-        if self._outstanding < self._spec.prefetch:
+        if self._outstanding == self._spec.prefetch - 1:
+            # The fetch loop waits for room only with prefetch outstanding.
             self._room.set()
         if self._outstanding <= 0:
             self._outstanding = 0
@@ -827,7 +849,8 @@ class _KafkaSubscription(TransportSubscription):
                 # Released while running (e.g. a dead letter could not be written):
                 # fetch it again rather than leave a hole behind the commit point.
                 tracker.rewind_to = entry.offset
-        self._settled.set()
+        if self._draining:
+            self._settled.set()
 
     # -- committing ----------------------------------------------------------------------
     async def _commit_loop(self) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -43,6 +44,10 @@ KAFKA_CONSUMER: dict[str, int] = {
     "rebalance_timeout_ms": 2000,
     "fetch_max_wait_ms": 500,  # aiokafka's default
 }
+if os.environ.get("DOTMAC_BENCH_KAFKA_EXTERNAL"):
+    # A broker this run did not start (run.py --kafka-bootstrap): Apache Kafka's
+    # group.min.session.timeout.ms is 6000, and noida-db keeps the same limit.
+    KAFKA_CONSUMER.update(session_timeout_ms=6000, heartbeat_interval_ms=500, rebalance_timeout_ms=6000)
 
 
 def low_latency_kafka() -> None:

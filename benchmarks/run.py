@@ -674,6 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s of the open-loop latency run")
     parser.add_argument("--warmup", type=int, default=1000, help="untimed events before the workloads")
     parser.add_argument("--only", help="comma-separated contenders (default: all that can run here)")
+    parser.add_argument(
+        "--kafka-bootstrap",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        help="a running Kafka-protocol broker to use instead of a private Tansu "
+        "(default: $KAFKA_BOOTSTRAP_SERVERS)",
+    )
     parser.add_argument("--skip", help="comma-separated contenders to leave out")
     parser.add_argument("--smoke", action="store_true", help="tiny N, one round: checks the harness runs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
@@ -723,7 +729,11 @@ def _orchestrate(args: argparse.Namespace, specs: list[Spec], skipped: dict[str,
             redis = stack.enter_context(RedisServer())
             servers["redis"] = redis.url
             log(f"redis-server on {redis.url}")
-        if any(s.transport == "kafka" for s in specs):
+        if any(s.transport == "kafka" for s in specs) and args.kafka_bootstrap:
+            servers["kafka"] = args.kafka_bootstrap
+            os.environ["DOTMAC_BENCH_KAFKA_EXTERNAL"] = "1"  # the workers' group settings
+            log(f"Kafka at {args.kafka_bootstrap} (not started by this run)")
+        elif any(s.transport == "kafka" for s in specs):
             tansu = stack.enter_context(TansuServer())
             servers["kafka"] = tansu.bootstrap
             log(f"Tansu on {tansu.bootstrap}")

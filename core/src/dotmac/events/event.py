@@ -936,7 +936,8 @@ def _received_event(
     else:
         payload = _payload_field(payload)
     if user_names:
-        items = tuple([(name, received[name]) for name in user_names])
+        # zip and map instead of a comprehension: the pairs are built without a frame.
+        items = tuple(zip(user_names, map(received.__getitem__, user_names), strict=False))
         frozen_headers = _shared_headers.get(items)
         if frozen_headers is None:
             frozen_headers = _new_dict(FrozenDict)

@@ -936,8 +936,7 @@ def _received_event(
     else:
         payload = _payload_field(payload)
     if user_names:
-        # zip and map instead of a comprehension: the pairs are built without a frame.
-        items = tuple(zip(user_names, map(received.__getitem__, user_names), strict=False))
+        items = tuple([(name, received[name]) for name in user_names])
         frozen_headers = _shared_headers.get(items)
         if frozen_headers is None:
             frozen_headers = _new_dict(FrozenDict)

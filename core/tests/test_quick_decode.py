@@ -10,18 +10,19 @@ the same class with the same text, whatever the headers hold.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 import pytest
 from attrs import evolve
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dotmac.events import DecodeError, Event, EventBusError, JsonCodec, Message
 from dotmac.events.codec import Codec
-from dotmac.events.event import FrozenDict
-from dotmac.events.wire import WireHeaders, decode_message
+from dotmac.events.event import MAX_PAYLOAD_DEPTH, FrozenDict, FrozenList, _frozen_dict, _frozen_received
+from dotmac.events.wire import WireHeaders, _parse_time, decode_message, format_time, parse_time
 
 CODEC = JsonCodec()
 BASE: dict[str, str] = {
@@ -164,3 +165,91 @@ def test_an_envelope_error_wins_over_a_body_error_on_both_paths() -> None:
     with pytest.raises(DecodeError, match="x-bad"):
         decode_message(Message("orders", b"{", None, dict(headers)), decoder_for)
     assert_same("orders", b"{", None, headers)
+
+
+# -- the receive path's fast helpers against the general ones ------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=20,
+)
+# Beyond what a JSON decoder gives: values the general freeze also handles.
+ANY_VALUES = st.recursive(
+    JSON_VALUES | st.just(datetime(2026, 1, 1)) | st.binary(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.frozensets(st.integers(), max_size=2)
+        | st.sets(st.integers(), max_size=2)
+    ),
+    max_leaves=20,
+)
+
+
+def freeze_outcome(freeze: Any, value: dict[str, Any], depth: int) -> Any:
+    try:
+        return freeze(value, depth)
+    except EventBusError as exc:
+        return type(exc), str(exc)
+
+
+def same_shape(a: Any, b: Any) -> bool:
+    """Equal, with the same classes at every level (FrozenDict is not dict here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_shape(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_shape(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=4), ANY_VALUES, max_size=6), st.sampled_from([0, 1, 250, 254, 255]))
+def test_freezing_a_received_payload_gives_what_the_general_freeze_gives(
+    payload: dict[str, Any], depth: int
+) -> None:
+    fast = freeze_outcome(_frozen_received, payload, depth)
+    general = freeze_outcome(_frozen_dict, payload, depth)
+    assert same_shape(fast, general)
+
+
+def test_freezing_a_received_payload_refuses_the_same_depth() -> None:
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(MAX_PAYLOAD_DEPTH + 1):
+        deep = {"next": deep, "n": 0}
+    fast = freeze_outcome(_frozen_received, deep, 0)
+    assert isinstance(fast, tuple)
+    assert fast == freeze_outcome(_frozen_dict, deep, 0)
+    frozen = _frozen_received({"a": {"b": [1, {"c": 2}]}, "s": {1}}, 0)
+    assert type(frozen["a"]) is FrozenDict and type(frozen["a"]["b"]) is FrozenList
+    assert type(frozen["a"]["b"][1]) is FrozenDict and frozen["s"] == frozenset({1})
+
+
+def time_outcome(parse: Any, text: str) -> Any:
+    try:
+        moment = parse(text)
+    except (ValueError, OverflowError) as exc:
+        return type(exc), str(exc)
+    return moment, moment.tzinfo
+
+
+TIME_TEXT = st.one_of(
+    st.datetimes(timezones=st.just(timezone.utc)).map(format_time),
+    # 27 characters ending in Z (the fast path's shape), from the characters of a time.
+    st.text(alphabet="0123456789-:T.+Zz W", min_size=26, max_size=26).map(lambda t: t + "Z"),
+    st.text(alphabet="0123456789-:T.+Zz", max_size=30),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(TIME_TEXT)
+@example("2026-12-01T06:00:00.000001Z")
+@example("0001-01-01T00:00:00.000000Z")
+@example("9999-12-31T23:59:59.999999Z")
+@example("2026-W01-1T00:00:00.00000Z")
+@example("2026-12-01T06:00:00+00:00ZZ")
+def test_a_received_time_is_read_as_the_general_parse_reads_it(text: str) -> None:
+    assert time_outcome(parse_time, text) == time_outcome(_parse_time, text)

@@ -65,8 +65,12 @@ class BatchSubscription(Subscription):
                 if remaining <= 0:
                     break
                 lane.wakeup.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(lane.wakeup.wait(), remaining)
+                lane.asleep = True  # so that _deliver wakes it
+                try:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lane.wakeup.wait(), remaining)
+                finally:
+                    lane.asleep = False
             if self._stopping.is_set():
                 return  # stop() releases what is queued
             batch = [queue.popleft() for _ in range(min(self.max_size, len(queue)))]

@@ -209,6 +209,28 @@ def _frozen_dict(value: dict[Any, Any], depth: int) -> FrozenDict[Any, Any]:
     return result
 
 
+def _frozen_received(value: dict[Any, Any], depth: int) -> FrozenDict[Any, Any]:
+    """What ``_frozen_dict(value, depth)`` gives, for a dict a decoder has just built.
+
+    A codec's output is mostly text and numbers with a nested object here and there:
+    one pass over the items finds those without first checking every value's type
+    (which costs as much as the pass again). Equal to ``_frozen_dict`` for any input,
+    errors included (a property test holds it to that).
+    """
+    result: FrozenDict[Any, Any] = _new_dict(FrozenDict)
+    _init_dict(result, value)
+    leaves = _LEAVES
+    for name, item in value.items():
+        cls = item.__class__
+        if cls is dict and depth + 1 < MAX_PAYLOAD_DEPTH:
+            _set_dict_item(result, name, _frozen_received(item, depth + 1))
+        elif cls not in leaves:
+            frozen_item = _frozen(item, depth + 1)
+            if frozen_item is not item:
+                _set_dict_item(result, name, frozen_item)
+    return result
+
+
 def thaw(value: Any) -> Any:
     """A mutable copy of a frozen payload: plain ``dict`` and ``list`` all the way down.
 
@@ -910,7 +932,7 @@ def _received_event(
     ):
         return None
     if payload.__class__ is dict and _STR_ONLY.issuperset(map(type, payload)):
-        payload = _frozen_dict(payload, 0)  # raises for a payload nested too deep
+        payload = _frozen_received(payload, 0)  # raises for a payload nested too deep
     else:
         payload = _payload_field(payload)
     if user_names:
@@ -922,14 +944,28 @@ def _received_event(
             _share_headers(items, frozen_headers)
     else:
         frozen_headers = _EMPTY_HEADERS
-    metadata = _plain_metadata(
-        event_id, event_type, source, _now() if occurred_at is None else occurred_at, content_type
-    )
+    # object.__setattr__ bound to the new instance once: each field costs a third less
+    # than through the unbound descriptor (18 fields per received event).
+    metadata: EventMetadata = _new(EventMetadata)
+    put = _set.__get__(metadata)
+    put("event_id", event_id)
+    put("event_type", event_type)
+    put("source", source)
+    put("occurred_at", _now() if occurred_at is None else occurred_at)
+    put("correlation_id", None)
+    put("causation_id", None)
+    put("reply_to", None)
+    put("content_type", content_type)
+    put("schema_version", None)
+    put("subject", None)
+    put("data_schema", None)
+    put("extensions", _EMPTY_HEADERS)
     event: Event = _new(Event)
-    _set(event, "topic", topic)
-    _set(event, "payload", payload)
-    _set(event, "key", key)
-    _set(event, "headers", frozen_headers)
-    _set(event, "tenant_id", tenant_id)
-    _set(event, "metadata", metadata)
+    put = _set.__get__(event)
+    put("topic", topic)
+    put("payload", payload)
+    put("key", key)
+    put("headers", frozen_headers)
+    put("tenant_id", tenant_id)
+    put("metadata", metadata)
     return event

@@ -158,7 +158,7 @@ class _MemoryDelivery(Delivery):
         self._holder.taken.pop(self, None)
         owner = self._owner
         owner.unacked -= 1
-        if owner.unacked < owner.prefetch:
+        if owner.waiting and owner.unacked < owner.prefetch:
             owner.room.set()
 
     async def ack(self) -> None:
@@ -191,6 +191,8 @@ class _MemorySubscription(TransportSubscription):
         self.unacked = 0
         self.prefetch = prefetch
         self.room = asyncio.Event()
+        # The pump is waiting on ``room``: only then does a settled delivery set it.
+        self.waiting = False
         self._transport = transport
         self._holders = holders
         self._broadcast = broadcast
@@ -209,7 +211,11 @@ class _MemorySubscription(TransportSubscription):
         while True:
             while self.unacked >= self.prefetch:
                 self.room.clear()
-                await self.room.wait()
+                self.waiting = True
+                try:
+                    await self.room.wait()
+                finally:
+                    self.waiting = False
             if ready:
                 entry = ready.popleft()
                 if len(ready) < holder.maxsize:

@@ -47,7 +47,9 @@ async def test_plain_json_and_bytes_records_are_events(kafka_servers: str, topic
     assert blob.metadata.content_type == "application/octet-stream"
 
 
-async def test_a_replayed_foreign_record_keeps_the_id_intake_gave_it(kafka_servers: str, topic: str) -> None:
+async def test_a_replayed_foreign_record_keeps_the_id_intake_gave_it(
+    kafka_servers: str, topic: str, group: str
+) -> None:
     broken = True
 
     def fail(event: Event, count: int) -> BaseException | None:
@@ -57,7 +59,7 @@ async def test_a_replayed_foreign_record_keeps_the_id_intake_gave_it(kafka_serve
     config = fast_config(kafka_servers, num_partitions=1)
     options = ConsumerOptions(intake="foreign", max_retries=0, start_from="earliest")
     async with create_kafka_bus(config) as bus:
-        await bus.subscribe(topic, seen, group="billing", options=options)
+        await bus.subscribe(topic, seen, group=group, options=options)
         producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
         await producer.start()
         try:

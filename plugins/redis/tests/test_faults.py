@@ -24,6 +24,9 @@ from dotmac_events_redis import RedisTransport
 from dotmac_events_redis.testing import RedisServer
 
 T = 20.0
+# A child interpreter importing the stack under coverage on a loaded 2-core machine
+# has been seen to take more than 20 s; the test goes on as soon as it says "ready".
+STARTUP = 90.0
 CONSUMER = Path(__file__).with_name("consumer_proc.py")
 
 
@@ -73,7 +76,7 @@ class ConsumerProcess:
             sys.executable, *self.args, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
         )
         assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), T)
+        line = await asyncio.wait_for(self.proc.stdout.readline(), STARTUP)
         assert line == b"ready\n", f"consumer process did not start: {line!r}"
         return self
 

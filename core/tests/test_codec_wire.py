@@ -8,6 +8,8 @@ from decimal import Decimal
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dotmac.events import DecodeError, EncodeError, Event, EventMetadata, JsonCodec, Message
 from dotmac.events.wire import build_event, envelope_headers, format_time, parse_time
@@ -124,3 +126,35 @@ def test_time_format() -> None:
     assert format_time(moment) == "2026-01-02T03:04:05.000006Z"
     assert parse_time(format_time(moment)) == moment
     assert parse_time("2026-01-02T03:04:05+00:00") == moment.replace(microsecond=0)
+
+
+AWARE_TIMES = st.datetimes(datetime(2, 1, 1), datetime(9998, 12, 31), timezones=st.timezones())
+# One field of a time at a time: (field, its range). Day 28 exists in every month.
+FIELDS = [
+    ("year", 2, 9998),
+    ("month", 1, 12),
+    ("day", 1, 28),
+    ("hour", 0, 23),
+    ("minute", 0, 59),
+    ("second", 0, 59),
+]
+
+
+@settings(max_examples=300)
+@given(AWARE_TIMES, st.lists(st.sampled_from(FIELDS), max_size=8), st.data())
+def test_time_format_matches_isoformat_whatever_came_before(
+    moment: datetime, changes: list[tuple[str, int, int]], data: st.DataObject
+) -> None:
+    # format_time keeps the text of the last second it wrote: a time that differs from
+    # the one before in one field only (or in its microsecond, or its zone) must still
+    # come out as isoformat says.
+    value = moment.astimezone(timezone.utc)
+    times = [moment, value]
+    value = value.replace(day=min(value.day, 28))  # so that any month and year can follow
+    for name, low, high in changes:
+        value = value.replace(**{name: data.draw(st.integers(low, high))})
+        times.append(value)
+        times.append(value.replace(microsecond=data.draw(st.integers(0, 999_999))))
+    for value in times:
+        expected = value.astimezone(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z"
+        assert format_time(value) == expected

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -16,10 +18,13 @@ from dotmac.events import (
     HeaderValidationError,
     InvalidTenantError,
     InvalidTopicError,
+    JsonCodec,
+    Message,
     PayloadValidationError,
     ValidationError,
 )
 from dotmac.events.event import MAX_HEADER_COUNT, MAX_HEADER_VALUE_LENGTH
+from dotmac.events.wire import decode_message, envelope_headers
 
 
 def test_defaults() -> None:
@@ -41,6 +46,55 @@ def test_frozen() -> None:
         event.topic = "u"  # type: ignore[misc]
     with pytest.raises(TypeError):
         event.headers["x"] = "y"  # type: ignore[index]
+
+
+def _built_every_way() -> list[Event]:
+    """An event from the constructor, one from the received-message path, and one whose
+    metadata was given: each is filled as a mutable draft and then made an Event."""
+    codec = JsonCodec()
+    sent = Event(
+        topic="orders.created", payload={"id": 7, "lines": [{"sku": "a"}]}, key="k", headers={"x": "y"}
+    )
+    message = Message(
+        topic=sent.topic,
+        value=codec.encode(sent),
+        key=sent.key,
+        headers=envelope_headers(sent, content_type=codec.content_type, source="svc"),
+    )
+    received = decode_message(message, lambda _content_type: codec)
+    given = Event(topic="t", metadata=EventMetadata(event_id="id-1", subject="s"))
+    return [sent, received, given]
+
+
+def test_built_events_are_frozen_weakrefable_and_equal_to_plain_ones() -> None:
+    for event in _built_every_way():
+        for obj, cls in ((event, Event), (event.metadata, EventMetadata)):
+            assert type(obj) is cls
+            name = attrs.fields(cls)[0].name
+            with pytest.raises(attrs.exceptions.FrozenInstanceError):
+                setattr(obj, name, "changed")
+            assert weakref.ref(obj)() is obj
+            # The same values set one by one on a bare instance: equal, same repr.
+            bare = object.__new__(cls)
+            for field in attrs.fields(cls):
+                object.__setattr__(bare, field.name, getattr(obj, field.name))
+            assert bare == obj
+            assert repr(bare) == repr(obj)
+        assert pickle.loads(pickle.dumps(event)) == event
+        assert evolve(event, key="other").metadata == event.metadata
+
+
+def test_a_subclass_of_event_is_built_as_itself() -> None:
+    @attrs.frozen(init=False)
+    class Audited(Event):
+        pass
+
+    event = Audited(topic="t", payload={"a": 1})
+    assert type(event) is Audited
+    assert event.payload == {"a": 1}
+    assert event.metadata.event_id
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        event.topic = "u"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

@@ -710,30 +710,16 @@ class _EventSlots:
 class _MetadataDraft(_MetadataSlots):
     # __weakref__ as the frozen class has it (attrs adds one): the layouts must match.
     __slots__ = ("__weakref__",)
-    if TYPE_CHECKING:
-        event_id: str
-        event_type: str | None
-        source: str | None
-        occurred_at: datetime
-        correlation_id: str | None
-        causation_id: str | None
-        reply_to: str | None
-        content_type: str | None
-        schema_version: str | None
-        subject: str | None
-        data_schema: str | None
-        extensions: Mapping[str, str]
+    if TYPE_CHECKING:  # its fields are EventMetadata's
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
 
 class _EventDraft(_EventSlots):
     __slots__ = ("__weakref__",)
-    if TYPE_CHECKING:
-        topic: str
-        payload: Any
-        key: str | None
-        headers: Mapping[str, str]
-        tenant_id: str | None
-        metadata: EventMetadata
+    if TYPE_CHECKING:  # its fields are Event's
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
 
 @frozen(init=False)
@@ -915,14 +901,7 @@ class Event(_EventSlots):
         if self.__class__ is Event:
             # Filled as a draft (see _EventSlots); a subclass may add slots of its own.
             _set(self, "__class__", _EventDraft)
-            draft: _EventDraft = self  # type: ignore[assignment]
-            draft.topic = topic
-            draft.payload = payload
-            draft.key = key
-            draft.headers = headers
-            draft.tenant_id = tenant_id
-            draft.metadata = metadata
-            draft.__class__ = Event  # type: ignore[assignment]
+            _finish_event(self, topic, payload, key, headers, tenant_id, metadata)  # type: ignore[arg-type]
             return
         _set(self, "topic", topic)
         _set(self, "payload", payload)
@@ -1019,11 +998,23 @@ def _received_event(
     metadata = _plain_metadata(
         event_id, event_type, source, _now() if occurred_at is None else occurred_at, content_type
     )
-    draft = _EventDraft()
+    return _finish_event(_EventDraft(), topic, payload, key, frozen_headers, tenant_id, metadata)
+
+
+def _finish_event(
+    draft: _EventDraft,
+    topic: str,
+    payload: Any,
+    key: str | None,
+    headers: Mapping[str, str],
+    tenant_id: str | None,
+    metadata: EventMetadata,
+) -> Event:
+    """Fill ``draft`` with checked values and make it the :class:`Event` it stands for."""
     draft.topic = topic
     draft.payload = payload
     draft.key = key
-    draft.headers = frozen_headers
+    draft.headers = headers
     draft.tenant_id = tenant_id
     draft.metadata = metadata
     draft.__class__ = Event  # type: ignore[assignment]

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import pickle
 import uuid
+import weakref
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dotmac.events import DecodeError, EncodeError, Event, EventMetadata, JsonCodec, Message
-from dotmac.events.wire import build_event, envelope_headers, format_time, parse_time
+from dotmac.events.wire import FieldsMessage, build_event, envelope_headers, format_time, parse_time
 
 
 @attrs.define
@@ -158,3 +160,38 @@ def test_time_format_matches_isoformat_whatever_came_before(
     for value in times:
         expected = value.astimezone(timezone.utc).isoformat(timespec="microseconds")[:26] + "Z"
         assert format_time(value) == expected
+
+
+@pytest.mark.parametrize("cls", [Message, FieldsMessage])
+def test_messages_are_frozen_weakrefable_and_equal_to_plain_ones(cls: type[Message]) -> None:
+    built = [
+        cls("orders", b"{}"),
+        cls("orders", b"{}", "k", {"ce_id": "1"}, "3-0", datetime(2026, 1, 1, tzinfo=timezone.utc)),
+        cls(topic="orders", value=b"", headers={"a": "b"}, position="0:7"),
+    ]
+    for message in built:
+        assert type(message) is cls
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            message.topic = "changed"  # type: ignore[misc]
+        assert weakref.ref(message)() is message
+        # The same values set one by one on a bare instance: equal, same repr.
+        bare = object.__new__(cls)
+        for name in attrs.fields_dict(cls):
+            object.__setattr__(bare, name, getattr(message, name))
+        assert bare == message
+        assert repr(bare) == repr(message)
+        assert pickle.loads(pickle.dumps(message)) == message
+        assert attrs.evolve(message, key="other").key == "other"
+    assert built[0].key is None and built[0].headers == {} and built[0].position is None
+    assert built[0].headers is not cls("orders", b"{}").headers  # a fresh dict each time
+
+
+def test_a_subclass_of_message_with_slots_of_its_own_is_built_as_itself() -> None:
+    class Traced(Message):
+        __slots__ = ("span",)
+
+    message = Traced("orders", b"{}", key="k")
+    assert type(message) is Traced
+    assert (message.topic, message.value, message.key, message.headers) == ("orders", b"{}", "k", {})
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        message.key = "other"  # type: ignore[misc]

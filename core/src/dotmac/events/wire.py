@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
-from attrs import field, frozen
+from attrs import frozen
 
 from .codec import JsonCodec
 from .errors import DecodeError, SchemaValidationError, ValidationError
@@ -70,8 +70,24 @@ __all__ = [
 ]
 
 
-@frozen
-class Message:
+class _MessageSlots:
+    # The fields live here, so that a draft of the same layout can be filled with plain
+    # stores and then made the frozen class (as Event is; see event.py).
+    __slots__ = ("headers", "key", "position", "timestamp", "topic", "value")
+
+
+class _MessageDraft(_MessageSlots):
+    __slots__ = ("__weakref__",)  # as the frozen class has it: the layouts must match
+    if TYPE_CHECKING:
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
+
+_set = object.__setattr__
+
+
+@frozen(init=False)
+class Message(_MessageSlots):
     """An encoded event as it travels: topic, optional key, string headers, body bytes.
 
     ``headers`` hold the CloudEvents ``ce_*`` attributes, ``content-type`` and the
@@ -87,18 +103,50 @@ class Message:
     :func:`headers_from_pairs` when the broker can repeat a header name.
     """
 
+    # No defaults here: the hand-written __init__ below is the one source of them.
     topic: str
     value: bytes
-    key: str | None = None
-    headers: Mapping[str, str] = field(factory=dict)
-    position: str | None = None
-    timestamp: datetime | None = None
+    key: str | None
+    headers: Mapping[str, str]
+    position: str | None
+    timestamp: datetime | None
 
     fields_only: ClassVar[bool] = False
     """True for a :class:`FieldsMessage`: a record with named fields and no body."""
 
+    def __init__(
+        self,
+        topic: str,
+        value: bytes,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        position: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> None:
+        if headers is None:
+            headers = {}
+        cls = self.__class__
+        if cls is Message or cls is FieldsMessage:
+            # Filled as a draft: a plain store per field instead of object.__setattr__.
+            _set(self, "__class__", _MessageDraft)
+            draft: _MessageDraft = self  # type: ignore[assignment]
+            draft.topic = topic
+            draft.value = value
+            draft.key = key
+            draft.headers = headers
+            draft.position = position
+            draft.timestamp = timestamp
+            draft.__class__ = cls  # type: ignore[assignment]
+        else:  # a subclass may add slots of its own
+            _set(self, "topic", topic)
+            _set(self, "value", value)
+            _set(self, "key", key)
+            _set(self, "headers", headers)
+            _set(self, "position", position)
+            _set(self, "timestamp", timestamp)
 
-@frozen
+
+@frozen(init=False)
 class FieldsMessage(Message):
     """A received record that has named fields and no body of its own (a Redis stream
     entry without the ``@data`` field, written by a plain client).

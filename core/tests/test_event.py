@@ -4,6 +4,7 @@ import os
 import pickle
 import uuid
 import weakref
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -234,7 +235,21 @@ def test_event_ids_are_version_4_uuids() -> None:
             parsed = uuid.UUID(made)
             assert parsed.version == 4
             assert parsed.variant == uuid.RFC_4122
-            assert str(parsed) == EventMetadata(event_id=str(parsed)).event_id
+            assert str(parsed) == made
+
+
+def test_event_ids_are_the_uuids_of_the_random_bytes_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Known "random" bytes: each id must be exactly what the uuid module makes of its
+    # 16 bytes as a version 4 UUID (a digit copied from the wrong place fails).
+    from dotmac.events import event as event_module
+
+    block = bytes(range(256)) * 16
+    monkeypatch.setattr(event_module, "_urandom", lambda n: block[:n])
+    monkeypatch.setattr(event_module, "_ids", deque())
+    monkeypatch.setattr(event_module, "_next_id", event_module._ids.popleft)
+    made = [event_module._new_id() for _ in range(event_module._ID_BATCH)]
+    expected = [str(uuid.UUID(bytes=block[i : i + 16], version=4)) for i in range(0, 16 * len(made), 16)]
+    assert made == expected
 
 
 def test_threads_never_share_an_event_id() -> None:

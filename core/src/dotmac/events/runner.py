@@ -450,6 +450,7 @@ class Subscription:
         lane.queue.append(delivery)
         if lane.asleep:
             lane.wakeup.set()
+            lane.asleep = False  # woken once: the lane looks at its queue when it runs
 
     def _wake_idle_lane(self) -> None:
         """Wake the lane that went idle last (the likeliest to be warm), if any is;

@@ -83,8 +83,12 @@ class _Holder:
         self.taken: dict[_MemoryDelivery, float] = {}
 
     def put(self, entry: _Entry) -> None:
-        self.ready.append(entry)
-        self.nonempty.set()
+        ready = self.ready
+        ready.append(entry)
+        # nonempty is cleared only while ready is empty (in get), so only the first
+        # entry after that needs to set it.
+        if len(ready) == 1:
+            self.nonempty.set()
         if len(self.ready) >= self.maxsize:
             self.space.clear()
 
@@ -160,6 +164,7 @@ class _MemoryDelivery(Delivery):
         owner.unacked -= 1
         if owner.waiting and owner.unacked < owner.prefetch:
             owner.room.set()
+            owner.waiting = False  # woken once: the pump looks again when it runs
 
     async def ack(self) -> None:
         self.ack_nowait()

@@ -484,7 +484,6 @@ class _KafkaSubscription(TransportSubscription):
             fetch_min_bytes=config.fetch_min_bytes,
             isolation_level=config.isolation_level,
             max_partition_fetch_bytes=config.max_partition_fetch_bytes,
-            max_poll_records=spec.prefetch,
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             rebalance_timeout_ms=config.rebalance_timeout_ms,
@@ -747,7 +746,12 @@ class _KafkaSubscription(TransportSubscription):
                 if self._needs_positioning:
                     await self._position()
                 self._apply_rewinds()
-                batch = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self._spec.prefetch)
+                # Everything buffered, not prefetch_count: the client fetches no
+                # partition of a broker while another's records wait in its buffer
+                # (for 100 ms; then it fetches the rest alone, and a caught-up rest is
+                # parked by the broker for fetch_max_wait_ms). Emptied, it fetches
+                # every partition at once while the core handles this batch.
+                batch = await consumer.getmany(timeout_ms=_POLL_MS)
             except asyncio.CancelledError:
                 raise
             except (KafkaError, TransportError) as exc:

@@ -133,3 +133,38 @@ async def test_the_runner_survives_an_ack_that_fails_later(
         assert sub.errors == 1
         assert sub._window.held == 0
     assert "ack failed on t" in caplog.text
+
+
+async def test_acks_that_share_one_future_give_back_every_window_slot(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transport may answer several acks with one future (one write for a batch):
+    the window gets back one slot per acked event once it settles, no more, no less."""
+    from dotmac.events import Event, create_bus
+    from dotmac.events.options import ConsumerOptions
+    from dotmac.events.testing import wait_for
+    from dotmac_events_memory.transport import _MemoryDelivery
+
+    shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    original = _MemoryDelivery.ack_nowait
+
+    def batched(self: _MemoryDelivery) -> asyncio.Future[None]:
+        original(self)
+        return shared
+
+    monkeypatch.setattr(_MemoryDelivery, "ack_nowait", batched)
+    seen: list[str | None] = []
+    async with create_bus(memory_url) as bus:
+        sub = await bus.subscribe(
+            "t", lambda e: seen.append(e.key), group="g", options=ConsumerOptions(prefetch_count=2)
+        )
+        for key in ("a", "b", "c", "d", "e"):
+            await bus.publish(Event(topic="t", key=key))
+        await wait_for(lambda: len(seen) == 2, 5, what="a full window handled")
+        # Both slots wait on the one ack; the runner registered one callback per ack.
+        assert sub._window.held == 2 and sub.handled == 0
+        assert len(shared._callbacks) == 2  # type: ignore[attr-defined]
+        shared.set_result(None)
+        await wait_for(lambda: sub.handled == 5, 5, what="five events settled")
+        assert seen == ["a", "b", "c", "d", "e"]
+        assert sub._window.held == 0

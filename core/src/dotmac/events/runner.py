@@ -277,8 +277,9 @@ class Subscription:
         self._transport_sub: TransportSubscription | None = None
         self._stopped = False
         self._stop_lock = asyncio.Lock()
-        # Acks still travelling to the broker; each holds its window slot until done.
-        self._acking: set[asyncio.Future[None]] = set()
+        # Acks still travelling to the broker, each mapped to the window slots its done
+        # callback gives back (see _give_when_settled).
+        self._acking: dict[asyncio.Future[None], int] = {}
         self.handled = 0
         self.retried = 0
         self.dead_lettered = 0
@@ -528,7 +529,7 @@ class Subscription:
             elif isinstance(outcome, _Release):
                 await self._conclude(delivery, outcome)
             else:
-                outcome.add_done_callback(self._window.give)
+                self._give_when_settled(outcome)
 
     async def _conclude(self, delivery: Delivery, outcome: _Outcome) -> None:
         """Carry out ``outcome`` (a release) and free the window slot once it settled."""
@@ -540,7 +541,20 @@ class Subscription:
             finally:
                 self._window.give()
         else:
-            outcome.add_done_callback(self._window.give)
+            self._give_when_settled(outcome)
+
+    def _give_when_settled(self, acking: asyncio.Future[None]) -> None:
+        """Free one window slot once ``acking`` is done.
+
+        An ack this runner started and whose done callback has not run yet gives the
+        slot back from that callback: one callback per acked event, not two. (A
+        transport may hand out one future for several acks: the first of their
+        callbacks gives back the slots of all.)
+        """
+        if acking in self._acking:
+            self._acking[acking] += 1
+        else:
+            acking.add_done_callback(self._window.give)
 
     async def _process(self, delivery: Delivery, event: Event | None = None) -> _Outcome:
         """Handle ``delivery``; ``event`` is what ``_admit_now`` gave (None: admit it)."""
@@ -800,14 +814,17 @@ class Subscription:
             if handled:
                 self.handled += 1
         else:
-            self._acking.add(acking)
+            self._acking.setdefault(acking, 0)
             acking.add_done_callback(functools.partial(self._ack_finished, delivery, handled))
         return acking
 
     def _ack_finished(self, delivery: Delivery, handled: bool, future: asyncio.Future[None]) -> None:
         # ``handled`` counts events whose ack was settled, so a caller waiting on it
         # sees the broker's state, not a write still on its way.
-        self._acking.discard(future)
+        slots = self._acking.pop(future, 0)
+        while slots:
+            self._window.give()
+            slots -= 1
         if future.cancelled():
             return
         exc = future.exception()

@@ -105,7 +105,10 @@ def piece_row(piece: str, small: int, large: int) -> float:
 
 
 def run_piece(piece: str, events: int) -> None:
-    """The loop counted for one envelope row (``none``: the loop alone)."""
+    """The loop counted for one envelope row (``none``: the loop alone; ``json``: the
+    raw contenders' ``orjson.dumps`` and ``loads`` of the order)."""
+    import orjson
+
     from dotmac.events import Event, create_bus
     from dotmac.events.bench import HEADERS, order_payload
 
@@ -118,6 +121,7 @@ def run_piece(piece: str, events: int) -> None:
         "build": lambda: Event(topic="orders", payload=payload, key=payload["customer_id"], headers=HEADERS),
         "encode": lambda: bus.encode(event),
         "decode": lambda: bus._decode(message),
+        "json": lambda: orjson.loads(orjson.dumps(payload)),
     }[piece]
     for _ in range(events):
         work()
@@ -192,17 +196,6 @@ def report(counts: dict[tuple[str, str], float]) -> str:
     return "\n".join(lines)
 
 
-def run_json(events: int) -> None:
-    """The raw contenders' JSON per event: orjson.dumps and loads of the order."""
-    import orjson
-
-    from dotmac.events.bench import order_payload
-
-    payload = order_payload(7)
-    for _ in range(events):
-        orjson.loads(orjson.dumps(payload))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,9 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
-    if args.piece == "json":
-        run_json(args.events)
-        return 0
     if args.piece:
         run_piece(args.piece, args.events)
         return 0
